@@ -295,7 +295,9 @@ impl<R: Read> SealedReader<R> {
         self.inner
     }
 
-    fn next_chunk(&mut self) -> Result<()> {
+    /// Reads, authenticates and decrypts the next chunk into `dst` (at least
+    /// `chunk_size + TAG_SIZE` long); returns its plaintext length.
+    fn next_chunk(&mut self, dst: &mut [u8]) -> Result<usize> {
         let index = self.counter;
         let frame_at = self.offset;
         let mut frame = [0u8; FRAME_SIZE];
@@ -329,16 +331,16 @@ impl<R: Read> SealedReader<R> {
                 ),
             });
         }
-        let sealed = len + TAG_SIZE;
-        let got = read_full(&mut self.inner, &mut self.buf[..sealed])?;
-        if got < sealed {
+        let sealed = &mut dst[..len + TAG_SIZE];
+        let got = read_full(&mut self.inner, sealed)?;
+        if got < sealed.len() {
             return Err(Error::Truncated {
                 index,
                 offset: frame_at + (FRAME_SIZE + got) as u64,
             });
         }
-        if !self.open_in_place(len, index, last) {
-            return Err(self.diagnose(len, index, last, frame_at));
+        if !open_in_place(&self.aead, sealed, index, last) {
+            return Err(diagnose(&self.aead, sealed, index, last, frame_at));
         }
         if last && len == 0 && index > 0 {
             return Err(Error::EmptyFinalChunk {
@@ -346,54 +348,13 @@ impl<R: Read> SealedReader<R> {
                 offset: frame_at,
             });
         }
-        self.offset = frame_at + (FRAME_SIZE + sealed) as u64;
+        self.offset = frame_at + (FRAME_SIZE + len + TAG_SIZE) as u64;
         self.counter = index.checked_add(1).ok_or(Error::TooLong)?;
         if last {
             self.check_end()?;
             self.state = ReadState::Done;
         }
-        self.pos = 0;
-        self.len = len;
-        Ok(())
-    }
-
-    /// Decrypts `buf[..len]` in place as chunk `counter`; false (and the
-    /// buffer untouched: the AEAD checks the tag before decrypting) on failure.
-    fn open_in_place(&mut self, len: usize, counter: u64, last: bool) -> bool {
-        let nonce = Nonce::from(ChunkNonce::new(counter, last).to_bytes());
-        let (data, tag) = self.buf[..len + TAG_SIZE].split_at_mut(len);
-        let Ok(tag) = <&Tag>::try_from(&*tag) else {
-            return false;
-        };
-        self.aead
-            .decrypt_inout_detached(&nonce, &[], data.into(), tag)
-            .is_ok()
-    }
-
-    /// Names the failure of chunk `index`: if the chunk authenticates under a
-    /// nearby counter it was moved or copied; otherwise its bytes changed.
-    fn diagnose(&mut self, len: usize, index: u64, last: bool, offset: u64) -> Error {
-        let lo = index.saturating_sub(DIAGNOSIS_WINDOW);
-        let hi = index.saturating_add(DIAGNOSIS_WINDOW);
-        for sealed_as in (lo..=hi).filter(|&c| c != index) {
-            if self.open_in_place(len, sealed_as, last) {
-                self.buf.iter_mut().for_each(|b| *b = 0);
-                return if sealed_as < index {
-                    Error::ChunkReplayed {
-                        index,
-                        sealed_as,
-                        offset,
-                    }
-                } else {
-                    Error::ChunkOutOfOrder {
-                        index,
-                        sealed_as,
-                        offset,
-                    }
-                };
-            }
-        }
-        Error::ChunkTampered { index, offset }
+        Ok(len)
     }
 
     /// After the final chunk the input must end. If it does not, says
@@ -409,8 +370,8 @@ impl<R: Read> SealedReader<R> {
             let word = u32::from_be_bytes(frame);
             let len = (word & !FINAL_FLAG) as usize;
             if word & FINAL_FLAG != 0 && len <= self.chunk_size {
-                // The current chunk's plaintext is in buf; use a scratch reader
-                // state so a failed probe cannot disturb it.
+                // Probe in a scratch buffer: the final chunk's plaintext may
+                // still be waiting in `buf` or in the caller's buffer.
                 let mut probe = vec![0u8; len + TAG_SIZE];
                 if read_full(&mut self.inner, &mut probe)? == probe.len() {
                     let lo = self.counter.saturating_sub(DIAGNOSIS_WINDOW);
@@ -450,16 +411,84 @@ impl<R: Read> Read for SealedReader<R> {
                     if out.is_empty() {
                         return Ok(0);
                     }
-                    if let Err(e) = self.next_chunk() {
-                        self.state = ReadState::Failed;
-                        self.pos = 0;
-                        self.len = 0;
-                        return Err(e.into_io());
+                    // A caller buffer that holds a whole sealed chunk is
+                    // decrypted into directly, saving a copy per chunk.
+                    let direct = out.len() >= self.chunk_size + TAG_SIZE;
+                    let mut buf = if direct {
+                        Zeroizing::new(Vec::new())
+                    } else {
+                        std::mem::take(&mut self.buf)
+                    };
+                    let result = if direct {
+                        self.next_chunk(out)
+                    } else {
+                        self.next_chunk(&mut buf)
+                    };
+                    if !direct {
+                        self.buf = buf;
+                    }
+                    match result {
+                        Ok(n) if direct => return Ok(n),
+                        Ok(n) => {
+                            self.pos = 0;
+                            self.len = n;
+                        }
+                        Err(e) => {
+                            self.state = ReadState::Failed;
+                            self.pos = 0;
+                            self.len = 0;
+                            // Whatever reached `out` is unauthenticated: wipe it.
+                            if direct {
+                                out.iter_mut().for_each(|b| *b = 0);
+                            }
+                            return Err(e.into_io());
+                        }
                     }
                 }
             }
         }
     }
+}
+
+/// Decrypts a sealed chunk (ciphertext then tag) in place as chunk `counter`.
+/// On failure returns false and leaves the bytes as they were: the AEAD
+/// checks the tag before it decrypts.
+fn open_in_place(aead: &ChaCha20Poly1305, sealed: &mut [u8], counter: u64, last: bool) -> bool {
+    let nonce = Nonce::from(ChunkNonce::new(counter, last).to_bytes());
+    let Some(split) = sealed.len().checked_sub(TAG_SIZE) else {
+        return false;
+    };
+    let (data, tag) = sealed.split_at_mut(split);
+    let Ok(tag) = <&Tag>::try_from(&*tag) else {
+        return false;
+    };
+    aead.decrypt_inout_detached(&nonce, &[], data.into(), tag).is_ok()
+}
+
+/// Names the failure of chunk `index`: if the chunk authenticates under a
+/// nearby counter it was moved or copied; otherwise its bytes changed.
+fn diagnose(aead: &ChaCha20Poly1305, sealed: &mut [u8], index: u64, last: bool, offset: u64) -> Error {
+    let lo = index.saturating_sub(DIAGNOSIS_WINDOW);
+    let hi = index.saturating_add(DIAGNOSIS_WINDOW);
+    for sealed_as in (lo..=hi).filter(|&c| c != index) {
+        if open_in_place(aead, sealed, sealed_as, last) {
+            sealed.iter_mut().for_each(|b| *b = 0);
+            return if sealed_as < index {
+                Error::ChunkReplayed {
+                    index,
+                    sealed_as,
+                    offset,
+                }
+            } else {
+                Error::ChunkOutOfOrder {
+                    index,
+                    sealed_as,
+                    offset,
+                }
+            };
+        }
+    }
+    Error::ChunkTampered { index, offset }
 }
 
 /// Reads until `buf` is full or the input ends; returns how much was read.

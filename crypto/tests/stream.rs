@@ -1,0 +1,252 @@
+//! Round trips and tampering through the public streaming API.
+
+use std::io::{self, Read, Write};
+
+use proptest::prelude::*;
+use vaultline_crypto::{
+    DEFAULT_CHUNK_SIZE, DataKey, EncryptionContext, Error, Header, KeyWrap, LocalKeyWrap, MasterKey,
+    SealOptions, SealedReader, SealedWriter,
+};
+
+fn provider() -> LocalKeyWrap {
+    LocalKeyWrap::new(&MasterKey::from_bytes([0x11; 32]))
+}
+
+fn context() -> EncryptionContext {
+    EncryptionContext::new()
+        .with("job", "stream-tests")
+        .unwrap()
+        .with("snapshot", "s1")
+        .unwrap()
+}
+
+/// Seals `plain`, feeding the writer in pieces of the given sizes (cycled).
+fn seal_in_pieces(plain: &[u8], chunk_size: u32, pieces: &[usize]) -> (Vec<u8>, DataKey) {
+    let p = provider();
+    let (key, envelope) = p.generate(&context()).unwrap();
+    let opts = SealOptions {
+        chunk_size,
+        salt: None,
+    };
+    let mut w = SealedWriter::with_options(Vec::new(), &key, envelope, context(), &opts).unwrap();
+    let mut at = 0;
+    for &n in pieces.iter().cycle() {
+        if at >= plain.len() {
+            break;
+        }
+        let end = (at + n.max(1)).min(plain.len());
+        w.write_all(&plain[at..end]).unwrap();
+        at = end;
+    }
+    (w.finish().unwrap(), key)
+}
+
+/// Opens with the provider, reading into buffers of `read_size` bytes.
+fn open_with(sealed: &[u8], read_size: usize) -> Result<Vec<u8>, Error> {
+    let (_, mut r) = SealedReader::open(sealed, &provider())?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; read_size.max(1)];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(into_error(e)),
+        }
+    }
+}
+
+fn into_error(e: io::Error) -> Error {
+    if Error::from_io(&e).is_some() {
+        *e.into_inner().unwrap().downcast::<Error>().unwrap()
+    } else {
+        Error::Io(e)
+    }
+}
+
+fn plaintext(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn boundary_len(chunk: usize) -> impl Strategy<Value = usize> {
+    prop_oneof![
+        Just(0),
+        Just(1),
+        Just(chunk - 1),
+        Just(chunk),
+        Just(chunk + 1),
+        Just(3 * chunk),
+        Just(3 * chunk - 1),
+        Just(3 * chunk + 1),
+        0..4 * chunk,
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Any length around the chunk boundaries, written and read in any split,
+    /// comes back byte for byte; the sealed size is exactly as FORMAT.md says.
+    #[test]
+    fn round_trip_at_default_chunk_size(
+        len in boundary_len(DEFAULT_CHUNK_SIZE as usize),
+        pieces in proptest::collection::vec(1usize..200_000, 1..5),
+        read_size in prop_oneof![Just(1usize), 1usize..70_000, Just(1 << 20)],
+        seed in any::<u8>(),
+    ) {
+        let plain = plaintext(len, seed);
+        let (sealed, _) = seal_in_pieces(&plain, DEFAULT_CHUNK_SIZE, &pieces);
+        let (header, header_len) = Header::parse(&sealed).unwrap();
+        let chunk = DEFAULT_CHUNK_SIZE as usize;
+        let chunks = if len == 0 { 1 } else { len.div_ceil(chunk) };
+        prop_assert_eq!(sealed.len(), header_len + 16 + len + chunks * (4 + 16));
+        prop_assert_eq!(header.payload_offset() as usize, header_len + 16);
+        prop_assert_eq!(open_with(&sealed, read_size).unwrap(), plain);
+    }
+
+    #[test]
+    fn round_trip_at_small_chunk_size(
+        len in boundary_len(1024),
+        pieces in proptest::collection::vec(1usize..3000, 1..5),
+        read_size in 1usize..5000,
+    ) {
+        let plain = plaintext(len, 7);
+        let (sealed, _) = seal_in_pieces(&plain, 1024, &pieces);
+        prop_assert_eq!(open_with(&sealed, read_size).unwrap(), plain);
+    }
+}
+
+/// A 5-chunk object (1 KiB chunks) used by the tamper tests.
+fn sample() -> (Vec<u8>, Vec<u8>, DataKey) {
+    let plain = plaintext(4 * 1024 + 333, 3);
+    let (sealed, key) = seal_in_pieces(&plain, 1024, &[777]);
+    (sealed, plain, key)
+}
+
+#[test]
+fn no_single_byte_change_anywhere_yields_plaintext() {
+    let (sealed, _, _) = sample();
+    for at in 0..sealed.len() {
+        for bit in [0x01u8, 0x80] {
+            let mut bad = sealed.clone();
+            bad[at] ^= bit;
+            let result = open_with(&bad, 4096);
+            assert!(
+                result.is_err(),
+                "flipping bit {bit:#x} at offset {at} was accepted"
+            );
+            let err = result.unwrap_err();
+            assert!(err.is_integrity(), "offset {at}: not an integrity error: {err}");
+        }
+    }
+}
+
+#[test]
+fn every_truncation_is_rejected() {
+    let (sealed, _, _) = sample();
+    for cut in 0..sealed.len() {
+        let err = open_with(&sealed[..cut], 4096).unwrap_err();
+        assert!(
+            matches!(err, Error::Truncated { .. } | Error::HeaderTruncated { .. }),
+            "cut at {cut}: {err}"
+        );
+    }
+}
+
+#[test]
+fn altered_context_is_header_tampered_when_opened_with_the_data_key() {
+    let (mut sealed, _, key) = sample();
+    let (header, _) = Header::parse(&sealed).unwrap();
+    // The first context value byte: after magic..commitment (78), count (2),
+    // first key length (2) and key "job" (3), value length (2).
+    let at = 78 + 2 + 2 + 3 + 2;
+    assert_eq!(sealed[at], b's', "layout assumption");
+    sealed[at] ^= 0x01;
+    let (altered, used) = Header::parse(&sealed).unwrap();
+    assert_ne!(altered.context(), header.context());
+    let err = SealedReader::new(&sealed[used..], &altered, &key).err().unwrap();
+    assert!(matches!(err, Error::HeaderTampered), "{err}");
+}
+
+#[test]
+fn wrong_data_key_is_reported_as_wrong_key() {
+    let (sealed, _, _) = sample();
+    let (header, used) = Header::parse(&sealed).unwrap();
+    let err = SealedReader::new(&sealed[used..], &header, &DataKey::from_bytes([0; 32]))
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::WrongKey), "{err}");
+}
+
+#[test]
+fn another_master_key_names_both_fingerprints() {
+    let (sealed, _, _) = sample();
+    let other = LocalKeyWrap::new(&MasterKey::from_bytes([0x22; 32]));
+    let err = SealedReader::open(&sealed[..], &other).err().unwrap();
+    match err {
+        Error::KeyMismatch { sealed_with, have } => {
+            assert_eq!(sealed_with, provider().key_id());
+            assert_eq!(have, other.key_id());
+        }
+        other => panic!("expected KeyMismatch, got {other}"),
+    }
+}
+
+#[test]
+fn writer_dropped_without_finish_leaves_a_truncated_stream() {
+    let p = provider();
+    let (key, envelope) = p.generate(&context()).unwrap();
+    let mut out = Vec::new();
+    {
+        let mut w = SealedWriter::new(&mut out, &key, envelope, context()).unwrap();
+        w.write_all(&plaintext(200_000, 1)).unwrap();
+    }
+    assert!(matches!(open_with(&out, 4096), Err(Error::Truncated { .. })));
+}
+
+#[test]
+fn reader_stays_failed_and_wipes_unauthenticated_bytes() {
+    let (mut sealed, _, _) = sample();
+    let (header, _) = Header::parse(&sealed).unwrap();
+    let first_ciphertext = header.payload_offset() as usize + 4 + 10;
+    sealed[first_ciphertext] ^= 0xff;
+    let (_, mut r) = SealedReader::open(&sealed[..], &provider()).unwrap();
+    // A buffer big enough for direct decryption into it.
+    let mut out = vec![0xAAu8; 8192];
+    let err = r.read(&mut out).unwrap_err();
+    assert!(matches!(
+        Error::from_io(&err),
+        Some(Error::ChunkTampered { index: 0, .. })
+    ));
+    assert!(
+        out.iter().all(|&b| b == 0),
+        "ciphertext left in the caller's buffer"
+    );
+    assert!(r.read(&mut out).is_err(), "a failed reader must not resume");
+}
+
+#[test]
+fn plaintext_of_a_chunk_is_released_only_after_it_authenticates() {
+    // Damage chunk 2: chunks 0 and 1 are released, then the error; nothing
+    // of chunk 2 ever reaches the caller.
+    let (mut sealed, plain, _) = sample();
+    let (header, _) = Header::parse(&sealed).unwrap();
+    let chunk2 = header.payload_offset() as usize + 2 * (4 + 1024 + 16);
+    sealed[chunk2 + 4 + 1] ^= 0x01;
+    let (_, mut r) = SealedReader::open(&sealed[..], &provider()).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 100];
+    let err = loop {
+        match r.read(&mut buf) {
+            Ok(0) => panic!("damaged stream read to the end"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(got, plain[..2048]);
+    assert!(matches!(
+        Error::from_io(&err),
+        Some(Error::ChunkTampered { index: 2, .. })
+    ));
+}
