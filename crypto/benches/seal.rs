@@ -5,6 +5,8 @@
 //! Run: `cargo bench -p vaultline-crypto --bench seal`. Criterion prints
 //! GiB/s for each of `raw_chacha20poly1305_in_place`, `seal` and `open`.
 
+#![allow(clippy::expect_used)] // a benchmark that cannot set up should stop loudly
+
 use std::hint::black_box;
 use std::io::{self, Read, Write};
 use std::time::Duration;
