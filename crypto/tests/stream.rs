@@ -1,5 +1,7 @@
 //! Round trips and tampering through the public streaming API.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // in tests a panic is the failure report
+
 use std::io::{self, Read, Write};
 
 use proptest::prelude::*;

@@ -13,6 +13,8 @@
 //! hand from the recipe in FORMAT.md §3 and §5: HKDF labels, nonce layout,
 //! frame word. That doubles as a check that the spec matches the code.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // in tests a panic is the failure report
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
