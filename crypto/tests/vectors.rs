@@ -436,6 +436,9 @@ fn manifest_entry(v: &Vector) -> Value {
             entry.insert("result", json!("ok"));
             entry.insert("plaintext_len", json!(plain.len()));
             entry.insert("plaintext_sha256", json!(sha256_hex(plain)));
+            if plain.len() < 64 {
+                entry.insert("plaintext_hex", json!(hex::encode(plain)));
+            }
         }
         Err(name) => {
             let err = open(&v.bytes).expect_err(v.name);
@@ -454,14 +457,14 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 fn manifest(vectors: &[Vector]) -> String {
     let doc = json!({
-        "about": "vaultline sealed-object test vectors; see README.md here and docs/FORMAT.md",
+        "about": "vaultline sealed-object test vectors; see README.md in this directory and docs/FORMAT.md",
         "master_key": hex::encode(arr32(0x00)),
         "data_key": hex::encode(arr32(BASE.key)),
         "salt": hex::encode(salt(BASE.salt)),
         "wrap_nonce": hex::encode(wrap_nonce(BASE.nonce)),
         "chunk_size": CHUNK,
         "context": context().iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-        "plaintext_pattern": "the 64-byte line 'vaultline test vector plaintext, line of 64 bytes ............\\n' repeated and cut to length",
+        "plaintext_pattern": "unless a vector gives plaintext_hex: the 63-byte line 'vaultline test vector plaintext, line of 64 bytes ............\\n' repeated and cut to length",
         "vectors": vectors.iter().map(manifest_entry).collect::<Vec<_>>(),
     });
     serde_json::to_string_pretty(&doc).unwrap() + "\n"
