@@ -15,10 +15,15 @@
 //! offset, for ranged reads. The frame word needs no MAC of its own: the
 //! flag is in the nonce and the length is in Poly1305's length block.
 //!
-//! Both ends use one buffer of one chunk, whatever the object size.
+//! Both ends use one buffer of one chunk, whatever the object size. The
+//! writer encrypts whole chunks straight out of the caller's slice when it
+//! can, and the reader (over `BufRead`) decrypts whole chunks straight out of
+//! the source's buffer, so in the common case no plaintext or ciphertext is
+//! copied besides the encryption itself (see the `seal` benchmark).
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 
+use chacha20poly1305::aead::inout::InOutBuf;
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 use zeroize::Zeroizing;
@@ -154,15 +159,31 @@ impl<W: Write> SealedWriter<W> {
         Ok(inner)
     }
 
+    /// Seals the buffered plaintext as the next chunk.
     fn seal_chunk(&mut self, last: bool) -> io::Result<()> {
+        self.seal_from(None, last)
+    }
+
+    /// Seals the next chunk and writes it out. The plaintext is either the
+    /// buffered bytes (`input` = None, sealed in place) or a whole chunk
+    /// taken straight from the caller's slice, encrypted into the buffer
+    /// without first copying it there.
+    fn seal_from(&mut self, input: Option<&[u8]>, last: bool) -> io::Result<()> {
         if self.failed {
             return Err(poisoned());
         }
-        let len = self.filled;
+        let len = input.map_or(self.filled, <[u8]>::len);
         let nonce = Nonce::from(ChunkNonce::new(self.counter, last).to_bytes());
         let (frame, rest) = self.buf.split_at_mut(FRAME_SIZE);
-        let (plaintext, tail) = rest.split_at_mut(len);
-        let Ok(tag) = self.aead.encrypt_inout_detached(&nonce, &[], plaintext.into()) else {
+        let (body, tail) = rest.split_at_mut(len);
+        let sealed = match input {
+            None => self.aead.encrypt_inout_detached(&nonce, &[], body.into()),
+            Some(plain) => match InOutBuf::new(plain, body) {
+                Ok(io) => self.aead.encrypt_inout_detached(&nonce, &[], io),
+                Err(_) => Err(chacha20poly1305::Error),
+            },
+        };
+        let Ok(tag) = sealed else {
             // Only possible for a chunk over 256 GiB, which chunk_size forbids.
             self.failed = true;
             return Err(Error::TooLong.into_io());
@@ -200,6 +221,12 @@ impl<W: Write> Write for SealedWriter<W> {
         if self.filled == self.chunk_size {
             self.seal_chunk(false)?;
         }
+        // With nothing buffered and more than a chunk offered, the first
+        // chunk is certainly not the last: seal it straight from `data`.
+        if self.filled == 0 && data.len() > self.chunk_size {
+            self.seal_from(Some(&data[..self.chunk_size]), false)?;
+            return Ok(self.chunk_size);
+        }
         let n = data.len().min(self.chunk_size - self.filled);
         let at = FRAME_SIZE + self.filled;
         self.buf[at..at + n].copy_from_slice(&data[..n]);
@@ -229,7 +256,7 @@ enum ReadState {
 /// see [`Error::from_io`]) on anything that is not exactly what the writer
 /// produced. `read` returns 0 only after the final chunk has authenticated
 /// and the input has been seen to end.
-pub struct SealedReader<R: Read> {
+pub struct SealedReader<R: BufRead> {
     inner: R,
     aead: ChaCha20Poly1305,
     chunk_size: usize,
@@ -243,7 +270,7 @@ pub struct SealedReader<R: Read> {
     state: ReadState,
 }
 
-impl<R: Read> SealedReader<R> {
+impl<R: BufRead> SealedReader<R> {
     /// Reads the header from `inner`, unwraps the data key with `keys`, and
     /// opens the payload. Returns the header too, for its context.
     pub fn open<K: KeyWrap + ?Sized>(mut inner: R, keys: &K) -> Result<(Header, Self)> {
@@ -331,16 +358,18 @@ impl<R: Read> SealedReader<R> {
                 ),
             });
         }
-        let sealed = &mut dst[..len + TAG_SIZE];
-        let got = read_full(&mut self.inner, sealed)?;
-        if got < sealed.len() {
-            return Err(Error::Truncated {
-                index,
-                offset: frame_at + (FRAME_SIZE + got) as u64,
-            });
-        }
-        if !open_in_place(&self.aead, sealed, index, last) {
-            return Err(diagnose(&self.aead, sealed, index, last, frame_at));
+        if !self.open_from_source(&mut dst[..len], index, last)? {
+            let sealed = &mut dst[..len + TAG_SIZE];
+            let got = read_full(&mut self.inner, sealed)?;
+            if got < sealed.len() {
+                return Err(Error::Truncated {
+                    index,
+                    offset: frame_at + (FRAME_SIZE + got) as u64,
+                });
+            }
+            if !open_in_place(&self.aead, sealed, index, last) {
+                return Err(diagnose(&self.aead, sealed, index, last, frame_at));
+            }
         }
         if last && len == 0 && index > 0 {
             return Err(Error::EmptyFinalChunk {
@@ -355,6 +384,32 @@ impl<R: Read> SealedReader<R> {
             self.state = ReadState::Done;
         }
         Ok(len)
+    }
+
+    /// The fast path: when the source's buffer already holds the whole
+    /// sealed chunk, authenticate it there and decrypt it straight into
+    /// `out`, saving the copy into our own buffer. Returns false, consuming
+    /// nothing, when the chunk is not all there or does not authenticate;
+    /// the caller then takes the copying path, which also names failures.
+    fn open_from_source(&mut self, out: &mut [u8], counter: u64, last: bool) -> io::Result<bool> {
+        let len = out.len();
+        let available = self.inner.fill_buf()?;
+        if available.len() < len + TAG_SIZE {
+            return Ok(false);
+        }
+        let (ciphertext, rest) = available.split_at(len);
+        let Ok(tag) = <&Tag>::try_from(&rest[..TAG_SIZE]) else {
+            return Ok(false);
+        };
+        let nonce = Nonce::from(ChunkNonce::new(counter, last).to_bytes());
+        let opened = match InOutBuf::new(ciphertext, out) {
+            Ok(io) => self.aead.decrypt_inout_detached(&nonce, &[], io, tag).is_ok(),
+            Err(_) => false,
+        };
+        if opened {
+            self.inner.consume(len + TAG_SIZE);
+        }
+        Ok(opened)
     }
 
     /// After the final chunk the input must end. If it does not, says
@@ -395,7 +450,7 @@ impl<R: Read> SealedReader<R> {
     }
 }
 
-impl<R: Read> Read for SealedReader<R> {
+impl<R: BufRead> Read for SealedReader<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         loop {
             if self.pos < self.len {

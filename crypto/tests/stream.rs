@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // in tests a panic is the failure report
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufReader, Read, Write};
 
 use proptest::prelude::*;
 use vaultline_crypto::{
@@ -45,7 +45,18 @@ fn seal_in_pieces(plain: &[u8], chunk_size: u32, pieces: &[usize]) -> (Vec<u8>, 
 
 /// Opens with the provider, reading into buffers of `read_size` bytes.
 fn open_with(sealed: &[u8], read_size: usize) -> Result<Vec<u8>, Error> {
-    let (_, mut r) = SealedReader::open(sealed, &provider())?;
+    open_from(sealed, read_size)
+}
+
+/// Opens through a `BufReader` of `capacity` bytes, which (being smaller
+/// than a chunk) makes the reader take its copying path, not the fast path
+/// that decrypts straight out of the source's buffer.
+fn open_buffered(sealed: &[u8], capacity: usize, read_size: usize) -> Result<Vec<u8>, Error> {
+    open_from(BufReader::with_capacity(capacity, sealed), read_size)
+}
+
+fn open_from<R: io::BufRead>(source: R, read_size: usize) -> Result<Vec<u8>, Error> {
+    let (_, mut r) = SealedReader::open(source, &provider())?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; read_size.max(1)];
     loop {
@@ -108,6 +119,17 @@ proptest! {
     }
 
     #[test]
+    fn round_trip_through_a_small_source_buffer(
+        len in boundary_len(DEFAULT_CHUNK_SIZE as usize),
+        capacity in 1usize..70_000,
+        read_size in prop_oneof![Just(1usize), 1usize..70_000, Just(1 << 20)],
+    ) {
+        let plain = plaintext(len, 9);
+        let (sealed, _) = seal_in_pieces(&plain, DEFAULT_CHUNK_SIZE, &[100_000]);
+        prop_assert_eq!(open_buffered(&sealed, capacity, read_size).unwrap(), plain);
+    }
+
+    #[test]
     fn round_trip_at_small_chunk_size(
         len in boundary_len(1024),
         pieces in proptest::collection::vec(1usize..3000, 1..5),
@@ -133,7 +155,14 @@ fn no_single_byte_change_anywhere_yields_plaintext() {
         for bit in [0x01u8, 0x80] {
             let mut bad = sealed.clone();
             bad[at] ^= bit;
-            let result = open_with(&bad, 4096);
+            // Both reading paths: straight from the source's buffer, and copying.
+            let copied = open_buffered(&bad, 100, 4096);
+            assert_eq!(
+                copied.as_ref().map_err(|e| e.to_string()),
+                open_with(&bad, 4096).as_ref().map_err(|e| e.to_string()),
+                "offset {at}: the two reading paths disagree"
+            );
+            let result = copied;
             assert!(
                 result.is_err(),
                 "flipping bit {bit:#x} at offset {at} was accepted"
