@@ -1,0 +1,193 @@
+//! Stage two's output: the resolved configuration the agent runs with.
+//!
+//! Every default has been applied and every value checked; nothing here can
+//! be invalid. The agent never looks at the raw TOML.
+
+use std::path::{Path, PathBuf};
+
+use globset::GlobSet;
+
+use crate::cron::Schedule;
+
+/// A loaded, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was loaded from.
+    pub file: PathBuf,
+    /// Agent-wide settings.
+    pub agent: Agent,
+    /// Where snapshots are stored.
+    pub repository: Repository,
+    /// Where data keys are wrapped.
+    pub key: KeyConfig,
+    /// Bucket-hardening policy (used with S3 repositories).
+    pub hardening: Hardening,
+    /// The backup jobs, in file order.
+    pub jobs: Vec<Job>,
+}
+
+impl Config {
+    /// The job called `name`.
+    pub fn job(&self, name: &str) -> Option<&Job> {
+        self.jobs.iter().find(|j| j.name == name)
+    }
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    /// The host name backups are filed under.
+    pub host: String,
+    /// Local state: locks, the key file, caches.
+    pub state_dir: PathBuf,
+}
+
+/// `[repository]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Repository {
+    /// A directory on a local or mounted file system.
+    Local {
+        /// The repository directory.
+        path: PathBuf,
+        /// Object-name prefix inside it (may be empty).
+        prefix: String,
+    },
+}
+
+impl Repository {
+    /// The object-name prefix.
+    pub fn prefix(&self) -> &str {
+        match self {
+            Repository::Local { prefix, .. } => prefix,
+        }
+    }
+}
+
+/// `[key]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyConfig {
+    /// A local master key.
+    Local {
+        /// Where the master key is kept.
+        storage: KeyStorage,
+        /// The key file, used for `file` storage and as the `auto` fallback.
+        file: PathBuf,
+    },
+}
+
+/// Where a local master key is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStorage {
+    /// The OS keyring when reachable, else the key file.
+    Auto,
+    /// The OS keyring only.
+    Keyring,
+    /// The key file only.
+    File,
+}
+
+/// What to do when a hardening check fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckPolicy {
+    /// Refuse the run (exit code 3).
+    Abort,
+    /// Log a warning and go on.
+    Warn,
+}
+
+/// The hardening checks, by stable id, with their default policy.
+pub const CHECKS: &[(&str, CheckPolicy)] = &[
+    ("public-access-block", CheckPolicy::Abort),
+    ("no-public-policy", CheckPolicy::Abort),
+    ("acls-disabled", CheckPolicy::Abort),
+    ("versioning", CheckPolicy::Abort),
+    ("default-encryption", CheckPolicy::Abort),
+    ("tls-only", CheckPolicy::Abort),
+    ("access-logging", CheckPolicy::Warn),
+    ("lifecycle-archive", CheckPolicy::Warn),
+    ("lifecycle-abort-mpu", CheckPolicy::Warn),
+    ("object-lock", CheckPolicy::Warn),
+    ("kms-key", CheckPolicy::Warn),
+    ("account-public-access-block", CheckPolicy::Warn),
+];
+
+/// `[hardening]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hardening {
+    /// Whether a setting the principal may not read counts as passing.
+    pub accept_unknown: bool,
+    /// Policy per check id, for every id in [`CHECKS`].
+    pub policies: Vec<(&'static str, CheckPolicy)>,
+}
+
+impl Hardening {
+    /// The policy for check `id`.
+    pub fn policy(&self, id: &str) -> Option<CheckPolicy> {
+        self.policies.iter().find(|(c, _)| *c == id).map(|(_, p)| *p)
+    }
+}
+
+/// A `[[jobs]]` entry.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Unique name: lowercase letters, digits, `-`, `_`.
+    pub name: String,
+    /// Absolute paths to back up, none inside another.
+    pub paths: Vec<PathBuf>,
+    /// What to leave out.
+    pub exclude: Excludes,
+    /// Stay on the file system of each path.
+    pub one_file_system: bool,
+    /// zstd level, 1–19.
+    pub compression_level: i32,
+    /// zstd worker threads; 0 = one per CPU.
+    pub compression_threads: u32,
+    /// When the agent runs the job.
+    pub schedule: Option<Schedule>,
+    /// Whether the agent watches the paths for changes.
+    pub watch: bool,
+    /// How many snapshots `forget` keeps.
+    pub retention: Retention,
+}
+
+/// A job's exclude patterns. A pattern without `/` matches an entry's file
+/// name (`*.tmp`, `node_modules`); a pattern with `/` matches its absolute
+/// path (`/var/cache/**`, `/home/*/.cache`). `*` and `?` stay within one path
+/// component, `**` spans any number of them.
+#[derive(Debug, Clone)]
+pub struct Excludes {
+    /// The patterns as written.
+    pub patterns: Vec<String>,
+    pub(crate) by_name: GlobSet,
+    pub(crate) by_path: GlobSet,
+}
+
+impl Excludes {
+    /// True when `path` (absolute) is excluded.
+    pub fn is_excluded(&self, path: &Path) -> bool {
+        if self.patterns.is_empty() {
+            return false;
+        }
+        path.file_name().is_some_and(|n| self.by_name.is_match(n)) || self.by_path.is_match(path)
+    }
+}
+
+/// `[jobs.retention]`: how many snapshots to keep per period (0 = none by
+/// that rule). All zero means keep everything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// The most recent N.
+    pub keep_last: u32,
+    /// The last snapshot of each of the last N hours.
+    pub keep_hourly: u32,
+    /// … days.
+    pub keep_daily: u32,
+    /// … weeks.
+    pub keep_weekly: u32,
+    /// … months.
+    pub keep_monthly: u32,
+    /// … years.
+    pub keep_yearly: u32,
+}

@@ -1,0 +1,129 @@
+//! Stage one: the file as serde sees it.
+//!
+//! Unknown keys are rejected everywhere (`deny_unknown_fields`), keys are
+//! kebab-case, and every value that stage two validates is `Spanned`, so its
+//! problems can be reported at its line and column. Nothing here applies a
+//! default or checks a meaning; that is `validate`'s job.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawConfig {
+    #[serde(default)]
+    pub agent: RawAgent,
+    pub repository: Spanned<RawRepository>,
+    #[serde(default)]
+    pub key: RawKey,
+    #[serde(default)]
+    pub hardening: RawHardening,
+    #[serde(default)]
+    pub jobs: Vec<Spanned<RawJob>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawAgent {
+    pub host: Option<Spanned<String>>,
+    pub state_dir: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum RepositoryType {
+    Local,
+}
+
+/// Flat rather than an internally tagged enum: serde's tagged enums buffer
+/// their content and lose the spans we report errors with.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawRepository {
+    #[serde(rename = "type")]
+    pub kind: Spanned<RepositoryType>,
+    pub path: Option<Spanned<String>>,
+    pub prefix: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum KeyProviderKind {
+    Local,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum RawKeyStorage {
+    Auto,
+    Keyring,
+    File,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawKey {
+    pub provider: Option<Spanned<KeyProviderKind>>,
+    pub storage: Option<RawKeyStorage>,
+    pub file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum RawPolicy {
+    Abort,
+    Warn,
+}
+
+/// One optional policy per hardening check; the field list is the set of
+/// known check ids, so a misspelt id is an "unknown field" with the list.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawChecks {
+    pub public_access_block: Option<RawPolicy>,
+    pub no_public_policy: Option<RawPolicy>,
+    pub acls_disabled: Option<RawPolicy>,
+    pub versioning: Option<RawPolicy>,
+    pub default_encryption: Option<RawPolicy>,
+    pub tls_only: Option<RawPolicy>,
+    pub access_logging: Option<RawPolicy>,
+    pub lifecycle_archive: Option<RawPolicy>,
+    pub lifecycle_abort_mpu: Option<RawPolicy>,
+    pub object_lock: Option<RawPolicy>,
+    pub kms_key: Option<RawPolicy>,
+    pub account_public_access_block: Option<RawPolicy>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawHardening {
+    pub accept_unknown: Option<bool>,
+    #[serde(default)]
+    pub checks: RawChecks,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawJob {
+    pub name: Spanned<String>,
+    pub paths: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub exclude: Vec<Spanned<String>>,
+    pub one_file_system: Option<bool>,
+    pub compression_level: Option<Spanned<i64>>,
+    pub compression_threads: Option<Spanned<i64>>,
+    pub schedule: Option<Spanned<String>>,
+    pub watch: Option<bool>,
+    pub retention: Option<RawRetention>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawRetention {
+    pub keep_last: Option<u32>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+}

@@ -1,0 +1,268 @@
+//! Loading and validating configurations: defaults, the example file, and
+//! the exact message for each kind of mistake.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // in tests a panic is the failure report
+
+use std::path::{Path, PathBuf};
+
+use vaultline_config::{
+    CheckPolicy, Config, ConfigError, Environment, KeyConfig, KeyStorage, Repository, locate,
+};
+
+fn env() -> Environment {
+    Environment {
+        hostname: Some("web1".into()),
+        is_root: false,
+        home: Some("/home/op".into()),
+        xdg_config_home: None,
+        xdg_state_home: None,
+        config_env: None,
+    }
+}
+
+const MINIMAL: &str = r#"
+[repository]
+type = "local"
+path = "/srv/backups"
+
+[[jobs]]
+name = "etc"
+paths = ["/etc"]
+"#;
+
+fn load(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("config.toml"), &env())
+}
+
+fn error(text: &str) -> String {
+    load(text).expect_err("config should be rejected").to_string()
+}
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.agent.host, "web1");
+    assert_eq!(
+        c.agent.state_dir,
+        PathBuf::from("/home/op/.local/state/vaultline")
+    );
+    assert_eq!(
+        c.repository,
+        Repository::Local {
+            path: "/srv/backups".into(),
+            prefix: "vaultline".into()
+        }
+    );
+    assert_eq!(
+        c.key,
+        KeyConfig::Local {
+            storage: KeyStorage::Auto,
+            file: "/home/op/.local/state/vaultline/keys/master.key".into()
+        }
+    );
+    let job = c.job("etc").unwrap();
+    assert_eq!(job.compression_level, 3);
+    assert_eq!(job.compression_threads, 0);
+    assert!(!job.one_file_system && !job.watch && job.schedule.is_none());
+    assert_eq!(c.hardening.policy("versioning"), Some(CheckPolicy::Abort));
+    assert_eq!(c.hardening.policy("access-logging"), Some(CheckPolicy::Warn));
+    assert!(!c.hardening.accept_unknown);
+}
+
+#[test]
+fn root_state_dir_default() {
+    let root = Environment {
+        is_root: true,
+        ..env()
+    };
+    let c = Config::parse(MINIMAL, Path::new("c.toml"), &root).unwrap();
+    assert_eq!(c.agent.state_dir, PathBuf::from("/var/lib/vaultline"));
+}
+
+#[test]
+fn the_packaged_example_config_is_valid() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/vaultline.toml");
+    let c = Config::load(&example, &env()).unwrap();
+    let job = c.job("etc").unwrap();
+    assert_eq!(job.schedule.as_ref().unwrap().expression(), "0 3 * * *");
+    assert_eq!(job.retention.keep_daily, 14);
+    assert!(job.exclude.is_excluded(Path::new("/etc/.x.swp")));
+}
+
+#[test]
+fn excludes_match_names_and_paths() {
+    let c = load(&format!(
+        "{MINIMAL}exclude = [\"*.tmp\", \"/etc/ssl/private/**\", \"/etc/*/cache\"]\n"
+    ))
+    .unwrap();
+    let ex = &c.jobs[0].exclude;
+    assert!(ex.is_excluded(Path::new("/etc/deep/dir/x.tmp")));
+    assert!(ex.is_excluded(Path::new("/etc/ssl/private/key.pem")));
+    assert!(ex.is_excluded(Path::new("/etc/app/cache")));
+    assert!(
+        !ex.is_excluded(Path::new("/etc/app/sub/cache")),
+        "`*` must not cross `/`"
+    );
+    assert!(!ex.is_excluded(Path::new("/etc/ssl/certs/a.pem")));
+}
+
+/// Each mistake, with the exact message (file:line:column: path: message).
+#[test]
+fn each_mistake_has_its_exact_message() {
+    let cases: &[(&str, &str)] = &[
+        // 1. TOML syntax
+        (
+            "[repository\ntype = 'local'\n",
+            "config.toml:1:12: unclosed table, expected `]`",
+        ),
+        // 2. a misspelt key
+        (
+            &format!("{MINIMAL}schedul = '0 3 * * *'\n"),
+            "config.toml:9:1: jobs[0].schedul: unknown field `schedul`, expected one of `name`, `paths`, `exclude`, \
+             `one-file-system`, `compression-level`, `compression-threads`, `schedule`, `watch`, `retention`",
+        ),
+        // 3. a value of the wrong type
+        (
+            &format!("{MINIMAL}compression-level = 'high'\n"),
+            "config.toml:9:21: jobs[0].compression-level: invalid type: string \"high\", expected i64",
+        ),
+        // 4. a required key missing
+        (
+            "[repository]\ntype = 'local'\npath = '/srv'\n[[jobs]]\nname = 'etc'\n",
+            "config.toml:4:1: jobs[0]: missing field `paths`",
+        ),
+        // 5. an unknown repository type
+        (
+            "[repository]\ntype = 'ftp'\npath = '/srv'\n",
+            "config.toml:2:8: repository.type: unknown variant `ftp`, expected `local`",
+        ),
+        // 6. a relative path
+        (
+            "[repository]\ntype = 'local'\npath = 'backups'\n",
+            "config.toml:3:8: repository.path: \"backups\" must be an absolute path",
+        ),
+        // 7. an invalid cron expression
+        (
+            &format!("{MINIMAL}schedule = '61 * * * *'\n"),
+            "config.toml:9:12: jobs[0].schedule: invalid cron expression \"61 * * * *\": minute must be 0-59",
+        ),
+        // 8. duplicate job names
+        (
+            &format!("{MINIMAL}\n[[jobs]]\nname = 'etc'\npaths = ['/srv']\n"),
+            "config.toml:11:8: jobs[1].name: duplicate job name \"etc\" (also jobs[0].name)",
+        ),
+        // 9. an invalid job name
+        (
+            "[repository]\ntype = 'local'\npath = '/srv'\n[[jobs]]\nname = 'My Job'\npaths = ['/etc']\n",
+            "config.toml:5:8: jobs[0].name: \"My Job\" is not a valid job name: use 1 to 64 lowercase letters, \
+             digits, `-` or `_`, starting with a letter or digit",
+        ),
+        // 10. no paths
+        (
+            "[repository]\ntype = 'local'\npath = '/srv'\n[[jobs]]\nname = 'etc'\npaths = []\n",
+            "config.toml:6:9: jobs[0].paths: at least one path is required",
+        ),
+        // 11. one path inside another
+        (
+            "[repository]\ntype = 'local'\npath = '/srv'\n[[jobs]]\nname = 'etc'\npaths = ['/etc', '/etc/ssh']\n",
+            "config.toml:6:18: jobs[0].paths[1]: /etc/ssh is inside /etc (jobs[0].paths[0]); list only /etc",
+        ),
+        // 12. an invalid glob
+        (
+            &format!("{MINIMAL}exclude = ['*.tmp', '[abc']\n"),
+            "config.toml:9:21: jobs[0].exclude[1]: invalid glob \"[abc\": unclosed character class; missing ']'",
+        ),
+        // 13. compression level out of range
+        (
+            &format!("{MINIMAL}compression-level = 25\n"),
+            "config.toml:9:21: jobs[0].compression-level: 25 is out of range: expected 1 to 19",
+        ),
+        // 14. a misspelt hardening check id
+        (
+            &format!("{MINIMAL}[hardening.checks]\nversionin = 'warn'\n"),
+            "config.toml:10:1: hardening.checks.versionin: unknown field `versionin`, expected one of `public-access-block`, \
+             `no-public-policy`, `acls-disabled`, `versioning`, `default-encryption`, `tls-only`, `access-logging`, \
+             `lifecycle-archive`, `lifecycle-abort-mpu`, `object-lock`, `kms-key`, `account-public-access-block`",
+        ),
+        // 15. a hardening policy that is neither abort nor warn
+        (
+            &format!("{MINIMAL}[hardening.checks]\nversioning = 'ignore'\n"),
+            "config.toml:10:14: hardening.checks.versioning: unknown variant `ignore`, expected `abort` or `warn`",
+        ),
+        // 16. no [repository] at all
+        (
+            "[[jobs]]\nname = 'etc'\npaths = ['/etc']\n",
+            "config.toml:1:1: missing field `repository`",
+        ),
+        // 17. a path with `..`
+        (
+            "[repository]\ntype = 'local'\npath = '/srv/../tmp'\n",
+            "config.toml:3:8: repository.path: \"/srv/../tmp\" must not contain `.` or `..` components",
+        ),
+        // 18. an invalid storage value
+        (
+            &format!("{MINIMAL}[key]\nstorage = 'vault'\n"),
+            "config.toml:10:11: key.storage: unknown variant `vault`, expected one of `auto`, `keyring`, `file`",
+        ),
+    ];
+    assert!(cases.len() >= 12);
+    for (text, want) in cases {
+        assert_eq!(&error(text), want, "config:\n{text}");
+    }
+}
+
+#[test]
+fn all_validation_problems_are_reported_in_file_order() {
+    let text = "[repository]\ntype = 'local'\npath = 'rel'\n[[jobs]]\nname = 'etc'\npaths = ['/etc']\n\
+                compression-level = 0\nschedule = '* * *'\n";
+    let err = load(text).unwrap_err();
+    let lines: Vec<String> = err.to_string().lines().map(String::from).collect();
+    assert_eq!(
+        lines,
+        [
+            "config.toml:3:8: repository.path: \"rel\" must be an absolute path",
+            "config.toml:7:21: jobs[0].compression-level: 0 is out of range: expected 1 to 19",
+            "config.toml:8:12: jobs[0].schedule: invalid cron expression \"* * *\": expected 5 fields \
+             (minute hour day-of-month month day-of-week) or 6 (with a leading second), found 3",
+        ]
+    );
+    assert_eq!(err.problems().len(), 3);
+}
+
+#[test]
+fn search_order() {
+    let dir = std::env::temp_dir().join(format!("vaultline-config-locate-{}", std::process::id()));
+    let user = dir.join("xdg/vaultline/config.toml");
+    std::fs::create_dir_all(user.parent().unwrap()).unwrap();
+    std::fs::write(&user, MINIMAL).unwrap();
+    let e = Environment {
+        xdg_config_home: Some(dir.join("xdg")),
+        ..env()
+    };
+    // --config wins, then $VAULTLINE_CONFIG; both are taken even if missing.
+    assert_eq!(
+        locate(Some(Path::new("/x.toml")), &e).unwrap(),
+        PathBuf::from("/x.toml")
+    );
+    let with_env = Environment {
+        config_env: Some("/y.toml".into()),
+        ..e.clone()
+    };
+    assert_eq!(locate(None, &with_env).unwrap(), PathBuf::from("/y.toml"));
+    // Otherwise the first existing of /etc/vaultline/config.toml and the user file.
+    if !Path::new("/etc/vaultline/config.toml").exists() {
+        assert_eq!(locate(None, &e).unwrap(), user);
+        let nowhere = Environment {
+            xdg_config_home: Some(dir.join("none")),
+            ..env()
+        };
+        assert_eq!(
+            locate(None, &nowhere).unwrap_err().to_string(),
+            format!(
+                "no configuration file found; looked in: /etc/vaultline/config.toml, {}",
+                dir.join("none/vaultline/config.toml").display()
+            )
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
