@@ -42,9 +42,9 @@ pub struct Agent {
     pub state_dir: PathBuf,
 }
 
-/// `[repository]`.
+/// `[repository]`. Exhaustive on purpose: a new kind must be handled
+/// everywhere repositories are opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Repository {
     /// A directory on a local or mounted file system.
     Local {
@@ -64,9 +64,8 @@ impl Repository {
     }
 }
 
-/// `[key]`.
+/// `[key]`. Exhaustive on purpose, like [`Repository`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum KeyConfig {
     /// A local master key.
     Local {

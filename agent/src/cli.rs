@@ -1,0 +1,142 @@
+//! The command line: every subcommand and flag, as clap definitions.
+//!
+//! This is the stable surface described in PRODUCT.md. Each subcommand's
+//! behaviour lives in its own module under `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// vaultline: encrypted, verified backups of server directories.
+#[derive(Debug, Parser)]
+#[command(
+    name = "vaultline",
+    version,
+    about,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Configuration file [default: $VAULTLINE_CONFIG, /etc/vaultline/config.toml,
+    /// $XDG_CONFIG_HOME/vaultline/config.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Print machine-readable JSON on stdout instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More detail in logs (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Only errors and warnings; no progress bar.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the repository and the local master key (or check they exist).
+    Init,
+
+    /// Back up now.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+
+    /// List committed snapshots.
+    Snapshots(SnapshotsArgs),
+
+    /// Restore a snapshot into a directory.
+    Restore(RestoreArgs),
+
+    /// Download, decrypt and check snapshots against their manifests.
+    Verify(VerifyArgs),
+}
+
+/// `backup …`.
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Run jobs now (all jobs when none are named).
+    Now(BackupNowArgs),
+}
+
+/// `backup now`.
+#[derive(Debug, Args)]
+pub struct BackupNowArgs {
+    /// Jobs to run, by name [default: every job in the configuration].
+    #[arg(value_name = "JOB")]
+    pub jobs: Vec<String>,
+
+    /// If the job is already running, exit at once (code 6) instead of waiting.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+/// `snapshots`.
+#[derive(Debug, Args)]
+pub struct SnapshotsArgs {
+    /// Only this job's snapshots.
+    #[arg(value_name = "JOB")]
+    pub job: Option<String>,
+
+    /// Snapshots made by this host [default: agent.host from the configuration].
+    #[arg(long)]
+    pub host: Option<String>,
+}
+
+/// `restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// A snapshot id, or `latest`.
+    #[arg(value_name = "SNAPSHOT|latest")]
+    pub snapshot: String,
+
+    /// Directory to restore into (created if missing). Paths inside the
+    /// snapshot are placed below it, e.g. /etc/hosts as DIR/etc/hosts.
+    #[arg(long, value_name = "DIR")]
+    pub target: PathBuf,
+
+    /// The job the snapshot belongs to (needed when there are several).
+    #[arg(long)]
+    pub job: Option<String>,
+
+    /// Snapshots made by this host [default: agent.host from the configuration].
+    #[arg(long)]
+    pub host: Option<String>,
+
+    /// Restore only entries matching these globs (`etc/ssh/**`, `**/*.conf`);
+    /// a leading `/` is ignored. Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+
+    /// Replace existing files in the target (never follows or replaces a
+    /// directory with a file).
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+/// `verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// A snapshot id, or `latest` [default: latest].
+    #[arg(value_name = "SNAPSHOT", conflicts_with = "all")]
+    pub snapshot: Option<String>,
+
+    /// Verify every snapshot.
+    #[arg(long)]
+    pub all: bool,
+
+    /// The job [needed for a snapshot id when there are several jobs].
+    #[arg(long)]
+    pub job: Option<String>,
+
+    /// Snapshots made by this host [default: agent.host from the configuration].
+    #[arg(long)]
+    pub host: Option<String>,
+}

@@ -1,0 +1,120 @@
+//! `vaultline backup now [JOB…]`: run jobs now, one after another, each under
+//! its lock. A failing job does not stop the others; the exit code is that of
+//! the first failure.
+
+use anyhow::{Result, anyhow};
+
+use crate::app::App;
+use crate::archive::Walker;
+use crate::backup::{self, BackupReport};
+use crate::cli::BackupNowArgs;
+use crate::lock::JobLock;
+use crate::output::human_bytes;
+
+/// Runs `backup now`.
+pub fn run(app: &App, args: &BackupNowArgs) -> Result<()> {
+    let jobs = app.select_jobs(&args.jobs)?;
+    let key = app.local_key()?;
+    let provider = key.provider();
+    app.repo.check_key(&provider)?;
+    let host = &app.config.agent.host;
+
+    let mut reports = Vec::new();
+    let mut first_error: Option<anyhow::Error> = None;
+    for job in jobs {
+        let outcome = (|| -> Result<BackupReport> {
+            let _lock = JobLock::acquire(&app.config.agent.state_dir, &job.name, !args.no_wait)?;
+            let total = app.out.interactive().then(|| estimate(job));
+            let progress = app.out.progress(&format!("backing up {}", job.name), total);
+            let report = backup::run(&app.repo, &provider, host, job, &progress)?;
+            progress.finish();
+            Ok(report)
+        })();
+        match outcome {
+            Ok(report) => {
+                if !app.out.json {
+                    println!("{}", describe(&report));
+                }
+                reports.push(report);
+            }
+            Err(e) => {
+                tracing::error!("job {}: {e:#}", job.name);
+                if first_error.is_none() {
+                    first_error = Some(e.context(format!("job {}", job.name)));
+                }
+            }
+        }
+    }
+    if app.out.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    let incomplete: Vec<&BackupReport> = reports.iter().filter(|r| !r.is_complete()).collect();
+    if !incomplete.is_empty() {
+        let detail: Vec<String> = incomplete
+            .iter()
+            .map(|r| {
+                format!(
+                    "job {}: snapshot {} lacks {} unreadable path(s)",
+                    r.job,
+                    r.snapshot,
+                    r.unreadable.len()
+                )
+            })
+            .collect();
+        return Err(anyhow!("backup incomplete: {} (listed above)", detail.join("; ")));
+    }
+    Ok(())
+}
+
+/// Bytes the job will read, for the progress bar's ETA (a metadata-only walk).
+fn estimate(job: &vaultline_config::Job) -> u64 {
+    let mut total = 0;
+    let _ = Walker::new(job).walk(
+        |f| {
+            if f.meta.is_file() {
+                total += f.meta.len();
+            }
+            Ok(())
+        },
+        |_| {},
+    );
+    total
+}
+
+fn describe(r: &BackupReport) -> String {
+    let rate = if r.duration_secs > 0.0 {
+        (r.bytes_read as f64 / r.duration_secs) as u64
+    } else {
+        0
+    };
+    let mut t = format!(
+        "{}: snapshot {} committed\n  {} files, {} dirs, {} symlinks, {} hard links; read {}, stored {} ({:.1}%) in {:.1}s ({}/s)",
+        r.job,
+        r.snapshot,
+        r.files,
+        r.dirs,
+        r.symlinks,
+        r.hardlinks,
+        human_bytes(r.bytes_read),
+        human_bytes(r.bytes_stored),
+        r.ratio * 100.0,
+        r.duration_secs,
+        human_bytes(rate),
+    );
+    if !r.skipped.is_empty() {
+        t.push_str(&format!(
+            "\n  skipped {} special or vanished path(s)",
+            r.skipped.len()
+        ));
+    }
+    for c in &r.changed {
+        t.push_str(&format!("\n  changed while reading: {} ({})", c.path, c.reason));
+    }
+    for u in &r.unreadable {
+        t.push_str(&format!("\n  NOT BACKED UP: {} ({})", u.path, u.reason));
+    }
+    t
+}

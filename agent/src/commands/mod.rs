@@ -1,0 +1,9 @@
+//! One module per subcommand. Each takes the loaded [`App`](crate::app::App)
+//! and its parsed arguments, does the work, prints its result (text or
+//! `--json`), and returns an error whose chain decides the exit code.
+
+pub mod backup;
+pub mod init;
+pub mod restore;
+pub mod snapshots;
+pub mod verify;

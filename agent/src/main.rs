@@ -1,0 +1,73 @@
+//! `vaultline`: parse the command line, run the command, map the outcome to
+//! a documented exit code (see `exit`).
+//!
+//! The crate is organised by what each part does: `cli` (the command line),
+//! `commands/*` (one module per subcommand), `backup` and `snapshot` (the
+//! write and read pipelines), `archive` (walking and PAX tar), `manifest`,
+//! `extract` (safe restore into a directory), `repo` (layout, marker,
+//! sealed-object identity), `store/*` (object stores), `keys` (the local
+//! master key), `lock` (one run per job), `pipe`, `output`, `exit`.
+
+mod app;
+mod archive;
+mod backup;
+mod cli;
+mod commands;
+mod exit;
+mod extract;
+mod keys;
+mod lock;
+mod manifest;
+mod output;
+mod pipe;
+mod repo;
+mod snapshot;
+mod store;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::app::App;
+use crate::cli::{BackupCommand, Cli, Command};
+use crate::exit::{Exit, classify};
+use crate::output::Output;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                Exit::Usage.into()
+            } else {
+                Exit::Ok.into()
+            };
+        }
+    };
+    let out = Output {
+        json: cli.json,
+        quiet: cli.quiet,
+        verbose: cli.verbose,
+    };
+    out.init_logging();
+    match run(&cli, out) {
+        Ok(()) => Exit::Ok.into(),
+        Err(err) => {
+            let code = classify(&err);
+            eprintln!("error: {err:#}");
+            code.into()
+        }
+    }
+}
+
+fn run(cli: &Cli, out: Output) -> anyhow::Result<()> {
+    let app = App::load(cli, out)?;
+    match &cli.command {
+        Command::Init => commands::init::run(&app),
+        Command::Backup(BackupCommand::Now(args)) => commands::backup::run(&app, args),
+        Command::Snapshots(args) => commands::snapshots::run(&app, args),
+        Command::Restore(args) => commands::restore::run(&app, args),
+        Command::Verify(args) => commands::verify::run(&app, args),
+    }
+}

@@ -1,0 +1,107 @@
+//! Object stores: where sealed objects live.
+//!
+//! An [`ObjectStore`] holds immutable objects under `/`-separated names. It
+//! is written through [`PendingObject`]s: bytes stream in, and the object
+//! appears under its name only at [`PendingObject::commit`], atomically and
+//! durably. A pending object that is dropped or aborted leaves nothing under
+//! its name. That is what lets a snapshot commit by writing its manifest last.
+//!
+//! The trait is synchronous: the pipeline that feeds it runs on blocking
+//! threads. [`local`] is a directory on disk; the S3 store implements the
+//! same trait.
+
+pub mod local;
+
+use std::io::{self, Read, Write};
+
+/// How an object will be used; stores may place the classes differently
+/// (S3: archive objects get the tier tag and storage class, control objects
+/// stay in STANDARD).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectClass {
+    /// Bulk archive data, read only to restore or verify.
+    Archive,
+    /// Small objects read to list, plan and prune: manifests, markers.
+    Control,
+}
+
+/// What a listing or commit reports about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Full object name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Errors with a meaning callers act on. Other failures are plain `io::Error`s
+/// with context.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No object has this name.
+    #[error("object {name} does not exist in {store}")]
+    NotFound {
+        /// The name asked for.
+        name: String,
+        /// The store, described.
+        store: String,
+    },
+    /// An object with this name exists already (objects are never replaced).
+    #[error("object {name} already exists in {store}")]
+    AlreadyExists {
+        /// The name.
+        name: String,
+        /// The store, described.
+        store: String,
+    },
+}
+
+/// A place that stores named, immutable objects.
+pub trait ObjectStore: Send + Sync {
+    /// A human description for messages: `local repository /srv/backups`.
+    fn describe(&self) -> String;
+
+    /// Starts writing object `name`. Nothing is visible under `name` until
+    /// the returned object is committed.
+    fn create(&self, name: &str, class: ObjectClass) -> io::Result<Box<dyn PendingObject>>;
+
+    /// Reads object `name` from the start. `StoreError::NotFound` (inside the
+    /// `io::Error`) when it does not exist.
+    fn open(&self, name: &str) -> io::Result<Box<dyn Read + Send>>;
+
+    /// Every object whose name starts with `prefix`, sorted by name.
+    fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>>;
+
+    /// Removes leftovers of writes that never committed under `prefix`
+    /// (a crashed run). Callers hold the lock that excludes live writers.
+    fn clean_pending(&self, prefix: &str) -> io::Result<usize>;
+
+    /// Writes a small object in one go.
+    fn put(&self, name: &str, class: ObjectClass, bytes: &[u8]) -> io::Result<ObjectInfo> {
+        let mut obj = self.create(name, class)?;
+        obj.write_all(bytes)?;
+        obj.commit()
+    }
+
+    /// Reads a whole object; for small objects only.
+    fn get(&self, name: &str) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.open(name)?.read_to_end(&mut out)?;
+        Ok(out)
+    }
+}
+
+/// An object being written.
+pub trait PendingObject: Write + Send {
+    /// Publishes the object under its name, durably; fails if the name is
+    /// taken. Returns its final size. Dropping a pending object without
+    /// committing it discards everything written.
+    fn commit(self: Box<Self>) -> io::Result<ObjectInfo>;
+}
+
+/// True when `err` is (or wraps) [`StoreError::NotFound`].
+pub fn is_not_found(err: &io::Error) -> bool {
+    err.get_ref()
+        .is_some_and(|e| matches!(e.downcast_ref::<StoreError>(), Some(StoreError::NotFound { .. })))
+}
