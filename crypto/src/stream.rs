@@ -173,17 +173,9 @@ impl<W: Write> SealedWriter<W> {
             return Err(poisoned());
         }
         let len = input.map_or(self.filled, <[u8]>::len);
-        let nonce = Nonce::from(ChunkNonce::new(self.counter, last).to_bytes());
         let (frame, rest) = self.buf.split_at_mut(FRAME_SIZE);
         let (body, tail) = rest.split_at_mut(len);
-        let sealed = match input {
-            None => self.aead.encrypt_inout_detached(&nonce, &[], body.into()),
-            Some(plain) => match InOutBuf::new(plain, body) {
-                Ok(io) => self.aead.encrypt_inout_detached(&nonce, &[], io),
-                Err(_) => Err(chacha20poly1305::Error),
-            },
-        };
-        let Ok(tag) = sealed else {
+        let Some(tag) = encrypt_chunk(&self.aead, ChunkNonce::new(self.counter, last), input, body) else {
             // Only possible for a chunk over 256 GiB, which chunk_size forbids.
             self.failed = true;
             return Err(Error::TooLong.into_io());
@@ -397,15 +389,12 @@ impl<R: BufRead> SealedReader<R> {
         if available.len() < len + TAG_SIZE {
             return Ok(false);
         }
-        let (ciphertext, rest) = available.split_at(len);
-        let Ok(tag) = <&Tag>::try_from(&rest[..TAG_SIZE]) else {
-            return Ok(false);
-        };
-        let nonce = Nonce::from(ChunkNonce::new(counter, last).to_bytes());
-        let opened = match InOutBuf::new(ciphertext, out) {
-            Ok(io) => self.aead.decrypt_inout_detached(&nonce, &[], io, tag).is_ok(),
-            Err(_) => false,
-        };
+        let opened = decrypt_chunk(
+            &self.aead,
+            ChunkNonce::new(counter, last),
+            &available[..len + TAG_SIZE],
+            out,
+        );
         if opened {
             self.inner.consume(len + TAG_SIZE);
         }
@@ -505,9 +494,54 @@ impl<R: BufRead> Read for SealedReader<R> {
     }
 }
 
+// The AEAD calls live in these non-generic functions so that they are
+// compiled (and optimized) once, here, rather than instantiated in every
+// crate that uses a `SealedWriter<W>` or `SealedReader<R>`.
+
+/// Encrypts one chunk into `out`: from `input` if given (out-of-place), else
+/// `out` in place. Returns the tag, or `None` for a chunk too long for the
+/// AEAD (impossible with the chunk sizes the format allows).
+#[inline(never)]
+fn encrypt_chunk(
+    aead: &ChaCha20Poly1305,
+    nonce: ChunkNonce,
+    input: Option<&[u8]>,
+    out: &mut [u8],
+) -> Option<Tag> {
+    let nonce = Nonce::from(nonce.to_bytes());
+    let sealed = match input {
+        None => aead.encrypt_inout_detached(&nonce, &[], out.into()),
+        Some(plain) => match InOutBuf::new(plain, out) {
+            Ok(io) => aead.encrypt_inout_detached(&nonce, &[], io),
+            Err(_) => return None,
+        },
+    };
+    sealed.ok()
+}
+
+/// Authenticates `sealed` (ciphertext then tag) and decrypts it into `out`
+/// (out-of-place). False, with `out` untouched, when it does not authenticate.
+#[inline(never)]
+fn decrypt_chunk(aead: &ChaCha20Poly1305, nonce: ChunkNonce, sealed: &[u8], out: &mut [u8]) -> bool {
+    let Some(split) = sealed.len().checked_sub(TAG_SIZE) else {
+        return false;
+    };
+    let (ciphertext, tag) = sealed.split_at(split);
+    let Ok(tag) = <&Tag>::try_from(tag) else {
+        return false;
+    };
+    match InOutBuf::new(ciphertext, out) {
+        Ok(io) => aead
+            .decrypt_inout_detached(&Nonce::from(nonce.to_bytes()), &[], io, tag)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
 /// Decrypts a sealed chunk (ciphertext then tag) in place as chunk `counter`.
 /// On failure returns false and leaves the bytes as they were: the AEAD
 /// checks the tag before it decrypts.
+#[inline(never)]
 fn open_in_place(aead: &ChaCha20Poly1305, sealed: &mut [u8], counter: u64, last: bool) -> bool {
     let nonce = Nonce::from(ChunkNonce::new(counter, last).to_bytes());
     let Some(split) = sealed.len().checked_sub(TAG_SIZE) else {
