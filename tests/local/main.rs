@@ -1,0 +1,14 @@
+//! End-to-end suite on the embedded default: a local repository and a local
+//! master key, through the real `vaultline` binary. One module per topic.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // in tests a panic is the failure report
+
+#[path = "../util/mod.rs"]
+mod util;
+
+mod concurrency;
+mod config_errors;
+mod hostile;
+mod keys;
+mod roundtrip;
+mod tamper;

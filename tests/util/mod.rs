@@ -1,0 +1,438 @@
+//! Shared helpers for the end-to-end suites: running the real `vaultline`
+//! binary in an isolated fixture, generating the deterministic corpus, and
+//! comparing trees independently of vaultline's own checks.
+
+#![allow(dead_code)] // each suite uses a different subset
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The `vaultline` binary of this build: next to the test binary's `deps/`
+/// directory; built on first use if `cargo test` did not build it.
+pub fn vaultline_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("VAULTLINE_BIN") {
+            return PathBuf::from(p);
+        }
+        let exe = std::env::current_exe().expect("current exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>/deps/<test>");
+        let bin = profile_dir.join("vaultline");
+        if !bin.exists() {
+            let mut cmd = Command::new(env!("CARGO"));
+            cmd.args(["build", "-p", "vaultline-agent", "--bin", "vaultline"])
+                .current_dir(repo_root());
+            if profile_dir.ends_with("release") {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().expect("run cargo build");
+            assert!(status.success(), "building vaultline failed");
+        }
+        bin
+    })
+    .clone()
+}
+
+/// The result of running the binary.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code (-1 when killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Asserts exit code 0.
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Asserts the exit code.
+    #[track_caller]
+    pub fn code(self, want: i32) -> Run {
+        assert_eq!(
+            self.code, want,
+            "expected exit code {want}\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// stdout parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+}
+
+/// An isolated world for one test: its own temp dir, state dir, repository,
+/// HOME and configuration file. Nothing is shared between tests.
+pub struct Fixture {
+    /// Owns the temporary directory.
+    pub dir: tempfile::TempDir,
+    /// The configuration file.
+    pub config: PathBuf,
+}
+
+impl Fixture {
+    /// A fixture whose config has a local repository, a file-stored key and
+    /// the given `[[jobs]]` (and anything else) in `extra`.
+    pub fn new(extra: &str) -> Fixture {
+        let dir = tempfile::Builder::new()
+            .prefix("vaultline-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let f = Fixture {
+            config: dir.path().join("config.toml"),
+            dir,
+        };
+        f.write_config(extra);
+        fs::create_dir_all(f.home()).expect("home");
+        f
+    }
+
+    /// A fixture with one job `name` backing up `paths`.
+    pub fn with_job(name: &str, paths: &[&Path]) -> Fixture {
+        let list: Vec<String> = paths
+            .iter()
+            .map(|p| format!("{:?}", p.display().to_string()))
+            .collect();
+        Fixture::new(&format!(
+            "[[jobs]]\nname = \"{name}\"\npaths = [{}]\n",
+            list.join(", ")
+        ))
+    }
+
+    /// Rewrites the config: the standard header plus `extra`.
+    pub fn write_config(&self, extra: &str) {
+        let text = format!(
+            "[agent]\nhost = \"testhost\"\nstate-dir = {:?}\n\n[repository]\ntype = \"local\"\npath = {:?}\n\n\
+             [key]\nstorage = \"file\"\n\n{extra}",
+            self.state().display().to_string(),
+            self.repo().display().to_string(),
+        );
+        fs::write(&self.config, text).expect("write config");
+    }
+
+    /// The fixture's root.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The state directory.
+    pub fn state(&self) -> PathBuf {
+        self.path().join("state")
+    }
+
+    /// The repository directory.
+    pub fn repo(&self) -> PathBuf {
+        self.path().join("repo")
+    }
+
+    /// HOME for the child.
+    pub fn home(&self) -> PathBuf {
+        self.path().join("home")
+    }
+
+    /// The key file.
+    pub fn key_file(&self) -> PathBuf {
+        self.state().join("keys/master.key")
+    }
+
+    /// A command running the binary with this fixture's config and a clean,
+    /// isolated environment (no D-Bus, so no keyring; its own HOME).
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(vaultline_bin());
+        cmd.arg("--config").arg(&self.config).args(args);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.home())
+            .env("LANG", "C.UTF-8")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs the binary and waits.
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run::from(self.command(args).output().expect("run vaultline"))
+    }
+
+    /// `init`, which must succeed.
+    pub fn init(&self) -> Run {
+        self.run(&["init"]).ok()
+    }
+
+    /// Every file under the repository, relative, sorted.
+    pub fn repo_files(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        collect_files(&self.repo(), &self.repo(), &mut out);
+        out.sort();
+        out
+    }
+
+    /// Repository objects whose relative name ends with `suffix`.
+    pub fn objects(&self, suffix: &str) -> Vec<PathBuf> {
+        self.repo_files()
+            .into_iter()
+            .filter(|f| f.ends_with(suffix))
+            .map(|f| self.repo().join(f))
+            .collect()
+    }
+}
+
+fn collect_files(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() && !p.is_symlink() {
+            collect_files(root, &p, out);
+        } else if let Ok(rel) = p.strip_prefix(root) {
+            out.push(rel.display().to_string());
+        }
+    }
+}
+
+/// The deterministic corpus of `bench/make-corpus.sh` (`mb` MB, `seed`),
+/// generated once per build directory and shared read-only between tests.
+pub fn corpus(mb: u32, seed: u32) -> PathBuf {
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("corpus-{mb}-{seed}"));
+    let done = base.join(".complete");
+    let lock_path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("corpus-{mb}-{seed}.lock"));
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .expect("lock");
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).expect("flock");
+    if !done.exists() {
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir_all(&base).expect("corpus dir");
+        make_corpus(&base.join("tree"), mb, seed);
+        fs::write(&done, "").expect("marker");
+    }
+    base.join("tree")
+}
+
+/// Runs `bench/make-corpus.sh DIR MB SEED`.
+pub fn make_corpus(dir: &Path, mb: u32, seed: u32) {
+    let status = Command::new(repo_root().join("bench/make-corpus.sh"))
+        .arg(dir)
+        .arg(mb.to_string())
+        .arg(seed.to_string())
+        .stdout(Stdio::null())
+        .status()
+        .expect("run make-corpus.sh");
+    assert!(status.success(), "make-corpus.sh failed");
+}
+
+/// Runs `bench/mutate-corpus.sh DIR PERCENT SEED`.
+pub fn mutate_corpus(dir: &Path, percent: u32, seed: u32) {
+    let status = Command::new(repo_root().join("bench/mutate-corpus.sh"))
+        .arg(dir)
+        .arg(percent.to_string())
+        .arg(seed.to_string())
+        .stdout(Stdio::null())
+        .status()
+        .expect("run mutate-corpus.sh");
+    assert!(status.success(), "mutate-corpus.sh failed");
+}
+
+/// Where a source directory lands under a restore target.
+pub fn restored(target: &Path, source: &Path) -> PathBuf {
+    target.join(source.strip_prefix("/").expect("absolute source"))
+}
+
+/// What the comparison looks at for one path.
+#[derive(Debug, PartialEq, Eq)]
+struct Node {
+    kind: &'static str,
+    mode: u32,
+    mtime: (i64, i64),
+    size: u64,
+    uid: u32,
+    gid: u32,
+    link: Option<PathBuf>,
+}
+
+fn node(path: &Path, meta: &fs::Metadata, owners: bool) -> Node {
+    let ft = meta.file_type();
+    let kind = if ft.is_dir() {
+        "dir"
+    } else if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_file() {
+        "file"
+    } else {
+        "other"
+    };
+    Node {
+        kind,
+        // Symlink permission bits are meaningless on Linux.
+        mode: if ft.is_symlink() {
+            0
+        } else {
+            meta.permissions().mode() & 0o7777
+        },
+        mtime: (meta.mtime(), meta.mtime_nsec()),
+        size: if ft.is_file() { meta.len() } else { 0 },
+        uid: if owners { meta.uid() } else { 0 },
+        gid: if owners { meta.gid() } else { 0 },
+        link: if ft.is_symlink() {
+            fs::read_link(path).ok()
+        } else {
+            None
+        },
+    }
+}
+
+fn walk(root: &Path) -> BTreeMap<PathBuf, (PathBuf, fs::Metadata)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())) {
+            let e = e.expect("dir entry");
+            let p = e.path();
+            let meta = fs::symlink_metadata(&p).expect("lstat");
+            if meta.is_dir() {
+                stack.push(p.clone());
+            }
+            out.insert(p.strip_prefix(root).expect("under root").to_path_buf(), (p, meta));
+        }
+    }
+    out
+}
+
+fn same_content(a: &Path, b: &Path) -> bool {
+    let (Ok(mut fa), Ok(mut fb)) = (fs::File::open(a), fs::File::open(b)) else {
+        return false;
+    };
+    let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    loop {
+        let na = read_full(&mut fa, &mut ba);
+        let nb = read_full(&mut fb, &mut bb);
+        if na != nb || ba[..na] != bb[..nb] {
+            return false;
+        }
+        if na == 0 {
+            return true;
+        }
+    }
+}
+
+fn read_full(f: &mut fs::File, buf: &mut [u8]) -> usize {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    n
+}
+
+/// Differences between two trees: entry sets, kinds, modes, mtimes (ns),
+/// sizes, contents, symlink targets, hard-link structure, and owners when
+/// running as root. Empty when they are the same.
+pub fn tree_differences(expected: &Path, actual: &Path) -> Vec<String> {
+    let owners = rustix::process::geteuid().is_root();
+    let a = walk(expected);
+    let b = walk(actual);
+    let mut diffs = Vec::new();
+    for rel in a.keys().filter(|k| !b.contains_key(*k)) {
+        diffs.push(format!("missing: {}", rel.display()));
+    }
+    for rel in b.keys().filter(|k| !a.contains_key(*k)) {
+        diffs.push(format!("unexpected: {}", rel.display()));
+    }
+    // Hard links: paths sharing an inode in one tree must share one in the other.
+    let mut inode_groups: HashMap<(u64, u64), Vec<&PathBuf>> = HashMap::new();
+    for (rel, (path, ma)) in &a {
+        let Some((bp, mb)) = b.get(rel) else { continue };
+        let (na, nb) = (node(path, ma, owners), node(bp, mb, owners));
+        if na != nb {
+            diffs.push(format!("{}: expected {na:?}, got {nb:?}", rel.display()));
+        } else if na.kind == "file" && !same_content(path, bp) {
+            diffs.push(format!("{}: content differs", rel.display()));
+        }
+        if ma.is_file() && ma.nlink() > 1 {
+            inode_groups.entry((ma.dev(), ma.ino())).or_default().push(rel);
+        }
+    }
+    for group in inode_groups.values().filter(|g| g.len() > 1) {
+        let inodes: Vec<Option<u64>> = group.iter().map(|r| b.get(*r).map(|(_, m)| m.ino())).collect();
+        if inodes.windows(2).any(|w| w[0] != w[1]) {
+            diffs.push(format!("hard links not preserved: {group:?}"));
+        }
+    }
+    diffs
+}
+
+/// Asserts two trees are the same (see [`tree_differences`]).
+#[track_caller]
+pub fn assert_same_tree(expected: &Path, actual: &Path) {
+    let diffs = tree_differences(expected, actual);
+    assert!(
+        diffs.is_empty(),
+        "{} differences between {} and {}, first ones:\n{}",
+        diffs.len(),
+        expected.display(),
+        actual.display(),
+        diffs.iter().take(20).cloned().collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// Every regular file under `target` that is not byte-identical to its
+/// counterpart under `source`, plus any leftover temporary file.
+pub fn unverified_files(source: &Path, target: &Path) -> Vec<String> {
+    let mut bad = Vec::new();
+    if !target.exists() {
+        return bad;
+    }
+    for (rel, (path, meta)) in walk(target) {
+        let name = rel
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if name.starts_with(".vaultline-restore-") {
+            bad.push(format!("leftover temporary file {}", rel.display()));
+        } else if meta.is_file() && !same_content(&source.join(&rel), &path) {
+            bad.push(format!("{} differs from the source", rel.display()));
+        }
+    }
+    bad
+}
