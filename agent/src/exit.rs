@@ -62,20 +62,18 @@ pub fn classify(err: &anyhow::Error) -> Exit {
         if cause.is::<IntegrityError>() {
             return Exit::Integrity;
         }
-        if let Some(e) = cause.downcast_ref::<vaultline_crypto::Error>() {
-            return if e.is_integrity() {
-                Exit::Integrity
-            } else {
-                Exit::RunFailed
-            };
-        }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>()
-            && let Some(e) = vaultline_crypto::Error::from_io(io)
-        {
-            return if e.is_integrity() {
-                Exit::Integrity
-            } else {
-                Exit::RunFailed
+        let sealed = cause.downcast_ref::<vaultline_crypto::Error>().or_else(|| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(vaultline_crypto::Error::from_io)
+        });
+        if let Some(e) = sealed {
+            return match e {
+                // Holding another key than the data names: a configuration problem.
+                vaultline_crypto::Error::KeyMismatch { .. }
+                | vaultline_crypto::Error::ProviderMismatch { .. } => Exit::Usage,
+                e if e.is_integrity() => Exit::Integrity,
+                _ => Exit::RunFailed,
             };
         }
     }

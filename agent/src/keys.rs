@@ -17,6 +17,8 @@ use vaultline_config::{KeyConfig, KeyStorage};
 use vaultline_crypto::{KEY_SIZE, LocalKeyWrap, MasterKey};
 use zeroize::Zeroizing;
 
+use crate::exit::UsageError;
+
 const FILE_TAG: &str = "vaultline-master-key-v1";
 const KEYRING_SERVICE: &str = "vaultline";
 
@@ -87,10 +89,11 @@ impl<'a> LocalKeySettings<'a> {
     pub fn load(&self) -> Result<LocalKey> {
         match self.find()? {
             Found::Key(k) => Ok(k),
-            Found::Nothing { looked } => Err(anyhow!(
+            Found::Nothing { looked } => Err(UsageError(format!(
                 "no local master key found (looked in {}); run `vaultline init` to create one",
                 looked.join(", ")
-            )),
+            ))
+            .into()),
         }
     }
 

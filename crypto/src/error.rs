@@ -230,11 +230,18 @@ impl Error {
     }
 
     /// True when the error means the sealed bytes are not authentic or not
-    /// well-formed (as opposed to an I/O failure or a key-provider failure).
+    /// well-formed, as opposed to an I/O failure, a key-provider failure, or
+    /// holding another key than the one the object names
+    /// ([`KeyMismatch`](Error::KeyMismatch), [`ProviderMismatch`](Error::ProviderMismatch)).
     pub fn is_integrity(&self) -> bool {
         !matches!(
             self,
-            Error::Io(_) | Error::Provider { .. } | Error::Random(_) | Error::InvalidContext { .. }
+            Error::Io(_)
+                | Error::Provider { .. }
+                | Error::Random(_)
+                | Error::InvalidContext { .. }
+                | Error::KeyMismatch { .. }
+                | Error::ProviderMismatch { .. }
         )
     }
 
