@@ -205,22 +205,24 @@ fn read_key_file(path: &Path) -> Result<Option<MasterKey>> {
     };
     let mode = file.metadata()?.mode() & 0o777;
     if mode & 0o077 != 0 {
-        bail!(
+        return Err(UsageError(format!(
             "key file {} is accessible by other users (mode {mode:04o}); run `chmod 600 {}`",
             path.display(),
             path.display()
-        );
+        ))
+        .into());
     }
     let mut text = Zeroizing::new(String::new());
     file.read_to_string(&mut text)
         .with_context(|| format!("cannot read key file {}", path.display()))?;
-    let hex = text
-        .trim()
-        .strip_prefix(FILE_TAG)
-        .map(str::trim)
-        .ok_or_else(|| anyhow!("key file {} does not start with `{FILE_TAG}`", path.display()))?;
+    let hex = text.trim().strip_prefix(FILE_TAG).map(str::trim).ok_or_else(|| {
+        UsageError(format!(
+            "key file {} does not start with `{FILE_TAG}`",
+            path.display()
+        ))
+    })?;
     parse_hex(hex)
-        .with_context(|| format!("key file {} is malformed", path.display()))
+        .map_err(|e| UsageError(format!("key file {} is malformed: {e}", path.display())).into())
         .map(Some)
 }
 

@@ -46,8 +46,9 @@ impl JobLock {
             Err(rustix::io::Errno::WOULDBLOCK) => {
                 let holder = holder(&mut file);
                 if !wait {
+                    // The caller adds "job NAME" as context.
                     return Err(BusyError(format!(
-                        "job {job} is already running ({holder}); not waiting because of --no-wait"
+                        "already running ({holder}); not waiting because of --no-wait"
                     ))
                     .into());
                 }
@@ -87,7 +88,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!(
-                "job etc is already running (process {}); not waiting because of --no-wait",
+                "already running (process {}); not waiting because of --no-wait",
                 std::process::id()
             )
         );

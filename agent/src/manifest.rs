@@ -267,7 +267,8 @@ impl<R: Read> ManifestReader<R> {
         let mut lines = BufReader::with_capacity(1 << 16, decoder).split(b'\n');
         let first = lines
             .next()
-            .ok_or_else(|| anyhow!("manifest {name} is empty"))??;
+            .ok_or_else(|| IntegrityError(format!("manifest {name} is empty")))?
+            .with_context(|| format!("manifest {name}"))?;
         let header: ManifestHeader = serde_json::from_slice(&first)
             .map_err(|e| IntegrityError(format!("manifest {name}: invalid header line: {e}")))?;
         if header.vaultline_manifest != crate::repo::REPOSITORY_VERSION {
@@ -298,7 +299,7 @@ impl<R: Read> ManifestReader<R> {
         let Some(line) = self.lines.next() else {
             return Err(IntegrityError(format!("manifest {} ends without its end record", self.name)).into());
         };
-        let line = line?;
+        let line = line.with_context(|| format!("manifest {}", self.name))?;
         self.line += 1;
         if line.starts_with(b"{\"end\"") {
             let end: EndLine = serde_json::from_slice(&line)

@@ -34,7 +34,7 @@ pub enum ConfigError {
     },
 
     /// The file exists (or was named) but could not be read.
-    #[error("cannot read configuration file {}: {source}", .path.display())]
+    #[error("cannot read configuration file {}", .path.display())]
     Read {
         /// The file.
         path: PathBuf,

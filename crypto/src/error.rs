@@ -199,7 +199,7 @@ pub enum Error {
     },
 
     /// An error from a key provider implemented outside this crate (KMS).
-    #[error("{provider} key {key_id}: {operation} failed: {source}")]
+    #[error("{provider} key {key_id}: {operation} failed")]
     Provider {
         /// Provider id, e.g. `aws-kms`.
         provider: String,

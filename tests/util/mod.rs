@@ -20,8 +20,10 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The `vaultline` binary of this build: next to the test binary's `deps/`
-/// directory; built on first use if `cargo test` did not build it.
+/// The `vaultline` binary of this build, next to the test binary's `deps/`
+/// directory. Once per test process it asks cargo to build it (a no-op when
+/// it is up to date), so `cargo test -p vaultline-tests` never runs a stale
+/// binary. `VAULTLINE_BIN` overrides.
 pub fn vaultline_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -33,18 +35,15 @@ pub fn vaultline_bin() -> PathBuf {
             .parent()
             .and_then(Path::parent)
             .expect("target/<profile>/deps/<test>");
-        let bin = profile_dir.join("vaultline");
-        if !bin.exists() {
-            let mut cmd = Command::new(env!("CARGO"));
-            cmd.args(["build", "-p", "vaultline-agent", "--bin", "vaultline"])
-                .current_dir(repo_root());
-            if profile_dir.ends_with("release") {
-                cmd.arg("--release");
-            }
-            let status = cmd.status().expect("run cargo build");
-            assert!(status.success(), "building vaultline failed");
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "-p", "vaultline-agent", "--bin", "vaultline"])
+            .current_dir(repo_root());
+        if profile_dir.ends_with("release") {
+            cmd.arg("--release");
         }
-        bin
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building vaultline failed");
+        profile_dir.join("vaultline")
     })
     .clone()
 }

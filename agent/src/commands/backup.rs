@@ -19,9 +19,10 @@ pub fn run(app: &App, args: &BackupNowArgs) -> Result<()> {
     app.repo.check_key(&provider)?;
     let host = &app.config.agent.host;
 
+    let several = jobs.len() > 1;
     let mut reports = Vec::new();
-    let mut first_error: Option<anyhow::Error> = None;
-    for job in jobs {
+    let mut failed: Vec<(String, anyhow::Error)> = Vec::new();
+    for job in &jobs {
         let outcome = (|| -> Result<BackupReport> {
             let _lock = JobLock::acquire(&app.config.agent.state_dir, &job.name, !args.no_wait)?;
             let total = app.out.interactive().then(|| estimate(job));
@@ -38,18 +39,29 @@ pub fn run(app: &App, args: &BackupNowArgs) -> Result<()> {
                 reports.push(report);
             }
             Err(e) => {
-                tracing::error!("job {}: {e:#}", job.name);
-                if first_error.is_none() {
-                    first_error = Some(e.context(format!("job {}", job.name)));
+                // With one job, main prints the error; with several, say
+                // which failed as it happens, then summarize.
+                if several {
+                    tracing::error!("job {}: {e:#}", job.name);
                 }
+                failed.push((job.name.clone(), e.context(format!("job {}", job.name))));
             }
         }
     }
     if app.out.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     }
-    if let Some(e) = first_error {
-        return Err(e);
+    if !failed.is_empty() {
+        let names: Vec<&str> = failed.iter().map(|(n, _)| n.as_str()).collect();
+        let summary = format!(
+            "{} of {} jobs failed ({})",
+            failed.len(),
+            jobs.len(),
+            names.join(", ")
+        );
+        // The first failure's chain decides the exit code.
+        let (_, first) = failed.remove(0);
+        return Err(if several { first.context(summary) } else { first });
     }
     let incomplete: Vec<&BackupReport> = reports.iter().filter(|r| !r.is_complete()).collect();
     if !incomplete.is_empty() {
