@@ -68,12 +68,10 @@ pub fn classify(err: &anyhow::Error) -> Exit {
                 .and_then(vaultline_crypto::Error::from_io)
         });
         if let Some(e) = sealed {
-            return match e {
-                // Holding another key than the data names: a configuration problem.
-                vaultline_crypto::Error::KeyMismatch { .. }
-                | vaultline_crypto::Error::ProviderMismatch { .. } => Exit::Usage,
-                e if e.is_integrity() => Exit::Integrity,
-                _ => Exit::RunFailed,
+            return if e.is_integrity() {
+                Exit::Integrity
+            } else {
+                Exit::RunFailed
             };
         }
     }

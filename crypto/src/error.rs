@@ -230,18 +230,15 @@ impl Error {
     }
 
     /// True when the error means the sealed bytes are not authentic or not
-    /// well-formed, as opposed to an I/O failure, a key-provider failure, or
-    /// holding another key than the one the object names
-    /// ([`KeyMismatch`](Error::KeyMismatch), [`ProviderMismatch`](Error::ProviderMismatch)).
+    /// well-formed (as opposed to an I/O failure or a key-provider failure).
+    /// An object whose envelope names another key than the one at hand
+    /// ([`KeyMismatch`](Error::KeyMismatch)) counts: callers that know the
+    /// configured key is the repository's (the agent checks its marker
+    /// first) are looking at an altered or foreign object.
     pub fn is_integrity(&self) -> bool {
         !matches!(
             self,
-            Error::Io(_)
-                | Error::Provider { .. }
-                | Error::Random(_)
-                | Error::InvalidContext { .. }
-                | Error::KeyMismatch { .. }
-                | Error::ProviderMismatch { .. }
+            Error::Io(_) | Error::Provider { .. } | Error::Random(_) | Error::InvalidContext { .. }
         )
     }
 
