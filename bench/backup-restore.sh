@@ -7,8 +7,10 @@
 # Baselines (the issue's targets are ratios against these):
 #   backup:  tar -cf - DIR | zstd -3 -T0 > FILE
 #   restore: zstd -d -c FILE | tar -xf -
-# Each round runs baseline then vaultline for backup, then for restore, each
-# into a fresh directory; the source is re-read into the page cache right
+# Each round runs both sides of backup, then both sides of restore, each
+# restore into a fresh directory; rounds alternate which side goes first, and
+# every timed phase starts after an (untimed) `sync`, so neither side pays for
+# the other's writeback. The source is re-read into the page cache right
 # before each backup (both sides read from cache). The median of the rounds is
 # reported. vaultline's backup fsyncs what it commits and its restore ends with
 # syncfs; the baselines do neither.
@@ -73,19 +75,38 @@ EOF
 "$vl" --config "$run/config.toml" -q init > /dev/null
 
 declare -a b_base b_vl r_base r_vl b_rss r_rss
-for i in $(seq 1 "$rounds"); do
-    warm
-    t0=$(now); tar -cf - -C "$src" . | zstd -3 -T0 -q > "$run/base-$i.tar.zst"; t1=$(now)
+base_backup() {
+    warm; sync
+    local t0 t1
+    t0=$(now); tar -cf - -C "$src" . | zstd -3 -T0 -q > "$run/base-$1.tar.zst"; t1=$(now)
     b_base+=("$(awk "BEGIN {print $t1 - $t0}")")
-    warm
+}
+vl_backup() {
+    warm; sync
+    local secs rss
     read -r secs rss < <(timed "$vl" --config "$run/config.toml" -q backup now)
     b_vl+=("$secs"); b_rss+=("$rss")
-
-    mkdir "$run/out-base-$i" "$run/out-vl-$i"
-    t0=$(now); zstd -d -c -q "$run/base-$i.tar.zst" | tar -xf - -C "$run/out-base-$i"; t1=$(now)
+}
+base_restore() {
+    mkdir "$run/out-base-$1"; sync
+    local t0 t1
+    t0=$(now); zstd -d -c -q "$run/base-$1.tar.zst" | tar -xf - -C "$run/out-base-$1"; t1=$(now)
     r_base+=("$(awk "BEGIN {print $t1 - $t0}")")
-    read -r secs rss < <(timed "$vl" --config "$run/config.toml" -q restore latest --target "$run/out-vl-$i")
+}
+vl_restore() {
+    mkdir "$run/out-vl-$1"; sync
+    local secs rss
+    read -r secs rss < <(timed "$vl" --config "$run/config.toml" -q restore latest --target "$run/out-vl-$1")
     r_vl+=("$secs"); r_rss+=("$rss")
+}
+for i in $(seq 1 "$rounds"); do
+    # Alternate which side goes first, so neither always inherits the other's
+    # background writeback; `sync` before each timed phase (untimed) too.
+    if [ $((i % 2)) -eq 1 ]; then
+        base_backup "$i"; vl_backup; base_restore "$i"; vl_restore "$i"
+    else
+        vl_backup; base_backup "$i"; vl_restore "$i"; base_restore "$i"
+    fi
     echo "round $i: backup base ${b_base[-1]}s vaultline ${b_vl[-1]}s (rss ${b_rss[-1]} KiB); restore base ${r_base[-1]}s vaultline ${r_vl[-1]}s (rss ${r_rss[-1]} KiB)"
 done
 

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::app::App;
 use crate::cli::RestoreArgs;
 use crate::exit::{IntegrityError, UsageError};
-use crate::extract::{Extractor, Placed, Refused};
+use crate::extract::{Extractor, Refused};
 use crate::manifest::Entry;
 use crate::output::human_bytes;
 use crate::snapshot::{SnapshotReader, resolve};
@@ -55,16 +55,13 @@ pub fn run(app: &App, args: &RestoreArgs) -> Result<()> {
     let progress = app.out.progress(&format!("restoring {}", snap.id), total);
     let reader = SnapshotReader::open(&app.repo, &provider, snap.clone())?;
     let mut extractor = Extractor::new(&args.target, args.overwrite)?;
-    let (mut files, mut bytes, mut entries) = (0u64, 0u64, 0u64);
+    let mut entries = 0u64;
     reader.walk(|entry: &Entry, data: Option<&mut dyn Read>| {
         if !is_included(include.as_ref(), &entry.path.0) {
             return Ok(());
         }
         entries += 1;
-        if extractor.place(entry, data)? == Placed::Done && entry.size > 0 {
-            files += 1;
-            bytes += entry.size;
-        }
+        extractor.place(entry, data)?;
         progress.add(entry.size, 1);
         Ok(())
     })?;
@@ -77,8 +74,8 @@ pub fn run(app: &App, args: &RestoreArgs) -> Result<()> {
         job: snap.job.clone(),
         target: args.target.display().to_string(),
         entries,
-        files,
-        bytes,
+        files: extracted.files,
+        bytes: extracted.bytes,
         refused: extracted.refused,
         existing: extracted.existing,
     };
