@@ -89,6 +89,20 @@ impl App {
             .collect()
     }
 
+    /// vaultline's own directories, which backups never enter: the state
+    /// directory (locks, key file) and a local repository.
+    pub fn own_paths(&self) -> Vec<PathBuf> {
+        let mut own = vec![self.config.agent.state_dir.clone()];
+        own.extend(self.local_store.as_ref().map(|s| s.root().to_path_buf()));
+        // Also as the kernel sees them, in case the configuration names them
+        // through a symlink.
+        let real: Vec<PathBuf> = own.iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
+        own.extend(real);
+        own.sort();
+        own.dedup();
+        own
+    }
+
     /// The host whose snapshots to read: `--host` or the configured one.
     pub fn host<'a>(&'a self, flag: &'a Option<String>) -> &'a str {
         flag.as_deref().unwrap_or(&self.config.agent.host)

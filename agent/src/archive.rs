@@ -282,12 +282,14 @@ pub struct Skipped {
 /// Walks a job's paths in a stable order.
 pub struct Walker<'a> {
     job: &'a Job,
+    own: &'a [PathBuf],
 }
 
 impl<'a> Walker<'a> {
-    /// A walker for `job`.
-    pub fn new(job: &'a Job) -> Self {
-        Walker { job }
+    /// A walker for `job` that never enters `own`: vaultline's own
+    /// directories (repository, state), which must not back themselves up.
+    pub fn new(job: &'a Job, own: &'a [PathBuf]) -> Self {
+        Walker { job, own }
     }
 
     /// Calls `found` for each entry to archive (directories before their
@@ -303,7 +305,16 @@ impl<'a> Walker<'a> {
                 .same_file_system(self.job.one_file_system)
                 .sort_by_file_name()
                 .into_iter()
-                .filter_entry(|e| e.depth() == 0 || !self.job.exclude.is_excluded(e.path()));
+                .filter_entry(|e| {
+                    if e.depth() == 0 {
+                        return true;
+                    }
+                    if self.own.iter().any(|o| o == e.path()) {
+                        tracing::debug!("not archiving {}: it is vaultline's own", e.path().display());
+                        return false;
+                    }
+                    !self.job.exclude.is_excluded(e.path())
+                });
             for item in walk {
                 let entry = match item {
                     Ok(e) => e,

@@ -90,6 +90,7 @@ pub fn run(
     keys: &(dyn KeyWrap + Sync),
     host: &str,
     job: &Job,
+    own: &[std::path::PathBuf],
     progress: &Progress,
 ) -> Result<BackupReport> {
     let started = Instant::now();
@@ -188,7 +189,7 @@ pub fn run(
         });
 
         // Walk and tar, on this thread.
-        let walked = write_tar(job, pipe_in, &mut manifest, &mut report, progress);
+        let walked = write_tar(job, own, pipe_in, &mut manifest, &mut report, progress);
         let compressed = compressor
             .join()
             .map_err(|_| anyhow!("the compression thread panicked"))?;
@@ -235,6 +236,7 @@ pub fn run(
 /// Walks the job, writing tar into `out` and entries into `manifest`.
 fn write_tar(
     job: &Job,
+    own: &[std::path::PathBuf],
     out: crate::pipe::PipeWriter,
     manifest: &mut ManifestWriter,
     report: &mut BackupReport,
@@ -244,7 +246,7 @@ fn write_tar(
     // First archive path of each multiply-linked file, by (device, inode).
     let mut links: HashMap<(u64, u64), crate::manifest::EncodedPath> = HashMap::new();
     let mut skipped = Vec::new();
-    Walker::new(job).walk(
+    Walker::new(job, own).walk(
         |found| {
             let mut entry: TarEntry = match entry_for(&found) {
                 Ok(e) => e,
@@ -256,6 +258,7 @@ fn write_tar(
                     return Ok(());
                 }
             };
+            let mut linked = false;
             if entry.kind == EntryKind::File && found.meta.nlink() > 1 {
                 let key = (found.meta.dev(), found.meta.ino());
                 match links.get(&key) {
@@ -266,6 +269,7 @@ fn write_tar(
                     }
                     None => {
                         links.insert(key, entry.path.clone());
+                        linked = true;
                     }
                 }
             }
@@ -327,6 +331,7 @@ fn write_tar(
                 mtime: entry.mtime,
                 mtime_nsec: entry.mtime_nsec,
                 target: entry.target,
+                linked,
                 archive: 0,
             })?;
             progress.add(entry.size, 1);

@@ -171,8 +171,17 @@ pub struct Entry {
     /// Symlink target, or the path a hard link points to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<EncodedPath>,
+    /// True on the first entry of a file with several hard links: later
+    /// `hardlink` entries may point to it. Lets a restore remember only
+    /// these paths rather than every file's.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub linked: bool,
     /// Index in [`ManifestHeader::archives`] of the archive holding it.
     pub archive: u32,
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
@@ -371,6 +380,7 @@ mod tests {
             mtime: 1_672_531_200,
             mtime_nsec: 0,
             target: None,
+            linked: false,
             archive: 0,
         };
         assert_eq!(

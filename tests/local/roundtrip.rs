@@ -70,3 +70,31 @@ fn round_trip_of_the_hard_cases() {
         .ok();
     assert_same_tree(&src, &restored(&target, &src));
 }
+
+/// A job over a directory that contains the repository and the state
+/// directory (as a job over `/` does) never archives vaultline's own files.
+#[test]
+fn the_repository_and_state_directory_are_never_archived() {
+    let f = Fixture::new("");
+    std::fs::write(f.path().join("data.txt"), b"mine").unwrap();
+    f.write_config(&format!(
+        "[[jobs]]\nname = \"all\"\npaths = [{:?}]\n",
+        f.path().display().to_string()
+    ));
+    f.init();
+    f.run(&["backup", "now"]).ok();
+    let target = tempfile::tempdir().unwrap();
+    f.run(&["restore", "latest", "--target", target.path().to_str().unwrap()])
+        .ok();
+    let root = restored(target.path(), f.path());
+    let mut names: Vec<String> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["config.toml", "data.txt", "home"],
+        "repo/ and state/ must not be archived"
+    );
+}

@@ -18,6 +18,7 @@ pub fn run(app: &App, args: &BackupNowArgs) -> Result<()> {
     let provider = key.provider();
     app.repo.check_key(&provider)?;
     let host = &app.config.agent.host;
+    let own = app.own_paths();
 
     let several = jobs.len() > 1;
     let mut reports = Vec::new();
@@ -25,9 +26,9 @@ pub fn run(app: &App, args: &BackupNowArgs) -> Result<()> {
     for job in &jobs {
         let outcome = (|| -> Result<BackupReport> {
             let _lock = JobLock::acquire(&app.config.agent.state_dir, &job.name, !args.no_wait)?;
-            let total = app.out.interactive().then(|| estimate(job));
+            let total = app.out.interactive().then(|| estimate(job, &own));
             let progress = app.out.progress(&format!("backing up {}", job.name), total);
-            let report = backup::run(&app.repo, &provider, host, job, &progress)?;
+            let report = backup::run(&app.repo, &provider, host, job, &own, &progress)?;
             progress.finish();
             Ok(report)
         })();
@@ -82,9 +83,9 @@ pub fn run(app: &App, args: &BackupNowArgs) -> Result<()> {
 }
 
 /// Bytes the job will read, for the progress bar's ETA (a metadata-only walk).
-fn estimate(job: &vaultline_config::Job) -> u64 {
+fn estimate(job: &vaultline_config::Job, own: &[std::path::PathBuf]) -> u64 {
     let mut total = 0;
-    let _ = Walker::new(job).walk(
+    let _ = Walker::new(job, own).walk(
         |f| {
             if f.meta.is_file() {
                 total += f.meta.len();

@@ -44,7 +44,7 @@ use rustix::fs::{Mode, OFlags};
 use serde::Serialize;
 
 use crate::manifest::{EncodedPath, Entry, EntryKind};
-use placer::{Placer, Refusal};
+use placer::{Meta, Placer, Refusal};
 
 /// Files up to this size are handed to worker threads whole.
 const SMALL_FILE: u64 = 1 << 20;
@@ -109,7 +109,16 @@ struct Done {
     comps: Vec<Vec<u8>>,
     path: EncodedPath,
     size: u64,
+    linked: bool,
     result: Result<Result<(), Refusal>>,
+}
+
+/// A directory whose metadata is applied at the end. Kept compact: a big
+/// tree has many of them.
+struct DirMeta {
+    path: Vec<u8>,
+    depth: usize,
+    meta: Meta,
 }
 
 /// Restores entries under one target directory.
@@ -119,8 +128,10 @@ pub struct Extractor {
     done: Receiver<Done>,
     workers: Vec<JoinHandle<()>>,
     in_flight: usize,
-    dirs: Vec<(Vec<Vec<u8>>, Entry)>,
-    files: HashSet<Vec<u8>>,
+    dirs: Vec<DirMeta>,
+    /// Restored files that hard links may point to (those the manifest
+    /// marks `linked`); other files need not be remembered.
+    link_targets: HashSet<Vec<u8>>,
     out: Extracted,
 }
 
@@ -168,6 +179,7 @@ impl Extractor {
                         comps: job.comps,
                         path: job.entry.path,
                         size: job.entry.size,
+                        linked: job.entry.linked,
                         result,
                     };
                     if tx.send(done).is_err() {
@@ -183,7 +195,7 @@ impl Extractor {
             workers: handles,
             in_flight: 0,
             dirs: Vec::new(),
-            files: HashSet::new(),
+            link_targets: HashSet::new(),
             out: Extracted::default(),
         })
     }
@@ -199,10 +211,11 @@ impl Extractor {
     /// Records the outcome of placing a file or link.
     fn settle(
         &mut self,
-        comps: Vec<Vec<u8>>,
+        comps: &[Vec<u8>],
         path: &EncodedPath,
         kind: EntryKind,
         size: u64,
+        linked: bool,
         r: Result<(), Refusal>,
     ) {
         match r {
@@ -210,7 +223,9 @@ impl Extractor {
                 if kind == EntryKind::File {
                     self.out.files += 1;
                     self.out.bytes += size;
-                    self.files.insert(comps.join(&b'/'));
+                    if linked {
+                        self.link_targets.insert(comps.join(&b'/'));
+                    }
                 }
             }
             Err(Refusal::Exists) => self.out.existing.push(path.display().into_owned()),
@@ -234,7 +249,14 @@ impl Extractor {
             };
             self.in_flight -= 1;
             let result = done.result?;
-            self.settle(done.comps, &done.path, EntryKind::File, done.size, result);
+            self.settle(
+                &done.comps,
+                &done.path,
+                EntryKind::File,
+                done.size,
+                done.linked,
+                result,
+            );
         }
         Ok(())
     }
@@ -260,7 +282,11 @@ impl Extractor {
             EntryKind::Dir => {
                 let r = self.main.dir(&comps);
                 if r.is_ok() {
-                    self.dirs.push((comps.clone(), entry.clone()));
+                    self.dirs.push(DirMeta {
+                        path: comps.join(&b'/'),
+                        depth: comps.len(),
+                        meta: Meta::from(entry),
+                    });
                 }
                 r
             }
@@ -298,7 +324,7 @@ impl Extractor {
                 self.hardlink(&comps, entry)
             }
         };
-        self.settle(comps, &entry.path, entry.kind, entry.size, result);
+        self.settle(&comps, &entry.path, entry.kind, entry.size, entry.linked, result);
         Ok(())
     }
 
@@ -309,7 +335,7 @@ impl Extractor {
             .ok_or_else(|| Refusal::Unsafe("hard link without a target".into()))?;
         let target_comps =
             safe_components(&target.0).map_err(|r| Refusal::Unsafe(format!("link target: {r}")))?;
-        if target_comps.is_empty() || !self.files.contains(&target_comps.join(&b'/')) {
+        if target_comps.is_empty() || !self.link_targets.contains(&target_comps.join(&b'/')) {
             return Err(Refusal::Unsafe(format!(
                 "link target {} was not restored in this run",
                 target.display()
@@ -324,13 +350,12 @@ impl Extractor {
         self.collect(true)?;
         self.stop_workers();
         let mut dirs = std::mem::take(&mut self.dirs);
-        dirs.sort_by_key(|(c, _)| std::cmp::Reverse(c.len()));
-        for (comps, entry) in &dirs {
-            if let Err(reason) = self.main.dir_metadata(comps, entry) {
-                tracing::warn!(
-                    "cannot set owner, mode or time of {}: {reason}",
-                    entry.path.display()
-                );
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.depth));
+        for d in &dirs {
+            let comps: Vec<Vec<u8>> = d.path.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
+            if let Err(reason) = self.main.dir_metadata(&comps, &d.meta) {
+                let path = String::from_utf8_lossy(&d.path);
+                tracing::warn!("cannot set owner, mode or time of {path}: {reason}");
             }
         }
         self.main.sync()?;
@@ -370,6 +395,7 @@ mod tests {
             mtime: 1_600_000_000,
             mtime_nsec: 123,
             target: target.map(|t| EncodedPath(t.as_bytes().to_vec())),
+            linked: true,
             archive: 0,
         }
     }

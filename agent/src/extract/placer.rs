@@ -57,10 +57,32 @@ pub(super) struct Placer {
     buffer: Vec<u8>,
 }
 
-fn timestamps(entry: &Entry) -> Timestamps {
+/// The metadata restored on an inode.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Meta {
+    pub(super) mode: u32,
+    pub(super) uid: u32,
+    pub(super) gid: u32,
+    pub(super) mtime: i64,
+    pub(super) mtime_nsec: u32,
+}
+
+impl From<&Entry> for Meta {
+    fn from(e: &Entry) -> Self {
+        Meta {
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            mtime: e.mtime,
+            mtime_nsec: e.mtime_nsec,
+        }
+    }
+}
+
+fn timestamps(meta: &Meta) -> Timestamps {
     let t = Timespec {
-        tv_sec: entry.mtime,
-        tv_nsec: entry.mtime_nsec.into(),
+        tv_sec: meta.mtime,
+        tv_nsec: meta.mtime_nsec.into(),
     };
     Timestamps {
         last_access: t,
@@ -166,7 +188,10 @@ impl Placer {
                 Ok(fd) => {
                     let mut file = File::from(fd);
                     self.copy(data, &mut file, entry.size)
-                        .and_then(|()| self.set_metadata(file.as_fd(), entry).map_err(io::Error::from))
+                        .and_then(|()| {
+                            self.set_metadata(file.as_fd(), &Meta::from(entry))
+                                .map_err(io::Error::from)
+                        })
                         .with_context(|| format!("restoring {}", entry.path.display()))?;
                     return Ok(self.link_into_place(&dir, &file, &name[0], mode));
                 }
@@ -183,7 +208,10 @@ impl Placer {
         };
         let mut file = File::from(fd);
         let written = self.copy(data, &mut file, entry.size);
-        let finished = written.and_then(|()| self.set_metadata(file.as_fd(), entry).map_err(io::Error::from));
+        let finished = written.and_then(|()| {
+            self.set_metadata(file.as_fd(), &Meta::from(entry))
+                .map_err(io::Error::from)
+        });
         drop(file);
         if let Err(e) = finished {
             let _ = rustix::fs::unlinkat(&*dir, temp.as_slice(), AtFlags::empty());
@@ -265,17 +293,17 @@ impl Placer {
         Ok(())
     }
 
-    fn set_metadata(&self, fd: impl AsFd, entry: &Entry) -> Result<(), Errno> {
+    fn set_metadata(&self, fd: impl AsFd, meta: &Meta) -> Result<(), Errno> {
         if self.restore_owner {
             // Before chmod: chown clears setuid/setgid bits.
             rustix::fs::fchown(
                 &fd,
-                Some(rustix::fs::Uid::from_raw(entry.uid)),
-                Some(rustix::fs::Gid::from_raw(entry.gid)),
+                Some(rustix::fs::Uid::from_raw(meta.uid)),
+                Some(rustix::fs::Gid::from_raw(meta.gid)),
             )?;
         }
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(entry.mode & 0o7777))?;
-        rustix::fs::futimens(&fd, &timestamps(entry))
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.mode & 0o7777))?;
+        rustix::fs::futimens(&fd, &timestamps(meta))
     }
 
     /// Creates (or finds) a directory; its metadata is set by [`dir_metadata`](Self::dir_metadata).
@@ -284,10 +312,10 @@ impl Placer {
     }
 
     /// Sets a directory's owner, mode and mtime.
-    pub(super) fn dir_metadata(&mut self, comps: &[Vec<u8>], entry: &Entry) -> Result<(), String> {
+    pub(super) fn dir_metadata(&mut self, comps: &[Vec<u8>], meta: &Meta) -> Result<(), String> {
         match self.open_dir(comps, false) {
             Ok(fd) => self
-                .set_metadata(&*fd, entry)
+                .set_metadata(&*fd, meta)
                 .map_err(|e| io::Error::from(e).to_string()),
             Err(Refusal::Unsafe(r)) => Err(r),
             Err(Refusal::Exists) => Ok(()),
@@ -318,7 +346,7 @@ impl Placer {
             rustix::fs::utimensat(
                 &*dir,
                 temp.as_slice(),
-                &timestamps(entry),
+                &timestamps(&Meta::from(entry)),
                 AtFlags::SYMLINK_NOFOLLOW,
             )
         })();
