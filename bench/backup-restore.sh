@@ -42,7 +42,7 @@ if [ ! -f "$corpus/.complete" ]; then
     touch "$corpus/.complete"
 fi
 src=$corpus/tree
-bytes=$(find "$src" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%d\n", s}')
+bytes=$(find "$src" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
 files=$(find "$src" -type f | wc -l)
 echo "==> corpus $src: $files files, $bytes bytes"
 

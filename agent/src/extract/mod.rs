@@ -52,6 +52,9 @@ const SMALL_FILE: u64 = 1 << 20;
 const QUEUE: usize = 16;
 /// Most worker threads.
 const MAX_WORKERS: usize = 4;
+/// Directories awaiting metadata before the finished ones are applied
+/// (small enough that the 200 MB round-trip test exercises it).
+const DIR_FLUSH: usize = 256;
 
 /// An entry that was not restored, and why.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -278,6 +281,9 @@ impl Extractor {
             // "." itself: the target directory; its metadata is the user's.
             return Ok(());
         }
+        if self.dirs.len() >= DIR_FLUSH {
+            self.finish_closed_dirs(&comps.join(&b'/'))?;
+        }
         let result = match entry.kind {
             EntryKind::Dir => {
                 let r = self.main.dir(&comps);
@@ -349,7 +355,15 @@ impl Extractor {
     pub fn finish(mut self) -> Result<Extracted> {
         self.collect(true)?;
         self.stop_workers();
-        let mut dirs = std::mem::take(&mut self.dirs);
+        let dirs = std::mem::take(&mut self.dirs);
+        self.apply_dir_metadata(dirs);
+        self.main.sync()?;
+        Ok(std::mem::take(&mut self.out))
+    }
+
+    /// Sets directories' metadata, deepest first (so a parent's mode never
+    /// blocks reaching its child).
+    fn apply_dir_metadata(&mut self, mut dirs: Vec<DirMeta>) {
         dirs.sort_by_key(|d| std::cmp::Reverse(d.depth));
         for d in &dirs {
             let comps: Vec<Vec<u8>> = d.path.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
@@ -358,8 +372,20 @@ impl Extractor {
                 tracing::warn!("cannot set owner, mode or time of {path}: {reason}");
             }
         }
-        self.main.sync()?;
-        Ok(std::mem::take(&mut self.out))
+    }
+
+    /// Keeps the list of directories awaiting metadata bounded: archives are
+    /// depth first, so a directory that is not an ancestor of the entry now
+    /// being placed will receive nothing more, and can be finished once the
+    /// files in flight (which may be inside it) are done.
+    fn finish_closed_dirs(&mut self, current: &[u8]) -> Result<()> {
+        self.collect(true)?;
+        let (open, closed): (Vec<DirMeta>, Vec<DirMeta>) = std::mem::take(&mut self.dirs)
+            .into_iter()
+            .partition(|d| current.starts_with(&d.path) && current.get(d.path.len()) == Some(&b'/'));
+        self.dirs = open;
+        self.apply_dir_metadata(closed);
+        Ok(())
     }
 
     fn stop_workers(&mut self) {
@@ -490,6 +516,36 @@ mod tests {
                 left.is_empty() || std::fs::read_dir(target.path().join("d")).unwrap().count() == 0,
                 "{left:?}"
             );
+        }
+    }
+
+    #[test]
+    fn directory_metadata_is_right_across_flushes() {
+        use std::os::unix::fs::MetadataExt;
+        for (workers, unnamed) in modes() {
+            let target = tempfile::tempdir().unwrap();
+            let mut x = Extractor::with_workers(target.path(), false, workers, unnamed).unwrap();
+            let n = DIR_FLUSH * 2 + 7;
+            for i in 0..n {
+                let mut d = entry(&format!("d{i:04}"), EntryKind::Dir, 0, None);
+                d.mode = 0o750;
+                d.mtime = 1_500_000_000 + i as i64;
+                x.place(&d, None).unwrap();
+                x.place(
+                    &entry(&format!("d{i:04}/f"), EntryKind::File, 1, None),
+                    Some(&mut &b"x"[..]),
+                )
+                .unwrap();
+            }
+            x.finish().unwrap();
+            for i in 0..n {
+                let m = std::fs::metadata(target.path().join(format!("d{i:04}"))).unwrap();
+                assert_eq!(
+                    (m.mtime(), m.mode() & 0o7777),
+                    (1_500_000_000 + i as i64, 0o750),
+                    "d{i:04}"
+                );
+            }
         }
     }
 
