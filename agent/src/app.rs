@@ -4,15 +4,24 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Result;
-use vaultline_config::{Config, Environment, Repository};
+use anyhow::{Context, Result};
+use aws_config::SdkConfig;
+use vaultline_config::{Config, Environment, KeyConfig, Repository};
+use vaultline_crypto::KeyWrap;
 
 use crate::cli::Cli;
 use crate::exit::UsageError;
 use crate::keys::{LocalKey, LocalKeySettings};
+use crate::kms::KmsKeyWrap;
 use crate::output::Output;
 use crate::repo::Repo;
 use crate::store::local::LocalStore;
+use crate::store::s3::S3Store;
+
+const NO_SDK: &str = "internal error: the AWS configuration was not loaded";
+
+/// A key provider as the commands use it.
+pub type Keys = Box<dyn KeyWrap + Send + Sync>;
 
 /// A loaded configuration and what it implies.
 pub struct App {
@@ -23,6 +32,8 @@ pub struct App {
     /// Output settings.
     pub out: Output,
     local_store: Option<LocalStore>,
+    /// Loaded when the repository or the key is in AWS.
+    sdk: Option<SdkConfig>,
 }
 
 impl App {
@@ -32,10 +43,22 @@ impl App {
         let path = vaultline_config::locate(cli.config.as_deref(), &env)?;
         let config = Config::load(&path, &env)?;
         tracing::debug!("configuration {}", path.display());
+        let uses_aws =
+            matches!(config.repository, Repository::S3(_)) || matches!(config.key, KeyConfig::Kms { .. });
+        let sdk = if uses_aws {
+            Some(crate::aws::sdk_config(&config.aws).context("setting up the AWS clients")?)
+        } else {
+            None
+        };
         let (repo, local_store) = match &config.repository {
             Repository::Local { path, prefix } => {
                 let store = LocalStore::new(path);
                 (Repo::new(Arc::new(store.clone()), prefix), Some(store))
+            }
+            Repository::S3(s3) => {
+                let client = crate::aws::s3_client(sdk.as_ref().context(NO_SDK)?, s3);
+                let store = S3Store::new(client, s3.clone(), config.aws.max_attempts);
+                (Repo::new(Arc::new(store), &s3.prefix), None)
             }
         };
         Ok(App {
@@ -43,7 +66,21 @@ impl App {
             repo,
             out,
             local_store,
+            sdk,
         })
+    }
+
+    /// The configured key provider, ready to wrap and unwrap: the local
+    /// master key (which must exist: `vaultline init` creates it) or the KMS
+    /// key, resolved to its ARN.
+    pub fn keys(&self) -> Result<Keys> {
+        match &self.config.key {
+            KeyConfig::Local { .. } => Ok(Box::new(self.local_key()?.provider())),
+            KeyConfig::Kms { key_id, endpoint } => {
+                let client = crate::aws::kms_client(self.sdk.as_ref().context(NO_SDK)?, endpoint.as_deref());
+                Ok(Box::new(KmsKeyWrap::connect(client, key_id)?))
+            }
+        }
     }
 
     /// The local store, when the repository is local.
@@ -51,14 +88,20 @@ impl App {
         self.local_store.as_ref()
     }
 
-    /// The local key settings.
-    pub fn key_settings(&self) -> LocalKeySettings<'_> {
-        LocalKeySettings::new(&self.config.key, &self.config.agent.state_dir)
+    /// The local key settings; an error when the key is in KMS.
+    pub fn key_settings(&self) -> Result<LocalKeySettings<'_>> {
+        LocalKeySettings::new(&self.config.key, &self.config.agent.state_dir).ok_or_else(|| {
+            UsageError(format!(
+                "{} configures a KMS key, not a local master key",
+                self.config.file.display()
+            ))
+            .into()
+        })
     }
 
     /// The existing local key.
     pub fn local_key(&self) -> Result<LocalKey> {
-        self.key_settings().load()
+        self.key_settings()?.load()
     }
 
     /// The jobs named (all when `names` is empty); unknown names are a usage error.

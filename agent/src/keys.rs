@@ -69,14 +69,16 @@ pub struct LocalKeySettings<'a> {
 }
 
 impl<'a> LocalKeySettings<'a> {
-    /// From the `[key]` section; `state_dir` names the keyring entry.
-    pub fn new(key: &'a KeyConfig, state_dir: &Path) -> Self {
+    /// From the `[key]` section (`None` when the key is not local);
+    /// `state_dir` names the keyring entry.
+    pub fn new(key: &'a KeyConfig, state_dir: &Path) -> Option<Self> {
         match key {
-            KeyConfig::Local { storage, file } => LocalKeySettings {
+            KeyConfig::Local { storage, file } => Some(LocalKeySettings {
                 storage: *storage,
                 file,
                 entry: format!("master-key:{}", state_dir.display()),
-            },
+            }),
+            KeyConfig::Kms { .. } => None,
         }
     }
 

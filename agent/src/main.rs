@@ -10,12 +10,14 @@
 
 mod app;
 mod archive;
+mod aws;
 mod backup;
 mod cli;
 mod commands;
 mod exit;
 mod extract;
 mod keys;
+mod kms;
 mod lock;
 mod manifest;
 mod output;

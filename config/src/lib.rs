@@ -27,10 +27,13 @@ use std::path::{Path, PathBuf};
 pub use cron::Schedule;
 pub use error::{ConfigError, Problem};
 pub use model::{
-    Agent, CHECKS, CheckPolicy, Config, Excludes, Hardening, Job, KeyConfig, KeyStorage, Repository,
-    Retention,
+    Agent, Aws, CHECKS, CheckPolicy, ChecksumPolicy, Config, Excludes, Hardening, Job, KeyConfig, KeyStorage,
+    Repository, Retention, S3Repository, StorageClass, Tag,
 };
-pub use validate::{DEFAULT_COMPRESSION_LEVEL, DEFAULT_PREFIX, ROOT_STATE_DIR};
+pub use validate::{
+    DEFAULT_COMPRESSION_LEVEL, DEFAULT_MAX_ATTEMPTS, DEFAULT_PART_SIZE_MIB, DEFAULT_PARTS_IN_FLIGHT,
+    DEFAULT_PREFIX, DEFAULT_TIER_TAG, DEFAULT_TIMEOUT_SECS, ROOT_STATE_DIR,
+};
 
 use error::LineIndex;
 

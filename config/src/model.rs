@@ -20,6 +20,8 @@ pub struct Config {
     pub repository: Repository,
     /// Where data keys are wrapped.
     pub key: KeyConfig,
+    /// AWS connection settings (used by S3 repositories and KMS keys).
+    pub aws: Aws,
     /// Bucket-hardening policy (used with S3 repositories).
     pub hardening: Hardening,
     /// The backup jobs, in file order.
@@ -53,6 +55,8 @@ pub enum Repository {
         /// Object-name prefix inside it (may be empty).
         prefix: String,
     },
+    /// An S3 bucket.
+    S3(S3Repository),
 }
 
 impl Repository {
@@ -60,8 +64,94 @@ impl Repository {
     pub fn prefix(&self) -> &str {
         match self {
             Repository::Local { prefix, .. } => prefix,
+            Repository::S3(s3) => &s3.prefix,
         }
     }
+}
+
+/// `[repository]` with `type = "s3"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Repository {
+    /// Bucket name.
+    pub bucket: String,
+    /// Object-key prefix (may be empty).
+    pub prefix: String,
+    /// Endpoint URL for S3-compatible servers; `None` = AWS.
+    pub endpoint: Option<String>,
+    /// Path-style addressing (`https://host/bucket/key`).
+    pub path_style: bool,
+    /// Storage class for archive objects at upload.
+    pub storage_class: StorageClass,
+    /// The tag put on archive objects, for lifecycle rules to match.
+    pub tier_tag: Tag,
+    /// First multipart part size in bytes; grows for very large archives.
+    pub part_size: u64,
+    /// Parts uploaded concurrently per object.
+    pub parts_in_flight: usize,
+    /// When the SDK adds its own request checksums.
+    pub request_checksum: ChecksumPolicy,
+}
+
+/// S3 storage classes archives may be uploaded into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageClass {
+    /// STANDARD.
+    Standard,
+    /// GLACIER_IR (instant retrieval).
+    GlacierIr,
+    /// GLACIER (flexible retrieval): restore needs a thaw.
+    Glacier,
+    /// DEEP_ARCHIVE: restore needs a thaw of up to 48 hours.
+    DeepArchive,
+}
+
+impl StorageClass {
+    /// The S3 API name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageClass::Standard => "STANDARD",
+            StorageClass::GlacierIr => "GLACIER_IR",
+            StorageClass::Glacier => "GLACIER",
+            StorageClass::DeepArchive => "DEEP_ARCHIVE",
+        }
+    }
+}
+
+/// An S3 object tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tag {
+    /// Tag key.
+    pub key: String,
+    /// Tag value.
+    pub value: String,
+}
+
+/// When the SDK computes request checksums on its own (our uploads always
+/// carry an explicit SHA-256 either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChecksumPolicy {
+    /// On every operation that supports one (the SDK default).
+    WhenSupported,
+    /// Only where the operation requires one; for S3-compatible servers that
+    /// reject the SDK's default checksums.
+    WhenRequired,
+}
+
+/// `[aws]`: settings shared by every AWS client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Aws {
+    /// Region; `None` = the standard chain (`AWS_REGION`, profile).
+    pub region: Option<String>,
+    /// Named profile; `None` = the standard chain.
+    pub profile: Option<String>,
+    /// Extra PEM CA certificates to trust (S3-compatible servers, proxies).
+    pub ca_bundle: Option<PathBuf>,
+    /// Whether plain-http endpoints are allowed.
+    pub allow_http: bool,
+    /// Attempts per request, first included, before a run fails.
+    pub max_attempts: u32,
+    /// Per-attempt timeout, seconds.
+    pub timeout_secs: u64,
 }
 
 /// `[key]`. Exhaustive on purpose, like [`Repository`].
@@ -73,6 +163,13 @@ pub enum KeyConfig {
         storage: KeyStorage,
         /// The key file, used for `file` storage and as the `auto` fallback.
         file: PathBuf,
+    },
+    /// An AWS KMS key wraps every data key.
+    Kms {
+        /// Key id, alias (`alias/…`) or ARN.
+        key_id: String,
+        /// Endpoint URL for KMS-compatible servers; `None` = AWS.
+        endpoint: Option<String>,
     },
 }
 

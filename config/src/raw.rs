@@ -17,6 +17,8 @@ pub(crate) struct RawConfig {
     #[serde(default)]
     pub key: RawKey,
     #[serde(default)]
+    pub aws: RawAws,
+    #[serde(default)]
     pub hardening: RawHardening,
     #[serde(default)]
     pub jobs: Vec<Spanned<RawJob>>,
@@ -33,6 +35,7 @@ pub(crate) struct RawAgent {
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum RepositoryType {
     Local,
+    S3,
 }
 
 /// Flat rather than an internally tagged enum: serde's tagged enums buffer
@@ -44,12 +47,52 @@ pub(crate) struct RawRepository {
     pub kind: Spanned<RepositoryType>,
     pub path: Option<Spanned<String>>,
     pub prefix: Option<Spanned<String>>,
+    pub bucket: Option<Spanned<String>>,
+    pub endpoint: Option<Spanned<String>>,
+    pub path_style: Option<Spanned<bool>>,
+    pub storage_class: Option<Spanned<RawStorageClass>>,
+    pub tier_tag: Option<Spanned<String>>,
+    pub part_size_mib: Option<Spanned<i64>>,
+    pub parts_in_flight: Option<Spanned<i64>>,
+    pub request_checksum: Option<Spanned<RawChecksumPolicy>>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum RawStorageClass {
+    #[serde(rename = "STANDARD")]
+    Standard,
+    #[serde(rename = "GLACIER_IR")]
+    GlacierIr,
+    #[serde(rename = "GLACIER")]
+    Glacier,
+    #[serde(rename = "DEEP_ARCHIVE")]
+    DeepArchive,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum RawChecksumPolicy {
+    WhenSupported,
+    WhenRequired,
+}
+
+/// `[aws]`: connection settings shared by the S3 and KMS clients.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawAws {
+    pub region: Option<Spanned<String>>,
+    pub profile: Option<Spanned<String>>,
+    pub ca_bundle: Option<Spanned<String>>,
+    pub allow_http: Option<bool>,
+    pub max_attempts: Option<Spanned<i64>>,
+    pub timeout_secs: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum KeyProviderKind {
     Local,
+    Kms,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -64,8 +107,10 @@ pub(crate) enum RawKeyStorage {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub(crate) struct RawKey {
     pub provider: Option<Spanned<KeyProviderKind>>,
-    pub storage: Option<RawKeyStorage>,
+    pub storage: Option<Spanned<RawKeyStorage>>,
     pub file: Option<Spanned<String>>,
+    pub key_id: Option<Spanned<String>>,
+    pub endpoint: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]

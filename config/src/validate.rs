@@ -16,6 +16,16 @@ use crate::raw::*;
 
 /// Defaults, in one place (also documented in packaging/config/vaultline.toml).
 pub const DEFAULT_PREFIX: &str = "vaultline";
+/// First multipart part size, MiB.
+pub const DEFAULT_PART_SIZE_MIB: u64 = 8;
+/// Parts uploaded at once per object.
+pub const DEFAULT_PARTS_IN_FLIGHT: usize = 4;
+/// The tag archive objects carry for lifecycle rules.
+pub const DEFAULT_TIER_TAG: &str = "vaultline-tier=archive";
+/// Attempts per AWS request (first included).
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// Per-attempt timeout for AWS requests, seconds.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 120;
 /// zstd level when a job gives none: zstd's own default.
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
 /// The state directory when running as root.
@@ -135,47 +145,9 @@ pub(crate) fn validate(
         }
         None => DEFAULT_PREFIX.to_string(),
     };
-    let repository = match *repo.kind.get_ref() {
-        RepositoryType::Local => match &repo.path {
-            Some(p) => Repository::Local {
-                path: c.absolute_path(p, "repository.path").unwrap_or_default(),
-                prefix,
-            },
-            None => {
-                c.report(
-                    Some(repo_span),
-                    "repository",
-                    "missing field `path` (required when type = \"local\")",
-                );
-                Repository::Local {
-                    path: PathBuf::new(),
-                    prefix,
-                }
-            }
-        },
-    };
-
-    // [key]
-    let key_file = match &raw.key.file {
-        Some(f) => c.absolute_path(f, "key.file").unwrap_or_default(),
-        None => state_dir.join("keys").join("master.key"),
-    };
-    let storage = match raw.key.storage.unwrap_or(RawKeyStorage::Auto) {
-        RawKeyStorage::Auto => KeyStorage::Auto,
-        RawKeyStorage::Keyring => KeyStorage::Keyring,
-        RawKeyStorage::File => KeyStorage::File,
-    };
-    let provider = raw
-        .key
-        .provider
-        .as_ref()
-        .map_or(KeyProviderKind::Local, |p| *p.get_ref());
-    let key = match provider {
-        KeyProviderKind::Local => KeyConfig::Local {
-            storage,
-            file: key_file,
-        },
-    };
+    let aws = aws(&mut c, &raw.aws);
+    let repository = repository(&mut c, repo, repo_span, prefix, &aws);
+    let key = key(&mut c, &raw.key, &state_dir, &aws);
 
     // [hardening]
     let hardening = hardening(&raw.hardening);
@@ -351,6 +323,7 @@ pub(crate) fn validate(
             agent: Agent { host, state_dir },
             repository,
             key,
+            aws,
             hardening,
             jobs,
         })
@@ -424,4 +397,428 @@ fn valid_prefix(p: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
         })
+}
+
+/// Fields that belong to one repository type, reported when given for another.
+const LOCAL_ONLY: &str = "path";
+
+fn repository(
+    c: &mut Checker<'_>,
+    repo: RawRepository,
+    repo_span: Range<usize>,
+    prefix: String,
+    aws: &Aws,
+) -> Repository {
+    let kind = *repo.kind.get_ref();
+    let misplaced = |c: &mut Checker<'_>, span: Range<usize>, field: &str, kind: &str| {
+        c.report(
+            Some(span),
+            format!("repository.{field}"),
+            format!("is only used with type = \"{kind}\""),
+        );
+    };
+    match kind {
+        RepositoryType::Local => {
+            for (field, span) in [
+                ("bucket", repo.bucket.as_ref().map(Spanned::span)),
+                ("endpoint", repo.endpoint.as_ref().map(Spanned::span)),
+                ("path-style", repo.path_style.as_ref().map(Spanned::span)),
+                ("storage-class", repo.storage_class.as_ref().map(Spanned::span)),
+                ("tier-tag", repo.tier_tag.as_ref().map(Spanned::span)),
+                ("part-size-mib", repo.part_size_mib.as_ref().map(Spanned::span)),
+                (
+                    "parts-in-flight",
+                    repo.parts_in_flight.as_ref().map(Spanned::span),
+                ),
+                (
+                    "request-checksum",
+                    repo.request_checksum.as_ref().map(Spanned::span),
+                ),
+            ] {
+                if let Some(span) = span {
+                    misplaced(c, span, field, "s3");
+                }
+            }
+            let path = match &repo.path {
+                Some(p) => c.absolute_path(p, "repository.path").unwrap_or_default(),
+                None => {
+                    c.report(
+                        Some(repo_span),
+                        "repository",
+                        "missing field `path` (required when type = \"local\")",
+                    );
+                    PathBuf::new()
+                }
+            };
+            Repository::Local { path, prefix }
+        }
+        RepositoryType::S3 => {
+            if let Some(p) = &repo.path {
+                misplaced(c, p.span(), LOCAL_ONLY, "local");
+            }
+            let bucket = match &repo.bucket {
+                Some(b) => {
+                    if let Err(why) = check_bucket_name(b.get_ref()) {
+                        c.report(
+                            Some(b.span()),
+                            "repository.bucket",
+                            format!("{:?} is not a valid bucket name: {why}", b.get_ref()),
+                        );
+                    }
+                    b.get_ref().clone()
+                }
+                None => {
+                    c.report(
+                        Some(repo_span),
+                        "repository",
+                        "missing field `bucket` (required when type = \"s3\")",
+                    );
+                    String::new()
+                }
+            };
+            let endpoint = repo
+                .endpoint
+                .as_ref()
+                .and_then(|e| endpoint(c, e, "repository.endpoint", aws));
+            let storage_class = match repo.storage_class.as_ref().map(|s| *s.get_ref()) {
+                None | Some(RawStorageClass::Standard) => StorageClass::Standard,
+                Some(RawStorageClass::GlacierIr) => StorageClass::GlacierIr,
+                Some(RawStorageClass::Glacier) => StorageClass::Glacier,
+                Some(RawStorageClass::DeepArchive) => StorageClass::DeepArchive,
+            };
+            let tier_tag = match &repo.tier_tag {
+                Some(t) => match parse_tag(t.get_ref()) {
+                    Ok(tag) => tag,
+                    Err(why) => {
+                        c.report(
+                            Some(t.span()),
+                            "repository.tier-tag",
+                            format!("{:?} is not a valid tag: {why}", t.get_ref()),
+                        );
+                        Tag {
+                            key: String::new(),
+                            value: String::new(),
+                        }
+                    }
+                },
+                None => parse_tag(DEFAULT_TIER_TAG).unwrap_or_else(|_| Tag {
+                    key: String::new(),
+                    value: String::new(),
+                }),
+            };
+            let part_size_mib = int_in(
+                c,
+                repo.part_size_mib.as_ref(),
+                "repository.part-size-mib",
+                5..=5120,
+                "S3 parts are 5 MiB to 5 GiB",
+            )
+            .map_or(DEFAULT_PART_SIZE_MIB, |v| v as u64);
+            let parts_in_flight = int_in(
+                c,
+                repo.parts_in_flight.as_ref(),
+                "repository.parts-in-flight",
+                1..=64,
+                "each part in flight holds one part-sized buffer",
+            )
+            .map_or(DEFAULT_PARTS_IN_FLIGHT, |v| v as usize);
+            let request_checksum = match repo.request_checksum.as_ref().map(|r| *r.get_ref()) {
+                None | Some(RawChecksumPolicy::WhenSupported) => ChecksumPolicy::WhenSupported,
+                Some(RawChecksumPolicy::WhenRequired) => ChecksumPolicy::WhenRequired,
+            };
+            Repository::S3(S3Repository {
+                bucket,
+                prefix,
+                endpoint,
+                path_style: repo.path_style.as_ref().is_some_and(|p| *p.get_ref()),
+                storage_class,
+                tier_tag,
+                part_size: part_size_mib << 20,
+                parts_in_flight,
+                request_checksum,
+            })
+        }
+    }
+}
+
+fn key(c: &mut Checker<'_>, raw: &RawKey, state_dir: &Path, aws: &Aws) -> KeyConfig {
+    let provider = raw
+        .provider
+        .as_ref()
+        .map_or(KeyProviderKind::Local, |p| *p.get_ref());
+    match provider {
+        KeyProviderKind::Local => {
+            for (field, span) in [
+                ("key-id", raw.key_id.as_ref().map(Spanned::span)),
+                ("endpoint", raw.endpoint.as_ref().map(Spanned::span)),
+            ] {
+                if let Some(span) = span {
+                    c.report(
+                        Some(span),
+                        format!("key.{field}"),
+                        "is only used with provider = \"kms\"",
+                    );
+                }
+            }
+            let file = match &raw.file {
+                Some(f) => c.absolute_path(f, "key.file").unwrap_or_default(),
+                None => state_dir.join("keys").join("master.key"),
+            };
+            let storage = match raw.storage.as_ref().map(|s| *s.get_ref()) {
+                None | Some(RawKeyStorage::Auto) => KeyStorage::Auto,
+                Some(RawKeyStorage::Keyring) => KeyStorage::Keyring,
+                Some(RawKeyStorage::File) => KeyStorage::File,
+            };
+            KeyConfig::Local { storage, file }
+        }
+        KeyProviderKind::Kms => {
+            for (field, span) in [
+                ("file", raw.file.as_ref().map(Spanned::span)),
+                ("storage", raw.storage.as_ref().map(Spanned::span)),
+            ] {
+                if let Some(span) = span {
+                    c.report(
+                        Some(span),
+                        format!("key.{field}"),
+                        "is only used with provider = \"local\"",
+                    );
+                }
+            }
+            let key_id = match &raw.key_id {
+                Some(k) => {
+                    if !valid_kms_key_id(k.get_ref()) {
+                        c.report(
+                            Some(k.span()),
+                            "key.key-id",
+                            format!(
+                                "{:?} is not a KMS key id: expected a key id (1234abcd-…), an alias \
+                                 (alias/NAME) or a key or alias ARN (arn:aws:kms:REGION:ACCOUNT:key/…)",
+                                k.get_ref()
+                            ),
+                        );
+                    }
+                    k.get_ref().clone()
+                }
+                None => {
+                    let span = raw.provider.as_ref().map(Spanned::span);
+                    c.report(
+                        span,
+                        "key",
+                        "missing field `key-id` (required when provider = \"kms\")",
+                    );
+                    String::new()
+                }
+            };
+            let endpoint = raw
+                .endpoint
+                .as_ref()
+                .and_then(|e| endpoint(c, e, "key.endpoint", aws));
+            KeyConfig::Kms { key_id, endpoint }
+        }
+    }
+}
+
+fn aws(c: &mut Checker<'_>, raw: &RawAws) -> Aws {
+    let nonempty = |c: &mut Checker<'_>, v: &Option<Spanned<String>>, path: &str| -> Option<String> {
+        let v = v.as_ref()?;
+        if v.get_ref().trim().is_empty() {
+            c.report(
+                Some(v.span()),
+                path,
+                "must not be empty (leave it out to use the default)",
+            );
+            return None;
+        }
+        Some(v.get_ref().clone())
+    };
+    let region = nonempty(c, &raw.region, "aws.region");
+    if let Some(r) = &raw.region
+        && !r.get_ref().is_empty()
+        && !r
+            .get_ref()
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        c.report(
+            Some(r.span()),
+            "aws.region",
+            format!(
+                "{:?} is not a region name (expected e.g. \"eu-west-1\")",
+                r.get_ref()
+            ),
+        );
+    }
+    let profile = nonempty(c, &raw.profile, "aws.profile");
+    let ca_bundle = raw
+        .ca_bundle
+        .as_ref()
+        .and_then(|p| c.absolute_path(p, "aws.ca-bundle"));
+    let max_attempts = int_in(
+        c,
+        raw.max_attempts.as_ref(),
+        "aws.max-attempts",
+        1..=20,
+        "attempts per request, the first included",
+    )
+    .map_or(DEFAULT_MAX_ATTEMPTS, |v| v as u32);
+    let timeout_secs = int_in(
+        c,
+        raw.timeout_secs.as_ref(),
+        "aws.timeout-secs",
+        1..=3600,
+        "seconds per attempt",
+    )
+    .map_or(DEFAULT_TIMEOUT_SECS, |v| v as u64);
+    Aws {
+        region,
+        profile,
+        ca_bundle,
+        allow_http: raw.allow_http.unwrap_or(false),
+        max_attempts,
+        timeout_secs,
+    }
+}
+
+/// An integer setting within `range`, or a reported problem.
+fn int_in(
+    c: &mut Checker<'_>,
+    value: Option<&Spanned<i64>>,
+    path: &str,
+    range: std::ops::RangeInclusive<i64>,
+    why: &str,
+) -> Option<i64> {
+    let v = value?;
+    if range.contains(v.get_ref()) {
+        Some(*v.get_ref())
+    } else {
+        c.report(
+            Some(v.span()),
+            path,
+            format!(
+                "{} is out of range: expected {} to {} ({why})",
+                v.get_ref(),
+                range.start(),
+                range.end()
+            ),
+        );
+        None
+    }
+}
+
+/// An endpoint URL: `https://host[:port][/]`, or `http://` when allowed.
+fn endpoint(c: &mut Checker<'_>, value: &Spanned<String>, path: &str, aws: &Aws) -> Option<String> {
+    let url = value.get_ref();
+    let (scheme, rest) = match url.split_once("://") {
+        Some(parts) => parts,
+        None => {
+            c.report(
+                Some(value.span()),
+                path,
+                format!("{url:?} is not a URL: expected https://HOST[:PORT]"),
+            );
+            return None;
+        }
+    };
+    let host = rest.trim_end_matches('/');
+    if host.is_empty() || host.contains(['/', '?', '#', '@', ' ']) {
+        c.report(
+            Some(value.span()),
+            path,
+            format!(
+                "{url:?} is not an endpoint URL: expected https://HOST[:PORT] with no path, query or user"
+            ),
+        );
+        return None;
+    }
+    match scheme {
+        "https" => Some(url.trim_end_matches('/').to_string()),
+        "http" if aws.allow_http => Some(url.trim_end_matches('/').to_string()),
+        "http" => {
+            c.report(
+                Some(value.span()),
+                path,
+                format!(
+                    "plain-http endpoint {url:?} refused: requests, data and signatures would cross the \
+                     network unencrypted; use https, or set aws.allow-http = true for a trusted test network"
+                ),
+            );
+            None
+        }
+        other => {
+            c.report(
+                Some(value.span()),
+                path,
+                format!("unsupported URL scheme {other:?}: expected https (or http with aws.allow-http)"),
+            );
+            None
+        }
+    }
+}
+
+/// S3's bucket naming rules (general purpose buckets).
+fn check_bucket_name(b: &str) -> Result<(), &'static str> {
+    if !(3..=63).contains(&b.len()) {
+        return Err("must be 3 to 63 characters long");
+    }
+    if !b
+        .bytes()
+        .all(|x| x.is_ascii_lowercase() || x.is_ascii_digit() || x == b'.' || x == b'-')
+    {
+        return Err("use only lowercase letters, digits, `.` and `-`");
+    }
+    let first_last_ok = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if !first_last_ok(b.as_bytes()[0]) || !first_last_ok(b.as_bytes()[b.len() - 1]) {
+        return Err("must begin and end with a letter or digit");
+    }
+    if b.contains("..") {
+        return Err("must not contain two adjacent periods");
+    }
+    if b.split('.').count() == 4 && b.split('.').all(|p| p.parse::<u8>().is_ok()) {
+        return Err("must not be formatted as an IP address");
+    }
+    Ok(())
+}
+
+fn parse_tag(t: &str) -> Result<Tag, &'static str> {
+    let (key, value) = t.split_once('=').ok_or("expected KEY=VALUE")?;
+    let ok = |s: &str| {
+        s.chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, ' ' | '+' | '-' | '=' | '.' | '_' | ':' | '/' | '@'))
+    };
+    if key.is_empty() || key.chars().count() > 128 {
+        return Err("the key must be 1 to 128 characters");
+    }
+    if value.chars().count() > 256 {
+        return Err("the value must be at most 256 characters");
+    }
+    if !ok(key) || !ok(value) {
+        return Err("use letters, digits, spaces and + - = . _ : / @");
+    }
+    if key.starts_with("aws:") {
+        return Err("keys starting with `aws:` are reserved by AWS");
+    }
+    Ok(Tag {
+        key: key.to_string(),
+        value: value.to_string(),
+    })
+}
+
+fn valid_kms_key_id(k: &str) -> bool {
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'/' | b'.' | b':'))
+    };
+    if let Some(rest) = k.strip_prefix("arn:") {
+        // arn:PARTITION:kms:REGION:ACCOUNT:key/ID or :alias/NAME
+        let parts: Vec<&str> = rest.splitn(5, ':').collect();
+        return parts.len() == 5
+            && parts[1] == "kms"
+            && (parts[4].starts_with("key/") || parts[4].starts_with("alias/"))
+            && plain(parts[4]);
+    }
+    if let Some(name) = k.strip_prefix("alias/") {
+        return plain(name) && !name.starts_with("aws/");
+    }
+    k.len() <= 2048 && plain(k) && !k.contains('/')
 }

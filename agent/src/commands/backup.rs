@@ -14,9 +14,8 @@ use crate::output::human_bytes;
 /// Runs `backup now`.
 pub fn run(app: &App, args: &BackupNowArgs) -> Result<()> {
     let jobs = app.select_jobs(&args.jobs)?;
-    let key = app.local_key()?;
-    let provider = key.provider();
-    app.repo.check_key(&provider)?;
+    let keys = app.keys()?;
+    app.repo.check_key(keys.as_ref())?;
     let host = &app.config.agent.host;
     let own = app.own_paths();
 
@@ -28,7 +27,7 @@ pub fn run(app: &App, args: &BackupNowArgs) -> Result<()> {
             let _lock = JobLock::acquire(&app.config.agent.state_dir, &job.name, !args.no_wait)?;
             let total = app.out.interactive().then(|| estimate(job, &own));
             let progress = app.out.progress(&format!("backing up {}", job.name), total);
-            let report = backup::run(&app.repo, &provider, host, job, &own, &progress)?;
+            let report = backup::run(&app.repo, keys.as_ref(), host, job, &own, &progress)?;
             progress.finish();
             Ok(report)
         })();

@@ -4,10 +4,11 @@
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use vaultline_crypto::KeyWrap;
 
-use crate::app::App;
-use crate::repo::{REPOSITORY_VERSION, RepoMarker};
+use vaultline_config::KeyConfig;
+
+use crate::app::{App, Keys};
+use crate::repo::{Kind, REPOSITORY_VERSION, RepoMarker};
 
 #[derive(Serialize)]
 struct InitReport {
@@ -21,11 +22,27 @@ struct InitReport {
 
 /// Runs `init`.
 pub fn run(app: &App) -> Result<()> {
-    let (key, key_created) = app
-        .key_settings()
-        .load_or_create()
-        .context("setting up the local master key")?;
-    let provider = key.provider();
+    let (provider, key_location, key_created): (Keys, String, bool) = match &app.config.key {
+        KeyConfig::Local { .. } => {
+            let (key, created) = app
+                .key_settings()?
+                .load_or_create()
+                .context("setting up the local master key")?;
+            (Box::new(key.provider()), key.location.to_string(), created)
+        }
+        KeyConfig::Kms { key_id, .. } => {
+            let keys = app.keys().context("checking the KMS key")?;
+            // Prove GenerateDataKey works with this host's context, as every
+            // backup will need it; the key is dropped (zeroized) unused.
+            let ctx = app
+                .repo
+                .context(&app.config.agent.host, "init", "init", Kind::Manifest, "init")?;
+            keys.generate(&ctx)
+                .with_context(|| format!("checking that KMS key {key_id} can generate data keys"))?;
+            (keys, "AWS KMS".to_string(), false)
+        }
+    };
+    let provider = provider.as_ref();
     if let Some(local) = app.local_store() {
         local
             .create_root()
@@ -33,7 +50,7 @@ pub fn run(app: &App) -> Result<()> {
     }
     let repository_created = match app.repo.read_marker()? {
         Some(_) => {
-            app.repo.check_key(&provider)?;
+            app.repo.check_key(provider)?;
             false
         }
         None => {
@@ -51,18 +68,24 @@ pub fn run(app: &App) -> Result<()> {
         repository_created,
         key_provider: provider.provider_id().to_string(),
         key_id: provider.key_id().to_string(),
-        key_location: key.location.to_string(),
+        key_location,
         key_created,
     };
     app.out.result(&report, || {
+        let repo_state = if repository_created {
+            "created"
+        } else {
+            "exists, matches the key"
+        };
+        if report.key_provider == crate::kms::PROVIDER {
+            return format!(
+                "repository: {} ({repo_state})\nKMS key: {} (can generate data keys)",
+                report.repository, report.key_id
+            );
+        }
         let mut t = format!(
-            "repository: {} ({})\nmaster key: {} {} (fingerprint {})",
+            "repository: {} ({repo_state})\nmaster key: {} {} (fingerprint {})",
             report.repository,
-            if repository_created {
-                "created"
-            } else {
-                "exists, matches the key"
-            },
             if key_created { "created in" } else { "found in" },
             report.key_location,
             report.key_id,

@@ -35,16 +35,15 @@ struct RestoreReport {
 /// Runs `restore`.
 pub fn run(app: &App, args: &RestoreArgs) -> Result<()> {
     let include = include_set(&args.include)?;
-    let key = app.local_key()?;
-    let provider = key.provider();
-    app.repo.check_key(&provider)?;
+    let keys = app.keys()?;
+    app.repo.check_key(keys.as_ref())?;
     let host = app.host(&args.host);
     let configured: Vec<String> = app.config.jobs.iter().map(|j| j.name.clone()).collect();
     let snap = resolve(&app.repo, host, args.job.as_deref(), &configured, &args.snapshot)?;
 
     let total = if app.out.interactive() {
         Some(
-            SnapshotReader::open(&app.repo, &provider, snap.clone())?
+            SnapshotReader::open(&app.repo, keys.as_ref(), snap.clone())?
                 .summary()?
                 .1
                 .bytes,
@@ -53,7 +52,7 @@ pub fn run(app: &App, args: &RestoreArgs) -> Result<()> {
         None
     };
     let progress = app.out.progress(&format!("restoring {}", snap.id), total);
-    let reader = SnapshotReader::open(&app.repo, &provider, snap.clone())?;
+    let reader = SnapshotReader::open(&app.repo, keys.as_ref(), snap.clone())?;
     let mut extractor = Extractor::new(&args.target, args.overwrite)?;
     let mut entries = 0u64;
     reader.walk(|entry: &Entry, data: Option<&mut dyn Read>| {

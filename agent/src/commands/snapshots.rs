@@ -33,14 +33,13 @@ pub fn run(app: &App, args: &SnapshotsArgs) -> Result<()> {
             Ok::<_, anyhow::Error>(Vec::new())
         })?;
     }
-    let key = app.local_key()?;
-    let provider = key.provider();
-    app.repo.check_key(&provider)?;
+    let keys = app.keys()?;
+    app.repo.check_key(keys.as_ref())?;
     let host = app.host(&args.host);
     let mut listed = Vec::new();
     for snap in app.repo.list_snapshots(host, args.job.as_deref())? {
         let manifest_size = snap.manifest_size;
-        let (header, end) = SnapshotReader::open(&app.repo, &provider, snap.clone())?.summary()?;
+        let (header, end) = SnapshotReader::open(&app.repo, keys.as_ref(), snap.clone())?.summary()?;
         listed.push(Listed {
             time: snapshot_time(&snap.id),
             id: snap.id,

@@ -29,9 +29,8 @@ struct Verified {
 
 /// Runs `verify`.
 pub fn run(app: &App, args: &VerifyArgs) -> Result<()> {
-    let key = app.local_key()?;
-    let provider = key.provider();
-    app.repo.check_key(&provider)?;
+    let keys = app.keys()?;
+    app.repo.check_key(keys.as_ref())?;
     let host = app.host(&args.host);
     let configured: Vec<String> = app.config.jobs.iter().map(|j| j.name.clone()).collect();
 
@@ -54,7 +53,7 @@ pub fn run(app: &App, args: &VerifyArgs) -> Result<()> {
     let mut results = Vec::new();
     let mut worst: Option<anyhow::Error> = None;
     for snap in chosen {
-        let outcome = SnapshotReader::open(&app.repo, &provider, snap.clone()).and_then(|r| {
+        let outcome = SnapshotReader::open(&app.repo, keys.as_ref(), snap.clone()).and_then(|r| {
             r.walk(|_entry: &Entry, data: Option<&mut dyn Read>| {
                 if let Some(data) = data {
                     io::copy(data, &mut io::sink())?;

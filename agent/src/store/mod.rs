@@ -11,6 +11,7 @@
 //! same trait.
 
 pub mod local;
+pub mod s3;
 
 use std::io::{self, Read, Write};
 
