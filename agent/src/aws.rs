@@ -14,10 +14,10 @@ use anyhow::{Context, Result};
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls::{self, TlsContext, TrustStore};
-use aws_smithy_types::error::display::DisplayErrorContext;
 use tokio::runtime::Runtime;
 use vaultline_config::{Aws, ChecksumPolicy, S3Repository};
 
@@ -142,24 +142,51 @@ pub fn kms_client(sdk: &SdkConfig, endpoint: Option<&str>) -> aws_sdk_kms::Clien
 /// What went wrong in an SDK call, for a message: the service's error code
 /// and message, or the transport failure. Never includes credentials (the
 /// SDK keeps them out of its errors; we add nothing from the request).
-pub fn describe<E, R>(err: &SdkError<E, R>) -> String
+pub fn describe<E>(err: &SdkError<E, HttpResponse>) -> String
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
     match err {
-        SdkError::ServiceError(e) => {
-            let e = e.err();
+        SdkError::ServiceError(service) => {
+            let e = service.err();
             match (e.code(), e.message()) {
                 (Some(code), Some(msg)) if !msg.is_empty() => format!("{code}: {msg}"),
                 (Some(code), _) => code.to_string(),
-                _ => DisplayErrorContext(e).to_string(),
+                _ => format!(
+                    "HTTP {} with an error response that could not be read",
+                    service.raw().status().as_u16()
+                ),
             }
         }
         SdkError::TimeoutError(_) => "timed out (after the configured retries)".to_string(),
-        SdkError::DispatchFailure(_) => format!("could not reach the endpoint: {}", DisplayErrorContext(err)),
-        _ => DisplayErrorContext(err).to_string(),
+        _ => {
+            let chain = source_chain(err);
+            if chain.contains("loading credentials") || chain.contains("no credentials") {
+                return "no usable AWS credentials (looked in the environment, the shared config and \
+                        credentials files, SSO, the container and instance roles)"
+                    .to_string();
+            }
+            match err {
+                SdkError::DispatchFailure(_) => format!("could not reach the endpoint: {chain}"),
+                _ => chain,
+            }
+        }
     }
+}
+
+/// Every message in an error's source chain, in order, without repeats and
+/// without the Debug dumps the SDK's own display adds.
+fn source_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let msg = e.to_string();
+        if !msg.is_empty() && !parts.iter().any(|p| p.contains(&msg)) {
+            parts.push(msg);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
 }
 
 /// The service's error code, when the service answered with one.

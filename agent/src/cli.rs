@@ -57,6 +57,34 @@ pub enum Command {
 
     /// Download, decrypt and check snapshots against their manifests.
     Verify(VerifyArgs),
+
+    /// Print policies for this configuration.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+/// `policy …`.
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// The least-privilege IAM policy (JSON) for a role.
+    Iam {
+        /// backup: write-only (cannot read or decrypt past backups);
+        /// restore: read and decrypt this host's snapshots; admin: everything,
+        /// including audit, harden and key rotation.
+        #[arg(long, value_enum)]
+        role: PolicyRole,
+    },
+}
+
+/// The roles `policy iam` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PolicyRole {
+    /// Runs backups; may not read them back.
+    Backup,
+    /// Restores and verifies this host's snapshots.
+    Restore,
+    /// Manages the repository and bucket.
+    Admin,
 }
 
 /// `backup …`.

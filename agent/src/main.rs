@@ -31,7 +31,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::app::App;
-use crate::cli::{BackupCommand, Cli, Command};
+use crate::cli::{BackupCommand, Cli, Command, PolicyCommand};
 use crate::exit::{Exit, classify};
 use crate::output::Output;
 
@@ -71,5 +71,6 @@ fn run(cli: &Cli, out: Output) -> anyhow::Result<()> {
         Command::Snapshots(args) => commands::snapshots::run(&app, args),
         Command::Restore(args) => commands::restore::run(&app, args),
         Command::Verify(args) => commands::verify::run(&app, args),
+        Command::Policy(PolicyCommand::Iam { role }) => commands::policy::run(&app, *role),
     }
 }

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tracing::Level;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
 
 /// Output settings from the global flags.
 #[derive(Debug, Clone, Copy)]
@@ -33,13 +35,25 @@ impl Output {
             (false, 1) => Level::DEBUG,
             (false, _) => Level::TRACE,
         };
-        let _ = tracing_subscriber::fmt()
+        // The AWS SDK and its HTTP stack log retries and credential-chain
+        // probing as warnings; our own messages say what matters. Their
+        // detail is shown from -vv on.
+        let libraries = if self.verbose >= 2 { level } else { Level::ERROR };
+        let filter = Targets::new()
+            .with_default(level)
+            .with_target("aws", libraries)
+            .with_target("hyper", libraries)
+            .with_target("rustls", libraries)
+            .with_target("h2", libraries);
+        let subscriber = tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
             .with_max_level(level)
             .with_target(false)
             .without_time()
             .with_ansi(std::io::stderr().is_terminal())
-            .try_init();
+            .finish()
+            .with(filter);
+        let _ = tracing::subscriber::set_global_default(subscriber);
     }
 
     /// Whether to draw a progress bar.

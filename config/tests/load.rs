@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use vaultline_config::{
-    CheckPolicy, Config, ConfigError, Environment, KeyConfig, KeyStorage, Repository, locate,
+    CheckPolicy, ChecksumPolicy, Config, ConfigError, Environment, KeyConfig, KeyStorage, Repository,
+    StorageClass, locate,
 };
 
 fn env() -> Environment {
@@ -134,7 +135,7 @@ fn each_mistake_has_its_exact_message() {
         // 5. an unknown repository type
         (
             "[repository]\ntype = 'ftp'\npath = '/srv'\n",
-            "config.toml:2:8: repository.type: unknown variant `ftp`, expected `local`",
+            "config.toml:2:8: repository.type: unknown variant `ftp`, expected `local` or `s3`",
         ),
         // 6. a relative path
         (
@@ -265,4 +266,142 @@ fn search_order() {
         );
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+const S3: &str = r#"
+[aws]
+region = "eu-west-1"
+
+[repository]
+type = "s3"
+bucket = "acme-backups"
+
+[key]
+provider = "kms"
+key-id = "alias/vaultline"
+
+[[jobs]]
+name = "etc"
+paths = ["/etc"]
+"#;
+
+#[test]
+fn s3_and_kms_get_documented_defaults() {
+    let c = load(S3).unwrap();
+    let Repository::S3(s3) = &c.repository else {
+        panic!("expected an S3 repository, got {:?}", c.repository)
+    };
+    assert_eq!(s3.bucket, "acme-backups");
+    assert_eq!(s3.prefix, "vaultline");
+    assert_eq!(s3.endpoint, None);
+    assert!(!s3.path_style);
+    assert_eq!(s3.storage_class, StorageClass::Standard);
+    assert_eq!(
+        (s3.tier_tag.key.as_str(), s3.tier_tag.value.as_str()),
+        ("vaultline-tier", "archive")
+    );
+    assert_eq!(s3.part_size, 8 << 20);
+    assert_eq!(s3.parts_in_flight, 4);
+    assert_eq!(s3.request_checksum, ChecksumPolicy::WhenSupported);
+    assert_eq!(
+        c.key,
+        KeyConfig::Kms {
+            key_id: "alias/vaultline".into(),
+            endpoint: None
+        }
+    );
+    assert_eq!(c.aws.region.as_deref(), Some("eu-west-1"));
+    assert!(!c.aws.allow_http);
+    assert_eq!((c.aws.max_attempts, c.aws.timeout_secs), (5, 120));
+}
+
+#[test]
+fn s3_settings_are_read() {
+    let text = S3
+        .replace(
+            "bucket = \"acme-backups\"",
+            "bucket = \"acme-backups\"\nendpoint = \"https://minio.lan:9000/\"\npath-style = true\n\
+             storage-class = \"DEEP_ARCHIVE\"\ntier-tag = \"tier=cold\"\npart-size-mib = 16\n\
+             parts-in-flight = 2\nrequest-checksum = \"when-required\"",
+        )
+        .replace(
+            "region = \"eu-west-1\"",
+            "region = \"eu-west-1\"\nallow-http = true\nmax-attempts = 3",
+        );
+    let c = load(&text).unwrap();
+    let Repository::S3(s3) = &c.repository else {
+        panic!()
+    };
+    assert_eq!(s3.endpoint.as_deref(), Some("https://minio.lan:9000"));
+    assert!(s3.path_style);
+    assert_eq!(s3.storage_class, StorageClass::DeepArchive);
+    assert_eq!(s3.tier_tag.key, "tier");
+    assert_eq!(s3.part_size, 16 << 20);
+    assert_eq!(s3.parts_in_flight, 2);
+    assert_eq!(s3.request_checksum, ChecksumPolicy::WhenRequired);
+    assert_eq!(c.aws.max_attempts, 3);
+}
+
+#[test]
+fn each_s3_and_kms_mistake_has_its_exact_message() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "bucket = \"acme-backups\"",
+            "bucket = \"acme-backups\"\nendpoint = \"http://minio.lan:9000\"",
+            "config.toml:8:12: repository.endpoint: plain-http endpoint \"http://minio.lan:9000\" refused: \
+             requests, data and signatures would cross the network unencrypted; use https, or set \
+             aws.allow-http = true for a trusted test network",
+        ),
+        (
+            "bucket = \"acme-backups\"",
+            "bucket = \"Acme_Backups\"",
+            "config.toml:7:10: repository.bucket: \"Acme_Backups\" is not a valid bucket name: use only \
+             lowercase letters, digits, `.` and `-`",
+        ),
+        (
+            "bucket = \"acme-backups\"",
+            "path = \"/srv\"",
+            "config.toml:5:1: repository: missing field `bucket` (required when type = \"s3\")\n\
+             config.toml:7:8: repository.path: is only used with type = \"local\"",
+        ),
+        (
+            "bucket = \"acme-backups\"",
+            "bucket = \"acme-backups\"\npart-size-mib = 4",
+            "config.toml:8:17: repository.part-size-mib: 4 is out of range: expected 5 to 5120 (S3 parts \
+             are 5 MiB to 5 GiB)",
+        ),
+        (
+            "bucket = \"acme-backups\"",
+            "bucket = \"acme-backups\"\nstorage-class = \"GLACIER_DEEP\"",
+            "config.toml:8:17: repository.storage-class: unknown variant `GLACIER_DEEP`, expected one of \
+             `STANDARD`, `GLACIER_IR`, `GLACIER`, `DEEP_ARCHIVE`",
+        ),
+        (
+            "bucket = \"acme-backups\"",
+            "bucket = \"acme-backups\"\ntier-tag = \"archive\"",
+            "config.toml:8:12: repository.tier-tag: \"archive\" is not a valid tag: expected KEY=VALUE",
+        ),
+        (
+            "key-id = \"alias/vaultline\"",
+            "key-id = \"vaultline key\"",
+            "config.toml:11:10: key.key-id: \"vaultline key\" is not a KMS key id: expected a key id \
+             (1234abcd-…), an alias (alias/NAME) or a key or alias ARN (arn:aws:kms:REGION:ACCOUNT:key/…)",
+        ),
+        (
+            "key-id = \"alias/vaultline\"",
+            "file = \"/etc/vaultline/master.key\"",
+            "config.toml:10:12: key: missing field `key-id` (required when provider = \"kms\")\n\
+             config.toml:11:8: key.file: is only used with provider = \"local\"",
+        ),
+        (
+            "region = \"eu-west-1\"",
+            "region = \"eu-west-1\"\nca-bundle = \"certs/ca.pem\"",
+            "config.toml:4:13: aws.ca-bundle: \"certs/ca.pem\" must be an absolute path",
+        ),
+    ];
+    for (from, to, want) in cases {
+        let text = S3.replace(from, to);
+        let got = error(&text);
+        assert_eq!(&got, want, "for {to:?}");
+    }
 }

@@ -143,7 +143,7 @@ fn unknown_repository_type() {
     config_rejected(
         &f,
         &text,
-        "6:8: repository.type: unknown variant `ftp`, expected `local`",
+        "6:8: repository.type: unknown variant `ftp`, expected `local` or `s3`",
     );
 }
 

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each suite uses a different subset
 
+pub mod moto;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Read;
@@ -104,6 +106,8 @@ pub struct Fixture {
     pub dir: tempfile::TempDir,
     /// The configuration file.
     pub config: PathBuf,
+    /// Extra environment for the child (credentials for S3 suites).
+    pub env: Vec<(String, String)>,
 }
 
 impl Fixture {
@@ -117,6 +121,7 @@ impl Fixture {
         let f = Fixture {
             config: dir.path().join("config.toml"),
             dir,
+            env: Vec::new(),
         };
         f.write_config(extra);
         fs::create_dir_all(f.home()).expect("home");
@@ -180,6 +185,7 @@ impl Fixture {
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.home())
             .env("LANG", "C.UTF-8")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         cmd
     }

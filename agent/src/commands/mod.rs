@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod init;
+pub mod policy;
 pub mod restore;
 pub mod snapshots;
 pub mod verify;

@@ -29,6 +29,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, StorageClass};
 use bytes::Bytes;
@@ -443,10 +444,9 @@ impl S3Pending {
         }
     }
 
-    fn put_error<E, R>(&self, op: &str, e: &aws_sdk_s3::error::SdkError<E, R>) -> anyhow::Error
+    fn put_error<E>(&self, op: &str, e: &aws_sdk_s3::error::SdkError<E, HttpResponse>) -> anyhow::Error
     where
         E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
     {
         if error_code(e) == Some("PreconditionFailed") {
             return StoreError::AlreadyExists {
@@ -569,8 +569,16 @@ impl S3Reader {
                         describe(&e)
                     )));
                 }
+                let hint = match code {
+                    Some("AccessDenied") => {
+                        " — these credentials may not read backups (a write-only backup role cannot, by \
+                         design); restore with credentials allowed by `vaultline policy iam --role restore`"
+                    }
+                    Some("NoSuchBucket") => " — the bucket does not exist",
+                    _ => "",
+                };
                 return Err(io::Error::other(format!(
-                    "GetObject {}: {}",
+                    "GetObject {}: {}{hint}",
                     inner.url(&self.key),
                     describe(&e)
                 )));

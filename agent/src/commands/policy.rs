@@ -1,0 +1,205 @@
+//! `vaultline policy iam --role backup|restore|admin`: the least-privilege
+//! IAM policy for each way vaultline is used with this configuration.
+//!
+//! - `backup` is write-only: it may add objects under this host's part of
+//!   the repository and have KMS generate data keys for this host's
+//!   encryption context, but it can neither read archives or manifests
+//!   (`s3:GetObject` only on the repository marker) nor unwrap a data key
+//!   (`kms:Decrypt` is not granted). A compromised server cannot read its
+//!   own history.
+//! - `restore` reads this host's snapshots and unwraps their keys; it
+//!   cannot write or delete.
+//! - `admin` manages the repository: everything under the prefix, every
+//!   host, key rotation (`kms:ReEncrypt*`), and the bucket settings that
+//!   `audit` reads and `harden` changes.
+//!
+//! Every statement names the exact bucket, prefix and key ARN; KMS
+//! statements are conditioned on the encryption context (`host`), so a
+//! host's role cannot ask for another host's keys.
+
+use anyhow::Result;
+use serde_json::{Value, json};
+use vaultline_config::{Config, KeyConfig, Repository};
+
+use crate::app::App;
+use crate::cli::PolicyRole;
+use crate::exit::UsageError;
+
+/// Runs `policy iam`.
+pub fn run(app: &App, role: PolicyRole) -> Result<()> {
+    let key_arn = match &app.config.key {
+        KeyConfig::Kms { .. } => Some(app.keys()?.key_id().to_string()),
+        KeyConfig::Local { .. } => None,
+    };
+    let doc = iam_policy(&app.config, role, key_arn.as_deref())?;
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
+}
+
+/// The policy document for `role`. `key_arn` is the KMS key's ARN (KMS
+/// statements are left out for a local key).
+pub fn iam_policy(config: &Config, role: PolicyRole, key_arn: Option<&str>) -> Result<Value> {
+    let Repository::S3(s3) = &config.repository else {
+        return Err(UsageError(format!(
+            "{}: IAM policies are for S3 repositories; this configuration uses a local repository",
+            config.file.display()
+        ))
+        .into());
+    };
+    let bucket = format!("arn:aws:s3:::{}", s3.bucket);
+    let base = if s3.prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", s3.prefix)
+    };
+    let host = &config.agent.host;
+    let marker = format!("{bucket}/{base}repository.json");
+    let host_objects = format!("{bucket}/{base}{host}/*");
+    let all_objects = format!("{bucket}/{base}*");
+    let host_context = json!({ "StringEquals": { "kms:EncryptionContext:host": host } });
+
+    let mut statements = Vec::new();
+    match role {
+        PolicyRole::Backup => {
+            statements.push(json!({
+                "Sid": "ListOwnSnapshots",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": bucket,
+                "Condition": { "StringLike": { "s3:prefix": [format!("{base}{host}/*")] } }
+            }));
+            statements.push(json!({
+                "Sid": "FindOwnIncompleteUploads",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucketMultipartUploads"],
+                "Resource": bucket
+            }));
+            statements.push(json!({
+                "Sid": "ReadRepositoryMarker",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": marker
+            }));
+            statements.push(json!({
+                "Sid": "WriteOwnObjects",
+                "Effect": "Allow",
+                "Action": [
+                    "s3:PutObject",
+                    "s3:PutObjectTagging",
+                    "s3:AbortMultipartUpload",
+                    "s3:ListMultipartUploadParts"
+                ],
+                "Resource": host_objects
+            }));
+            if let Some(key) = key_arn {
+                statements.push(json!({
+                    "Sid": "GenerateDataKeysForThisHost",
+                    "Effect": "Allow",
+                    "Action": ["kms:GenerateDataKey"],
+                    "Resource": key,
+                    "Condition": host_context
+                }));
+                statements.push(json!({
+                    "Sid": "DescribeKey",
+                    "Effect": "Allow",
+                    "Action": ["kms:DescribeKey"],
+                    "Resource": key
+                }));
+            }
+        }
+        PolicyRole::Restore => {
+            statements.push(json!({
+                "Sid": "ListOwnSnapshots",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": bucket,
+                "Condition": { "StringLike": { "s3:prefix": [format!("{base}{host}/*")] } }
+            }));
+            statements.push(json!({
+                "Sid": "ReadOwnSnapshots",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": [marker, host_objects]
+            }));
+            if let Some(key) = key_arn {
+                statements.push(json!({
+                    "Sid": "UnwrapDataKeysOfThisHost",
+                    "Effect": "Allow",
+                    "Action": ["kms:Decrypt"],
+                    "Resource": key,
+                    "Condition": host_context
+                }));
+                statements.push(json!({
+                    "Sid": "DescribeKey",
+                    "Effect": "Allow",
+                    "Action": ["kms:DescribeKey"],
+                    "Resource": key
+                }));
+            }
+        }
+        PolicyRole::Admin => {
+            statements.push(json!({
+                "Sid": "ListRepository",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket", "s3:ListBucketVersions", "s3:ListBucketMultipartUploads"],
+                "Resource": bucket
+            }));
+            statements.push(json!({
+                "Sid": "ManageRepositoryObjects",
+                "Effect": "Allow",
+                "Action": [
+                    "s3:GetObject",
+                    "s3:GetObjectVersion",
+                    "s3:GetObjectTagging",
+                    "s3:PutObject",
+                    "s3:PutObjectTagging",
+                    "s3:DeleteObject",
+                    "s3:AbortMultipartUpload",
+                    "s3:ListMultipartUploadParts",
+                    "s3:RestoreObject"
+                ],
+                "Resource": all_objects
+            }));
+            statements.push(json!({
+                "Sid": "AuditAndHardenBucket",
+                "Effect": "Allow",
+                "Action": [
+                    "s3:GetBucketPublicAccessBlock",
+                    "s3:PutBucketPublicAccessBlock",
+                    "s3:GetBucketPolicy",
+                    "s3:GetBucketPolicyStatus",
+                    "s3:PutBucketPolicy",
+                    "s3:GetBucketAcl",
+                    "s3:GetBucketOwnershipControls",
+                    "s3:PutBucketOwnershipControls",
+                    "s3:GetBucketVersioning",
+                    "s3:PutBucketVersioning",
+                    "s3:GetEncryptionConfiguration",
+                    "s3:PutEncryptionConfiguration",
+                    "s3:GetBucketLogging",
+                    "s3:PutBucketLogging",
+                    "s3:GetLifecycleConfiguration",
+                    "s3:PutLifecycleConfiguration",
+                    "s3:GetBucketObjectLockConfiguration"
+                ],
+                "Resource": bucket
+            }));
+            if let Some(key) = key_arn {
+                statements.push(json!({
+                    "Sid": "UseAndRotateDataKeys",
+                    "Effect": "Allow",
+                    "Action": [
+                        "kms:GenerateDataKey",
+                        "kms:Decrypt",
+                        "kms:ReEncryptFrom",
+                        "kms:ReEncryptTo",
+                        "kms:DescribeKey",
+                        "kms:GetKeyRotationStatus"
+                    ],
+                    "Resource": key
+                }));
+            }
+        }
+    }
+    Ok(json!({ "Version": "2012-10-17", "Statement": statements }))
+}
