@@ -83,6 +83,42 @@ def make_certs(out_dir):
     return paths
 
 
+def evaluate_secure_transport():
+    """moto 5.2.5 cannot evaluate `Bool` conditions, and a statement whose
+    condition fails is treated as a Deny whatever its Effect; so the standard
+    TLS-only bucket policy (Deny when aws:SecureTransport is "false") denies
+    every request, secure or not. This server only speaks TLS, so
+    aws:SecureTransport is "true" for every request it serves: a statement
+    conditioned on it applies only when it asks for "true", and is then
+    evaluated by moto without that condition.
+    """
+    from moto.iam.access_control import IAMPolicyStatement, PermissionResult
+
+    original = IAMPolicyStatement.is_action_permitted
+
+    def is_action_permitted(self, action, resource="*", principal=None, incoming=None):
+        conditions = self._statement.get("Condition") or {}
+        bool_conditions = conditions.get("Bool") or {}
+        if "aws:SecureTransport" not in bool_conditions:
+            return original(self, action, resource, principal, incoming)
+        wanted = bool_conditions["aws:SecureTransport"]
+        wanted = wanted if isinstance(wanted, list) else [wanted]
+        if "true" not in [str(v).lower() for v in wanted]:
+            return PermissionResult.NEUTRAL
+        rest = {k: v for k, v in conditions.items() if k != "Bool"}
+        rest_bool = {k: v for k, v in bool_conditions.items() if k != "aws:SecureTransport"}
+        if rest_bool:
+            rest["Bool"] = rest_bool
+        statement = dict(self._statement)
+        if rest:
+            statement["Condition"] = rest
+        else:
+            statement.pop("Condition")
+        return original(IAMPolicyStatement(statement), action, resource, principal, incoming)
+
+    IAMPolicyStatement.is_action_permitted = is_action_permitted
+
+
 def exit_with_parent():
     parent = os.getppid()
     while True:
@@ -94,6 +130,7 @@ def exit_with_parent():
 def main():
     out_dir = sys.argv[1]
     paths = make_certs(out_dir)
+    evaluate_secure_transport()
     from moto.moto_server.werkzeug_app import (
         DomainDispatcherApplication,
         MotoRequestHandler,
