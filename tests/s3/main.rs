@@ -8,4 +8,5 @@
 #[path = "../util/mod.rs"]
 mod util;
 
+mod kms;
 mod roundtrip;

@@ -56,7 +56,7 @@ def create_key():
 
 
 def disable_key(arn):
-    client("kms").disable_key(KeyId=arn)
+    client("kms").disable_key(KeyId=arn.split("/")[-1])
     return {"disabled": arn}
 
 

@@ -119,6 +119,47 @@ def evaluate_secure_transport():
     IAMPolicyStatement.is_action_permitted = is_action_permitted
 
 
+def enforce_key_state():
+    """moto 5.2.5 lets a disabled KMS key encrypt and decrypt. AWS KMS refuses
+    with DisabledException (KMSInvalidStateException when pending deletion);
+    the suites test how vaultline reports exactly that, so the server does it.
+    """
+    from moto.core.exceptions import JsonRESTError
+    from moto.kms.models import KmsBackend
+    from moto.kms.utils import _deserialize_ciphertext_blob
+
+    def check(backend, key_id):
+        key = backend.keys.get(backend.any_id_to_key_id(key_id))
+        if key is None:
+            return
+        if key.key_state == "Disabled":
+            raise JsonRESTError("DisabledException", f"{key.arn} is disabled.")
+        if key.key_state == "PendingDeletion":
+            raise JsonRESTError("KMSInvalidStateException", f"{key.arn} is pending deletion.")
+
+    for name in ("encrypt", "generate_data_key"):
+        original = getattr(KmsBackend, name)
+
+        def guarded(self, *args, _original=original, **kwargs):
+            check(self, kwargs.get("key_id", args[0] if args else None))
+            return _original(self, *args, **kwargs)
+
+        setattr(KmsBackend, name, guarded)
+
+    original_decrypt = KmsBackend.decrypt
+
+    def decrypt(self, ciphertext_blob, encryption_context, key_id=None):
+        try:
+            blob_key = _deserialize_ciphertext_blob(ciphertext_blob=ciphertext_blob).key_id
+        except Exception:
+            blob_key = None
+        if blob_key is not None:
+            check(self, blob_key)
+        return original_decrypt(self, ciphertext_blob, encryption_context, key_id)
+
+    KmsBackend.decrypt = decrypt
+
+
 def exit_with_parent():
     parent = os.getppid()
     while True:
@@ -131,6 +172,7 @@ def main():
     out_dir = sys.argv[1]
     paths = make_certs(out_dir)
     evaluate_secure_transport()
+    enforce_key_state()
     from moto.moto_server.werkzeug_app import (
         DomainDispatcherApplication,
         MotoRequestHandler,

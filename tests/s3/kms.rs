@@ -1,0 +1,138 @@
+//! KMS: data keys are bound to their encryption context, and a key that
+//! cannot be used stops a run with an error naming key, object and operation.
+
+use std::fs;
+
+use crate::roundtrip::backed_up;
+use crate::util::moto::moto;
+
+fn files_under(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_wrapped_key_presented_under_another_context_is_refused() {
+    let m = moto();
+    let (fx, _src, bucket, _key) = backed_up("context", &[("f", b"first".as_slice())]);
+    fx.run(&["backup", "now"]).ok();
+    let snaps = fx.run(&["snapshots", "--json"]).ok().json();
+    let ids: Vec<String> = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 2, "{snaps}");
+    let (a, b) = (&ids[0], &ids[1]);
+    assert_eq!(a.len(), b.len());
+
+    // Objects of B with their headers rewritten to claim to be A's (same
+    // lengths, so only the context strings change), stored under A's names:
+    // the name check passes.
+    let archive = |id: &str| format!("vaultline/testhost/j/archives/{id}/0.archive");
+    let manifest = |id: &str| format!("vaultline/testhost/j/snapshots/{id}.manifest");
+    let relabel = |from: &str, to: &str| {
+        let local = fx.path().join("object");
+        m.ctl(&["get", &bucket, from, local.to_str().unwrap()]);
+        let mut bytes = fs::read(&local).unwrap();
+        let header_len = 2048.min(bytes.len());
+        let mut replaced = 0;
+        for i in 0..header_len - b.len() {
+            if &bytes[i..i + b.len()] == b.as_bytes() {
+                bytes[i..i + b.len()].copy_from_slice(a.as_bytes());
+                replaced += 1;
+            }
+        }
+        assert!(
+            replaced >= 2,
+            "the header names the snapshot in `snapshot` and `object`"
+        );
+        fs::write(&local, &bytes).unwrap();
+        m.ctl(&["put", &bucket, to, local.to_str().unwrap()]);
+    };
+    let target = fx.path().join("target");
+    let restore_a = || {
+        fx.run(&["restore", a, "--job", "j", "--target", target.to_str().unwrap()])
+            .code(5)
+    };
+
+    // The archive: its wrapped key is taken from A's manifest (the current
+    // copy), so KMS unwraps A's key, which the commitment in B's header rejects.
+    relabel(&archive(b), &archive(a));
+    let run = restore_a();
+    assert!(run.stderr.contains("key commitment mismatch"), "{}", run.stderr);
+    assert_eq!(files_under(&target), Vec::<String>::new(), "nothing restored");
+
+    // The manifest: its wrapped key is B's, presented to KMS under A's
+    // context; KMS must refuse it.
+    relabel(&manifest(b), &manifest(a));
+    let run = restore_a();
+    assert!(
+        run.stderr.contains(&format!(
+            "KMS Decrypt refused it for object {}: InvalidCiphertextException",
+            manifest(a)
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(files_under(&target), Vec::<String>::new(), "nothing restored");
+}
+
+#[test]
+fn a_disabled_key_stops_restore_and_backup_naming_key_object_and_operation() {
+    let m = moto();
+    let (fx, _src, bucket, key) = backed_up("disabled", &[("f", b"data".as_slice())]);
+    let before = m.ctl(&["objects", &bucket]);
+    m.ctl(&["disable-key", &key]);
+
+    let target = fx.path().join("target");
+    let run = fx
+        .run(&[
+            "restore",
+            "latest",
+            "--job",
+            "j",
+            "--target",
+            target.to_str().unwrap(),
+        ])
+        .code(4);
+    let snaps = m.ctl(&["objects", &bucket]);
+    let manifest = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["key"].as_str().unwrap().to_string())
+        .find(|k| k.ends_with(".manifest"))
+        .unwrap();
+    assert!(
+        run.stderr
+            .contains(&format!("aws-kms key {key}: Decrypt failed: DisabledException"))
+            && run.stderr.contains(&format!("(object {manifest})")),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(files_under(&target), Vec::<String>::new(), "nothing restored");
+
+    let run = fx.run(&["backup", "now"]).code(4);
+    assert!(
+        run.stderr.contains(&format!(
+            "aws-kms key {key}: GenerateDataKey failed: DisabledException"
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(m.ctl(&["objects", &bucket]), before, "nothing uploaded");
+}
