@@ -152,10 +152,31 @@ where
             match (e.code(), e.message()) {
                 (Some(code), Some(msg)) if !msg.is_empty() => format!("{code}: {msg}"),
                 (Some(code), _) => code.to_string(),
-                _ => format!(
-                    "HTTP {} with an error response that could not be read",
-                    service.raw().status().as_u16()
-                ),
+                // A body in another protocol than the SDK expects (some
+                // compatible servers answer JSON APIs in XML): pick out the
+                // code and message if they are there.
+                _ => {
+                    let raw = service.raw();
+                    let body = raw
+                        .body()
+                        .bytes()
+                        .map(String::from_utf8_lossy)
+                        .unwrap_or_default();
+                    let tag = |name: &str| {
+                        let open = format!("<{name}>");
+                        let start = body.find(&open)? + open.len();
+                        let len = body[start..].find(&format!("</{name}>"))?;
+                        Some(body[start..start + len].trim().to_string())
+                    };
+                    match (tag("Code"), tag("Message")) {
+                        (Some(code), Some(msg)) if !msg.is_empty() => format!("{code}: {msg}"),
+                        (Some(code), _) => code,
+                        _ => format!(
+                            "HTTP {} with an error response that could not be read",
+                            raw.status().as_u16()
+                        ),
+                    }
+                }
             }
         }
         SdkError::TimeoutError(_) => "timed out (after the configured retries)".to_string(),
@@ -190,12 +211,15 @@ fn source_chain(err: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// The service's error code, when the service answered with one.
-pub fn error_code<E, R>(err: &SdkError<E, R>) -> Option<&str>
+pub fn error_code<E>(err: &SdkError<E, HttpResponse>) -> Option<String>
 where
-    E: ProvideErrorMetadata,
+    E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     match err {
-        SdkError::ServiceError(e) => e.err().code(),
+        SdkError::ServiceError(e) => match e.err().code() {
+            Some(code) => Some(code.to_string()),
+            None => describe(err).split(':').next().map(str::to_string),
+        },
         _ => None,
     }
 }

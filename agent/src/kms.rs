@@ -42,9 +42,9 @@ impl KmsKeyWrap {
     /// Resolves `key_id` (id, alias or ARN) with `DescribeKey`.
     pub fn connect(client: Client, key_id: &str) -> Result<Self> {
         let out = block_on(client.describe_key().key_id(key_id).send())?.map_err(|e| {
-            let hint = match error_code(&e) {
+            let hint = match error_code(&e).as_deref() {
                 Some("NotFoundException") => " (no such key or alias in this account and region)",
-                Some("AccessDeniedException") => {
+                Some("AccessDeniedException" | "AccessDenied") => {
                     " (this principal may not use the key: see `vaultline policy iam`)"
                 }
                 _ => "",
@@ -108,7 +108,7 @@ fn explain(code: Option<&str>) -> &'static str {
             " — the key is disabled; enable it (aws kms enable-key) or, after a rotation, check the \
              repository's key"
         }
-        Some("AccessDeniedException") => {
+        Some("AccessDeniedException" | "AccessDenied") => {
             " — this principal is not allowed this operation on the key with this encryption context \
              (see `vaultline policy iam`)"
         }
@@ -145,6 +145,7 @@ impl KeyWrap for KmsKeyWrap {
             .map_err(|e| self.error("GenerateDataKey", &self.arn, context, format!("{e:#}")))?
             .map_err(|e| {
                 let code = error_code(&e);
+                let code = code.as_deref();
                 self.error(
                     "GenerateDataKey",
                     &self.arn,
@@ -196,6 +197,7 @@ impl KeyWrap for KmsKeyWrap {
             .map_err(|e| self.error("Encrypt", &self.arn, context, format!("{e:#}")))?
             .map_err(|e| {
                 let code = error_code(&e);
+                let code = code.as_deref();
                 self.error(
                     "Encrypt",
                     &self.arn,
@@ -243,6 +245,7 @@ impl KeyWrap for KmsKeyWrap {
             .map_err(|e| self.error("Decrypt", &envelope.key_id, context, format!("{e:#}")))?
             .map_err(|e| {
                 let code = error_code(&e);
+                let code = code.as_deref();
                 let why = format!("{}{}", describe(&e), explain(code));
                 match code {
                     // The wrapped key and its context do not belong together:

@@ -8,5 +8,6 @@
 #[path = "../util/mod.rs"]
 mod util;
 
+mod faults;
 mod kms;
 mod roundtrip;

@@ -112,7 +112,7 @@ impl Inner {
         match block_on(req.send())? {
             Ok(_) => Ok(()),
             // Already gone (completed or aborted by someone else): nothing left over.
-            Err(e) if error_code(&e) == Some("NoSuchUpload") => Ok(()),
+            Err(e) if error_code(&e).as_deref() == Some("NoSuchUpload") => Ok(()),
             Err(e) => Err(anyhow!(
                 "AbortMultipartUpload {} (upload {upload_id}): {}",
                 self.url(key),
@@ -448,7 +448,7 @@ impl S3Pending {
     where
         E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
     {
-        if error_code(e) == Some("PreconditionFailed") {
+        if error_code(e).as_deref() == Some("PreconditionFailed") {
             return StoreError::AlreadyExists {
                 name: self.key.clone(),
                 store: format!("bucket {}", self.inner.bucket),
@@ -556,6 +556,7 @@ impl S3Reader {
             Ok(out) => out,
             Err(e) => {
                 let code = error_code(&e);
+                let code = code.as_deref();
                 if matches!(code, Some("NoSuchKey" | "NotFound")) {
                     return Err(io::Error::other(StoreError::NotFound {
                         name: self.key.clone(),
