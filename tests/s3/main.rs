@@ -9,5 +9,6 @@
 mod util;
 
 mod faults;
+mod iam;
 mod kms;
 mod roundtrip;
