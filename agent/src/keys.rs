@@ -260,7 +260,7 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn settings<'a>(key: &'a KeyConfig) -> LocalKeySettings<'a> {
-        LocalKeySettings::new(key, Path::new("/state"))
+        LocalKeySettings::new(key, Path::new("/state")).unwrap()
     }
 
     #[test]
