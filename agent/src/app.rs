@@ -57,7 +57,7 @@ impl App {
             }
             Repository::S3(s3) => {
                 let client = crate::aws::s3_client(sdk.as_ref().context(NO_SDK)?, s3);
-                let store = S3Store::new(client, s3.clone(), config.aws.max_attempts);
+                let store = S3Store::new(client, s3.clone(), &config.aws);
                 (Repo::new(Arc::new(store), &s3.prefix), None)
             }
         };

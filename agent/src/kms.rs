@@ -5,7 +5,9 @@
 //!
 //! The wrapped key stored in the header is KMS's ciphertext blob, unchanged
 //! (docs/FORMAT.md §6.2). The plaintext key KMS returns is copied into a
-//! zeroizing `DataKey` and the SDK's copy is wiped at once.
+//! zeroizing `DataKey` and the SDK's decoded buffer is wiped at once (the
+//! HTTP response it was parsed from belongs to the SDK and is freed, not
+//! wiped, when the call returns).
 //!
 //! Backups need only `kms:GenerateDataKey` (and `kms:DescribeKey`), never
 //! `kms:Decrypt`: a backup host cannot unwrap what it wrote.
@@ -141,7 +143,7 @@ impl KeyWrap for KmsKeyWrap {
             .key_id(&self.arn)
             .key_spec(DataKeySpec::Aes256)
             .set_encryption_context(Some(kms_context(context)));
-        let out = block_on(req.send())
+        let mut out = block_on(req.send())
             .map_err(|e| self.error("GenerateDataKey", &self.arn, context, format!("{e:#}")))?
             .map_err(|e| {
                 let code = error_code(&e);
@@ -153,6 +155,10 @@ impl KeyWrap for KmsKeyWrap {
                     format!("{}{}", describe(&e), explain(code)),
                 )
             })?;
+        // The plaintext first, into our zeroizing type, whatever else is wrong.
+        let mut plain = out.plaintext.take().map(|b| b.into_inner()).unwrap_or_default();
+        let key = data_key(&plain);
+        plain.zeroize();
         let key_id = out.key_id().unwrap_or(&self.arn).to_string();
         let wrapped = out
             .ciphertext_blob()
@@ -165,9 +171,6 @@ impl KeyWrap for KmsKeyWrap {
                     "no ciphertext in the response".into(),
                 )
             })?;
-        let mut plain = out.plaintext.map(|b| b.into_inner()).unwrap_or_default();
-        let key = data_key(&plain);
-        plain.zeroize();
         let key = key.ok_or_else(|| {
             self.error(
                 "GenerateDataKey",

@@ -136,3 +136,36 @@ fn a_disabled_key_stops_restore_and_backup_naming_key_object_and_operation() {
     );
     assert_eq!(m.ctl(&["objects", &bucket]), before, "nothing uploaded");
 }
+
+#[test]
+fn a_configured_key_other_than_the_repositorys_is_refused_before_any_work() {
+    let m = moto();
+    let (fx, _src, bucket, key) = backed_up("otherkey", &[("f", b"data".as_slice())]);
+    let other = m.ctl(&["create-key"])["arn"].as_str().unwrap().to_string();
+    let text = fs::read_to_string(&fx.config).unwrap().replace(&key, &other);
+    fs::write(&fx.config, text).unwrap();
+    let before = m.ctl(&["objects", &bucket]);
+    let run = fx.run(&["backup", "now"]).code(2);
+    assert_eq!(
+        run.stderr.trim(),
+        format!(
+            "error: this repository was sealed with aws-kms key {key}, but the configured key is aws-kms key \
+             {other}"
+        )
+    );
+    assert_eq!(m.ctl(&["objects", &bucket]), before, "nothing uploaded");
+}
+
+#[test]
+fn credentials_never_reach_the_output_even_with_sdk_debug_logs() {
+    let (fx, _src, _bucket, _key) = backed_up("secrets", &[("f", b"data".as_slice())]);
+    let secret = crate::util::moto::ADMIN.1;
+    let run = fx.run(&["-vv", "backup", "now"]).ok();
+    assert!(run.stderr.len() > 1000, "-vv shows the SDK's debug logs");
+    assert!(!run.stderr.contains(secret) && !run.stdout.contains(secret));
+    let target = fx.path().join("t");
+    let run = fx
+        .run(&["-vv", "restore", "latest", "--target", target.to_str().unwrap()])
+        .ok();
+    assert!(!run.stderr.contains(secret) && !run.stdout.contains(secret));
+}

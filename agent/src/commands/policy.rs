@@ -53,6 +53,7 @@ pub fn iam_policy(config: &Config, role: PolicyRole, key_arn: Option<&str>) -> R
         format!("{}/", s3.prefix)
     };
     let host = &config.agent.host;
+    let tier = &s3.tier_tag;
     let marker = format!("{bucket}/{base}repository.json");
     let host_objects = format!("{bucket}/{base}{host}/*");
     let all_objects = format!("{bucket}/{base}*");
@@ -83,13 +84,34 @@ pub fn iam_policy(config: &Config, role: PolicyRole, key_arn: Option<&str>) -> R
             statements.push(json!({
                 "Sid": "WriteOwnObjects",
                 "Effect": "Allow",
-                "Action": [
-                    "s3:PutObject",
-                    "s3:PutObjectTagging",
-                    "s3:AbortMultipartUpload",
-                    "s3:ListMultipartUploadParts"
-                ],
+                "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
                 "Resource": host_objects
+            }));
+            // vaultline creates objects only with If-None-Match: *; without
+            // it, s3:PutObject could overwrite (in a versioned bucket: hide)
+            // past backups. UploadPart and CreateMultipartUpload are not
+            // creation operations and need no header.
+            statements.push(json!({
+                "Sid": "NeverOverwrite",
+                "Effect": "Deny",
+                "Action": ["s3:PutObject"],
+                "Resource": host_objects,
+                "Condition": {
+                    "Null": { "s3:if-none-match": "true" },
+                    "Bool": { "s3:ObjectCreationOperation": "true" }
+                }
+            }));
+            // Only archives are tagged, and only with the tier tag: the role
+            // cannot retag manifests into a cold class.
+            statements.push(json!({
+                "Sid": "TagOwnArchivesWithTheTierTag",
+                "Effect": "Allow",
+                "Action": ["s3:PutObjectTagging"],
+                "Resource": format!("{bucket}/{base}{host}/*/archives/*"),
+                "Condition": {
+                    "ForAllValues:StringEquals": { "s3:RequestObjectTagKeys": [tier.key.as_str()] },
+                    "StringEquals": { format!("s3:RequestObjectTag/{}", tier.key): tier.value.as_str() }
+                }
             }));
             if let Some(key) = key_arn {
                 statements.push(json!({
@@ -155,7 +177,6 @@ pub fn iam_policy(config: &Config, role: PolicyRole, key_arn: Option<&str>) -> R
                     "s3:PutObjectTagging",
                     "s3:DeleteObject",
                     "s3:AbortMultipartUpload",
-                    "s3:ListMultipartUploadParts",
                     "s3:RestoreObject"
                 ],
                 "Resource": all_objects

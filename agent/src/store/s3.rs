@@ -26,16 +26,18 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, StorageClass};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
-use vaultline_config::S3Repository;
+use vaultline_config::{Aws, S3Repository};
 
 use super::{ObjectClass, ObjectInfo, ObjectStore, PendingObject, StoreError};
 use crate::aws::{block_on, describe, error_code, runtime};
@@ -68,17 +70,23 @@ struct Inner {
     settings: S3Repository,
     /// Attempts for resuming a broken download.
     max_attempts: u32,
+    /// Per-attempt timeout for small requests; parts get more (see `part_timeout`).
+    timeout_secs: u64,
 }
 
 impl S3Store {
-    /// A store over `settings.bucket` using `client`.
-    pub fn new(client: Client, settings: S3Repository, max_attempts: u32) -> Self {
+    /// A store over `settings.bucket` using `client`, with the retry budget
+    /// and timeouts of `aws`.
+    pub fn new(client: Client, mut settings: S3Repository, aws: &Aws) -> Self {
+        settings.parts_in_flight = settings.parts_in_flight.max(1);
+        settings.part_size = settings.part_size.max(5 << 20);
         S3Store {
             inner: Arc::new(Inner {
                 client,
                 bucket: settings.bucket.clone(),
                 settings,
-                max_attempts,
+                max_attempts: aws.max_attempts.max(1),
+                timeout_secs: aws.timeout_secs,
             }),
         }
     }
@@ -164,6 +172,7 @@ impl ObjectStore for S3Store {
             done: Vec::new(),
             spare: Vec::new(),
             size: 0,
+            failed: false,
         }))
     }
 
@@ -177,6 +186,7 @@ impl ObjectStore for S3Store {
             pos: 0,
             len: 0,
             attempts_left: self.inner.max_attempts,
+            started: false,
         };
         reader.request()?;
         Ok(Box::new(reader))
@@ -277,6 +287,8 @@ struct S3Pending {
     /// Buffers of acknowledged parts, for reuse.
     spare: Vec<Vec<u8>>,
     size: u64,
+    /// Set when a part failed: the object can only be dropped.
+    failed: bool,
 }
 
 impl S3Pending {
@@ -312,7 +324,7 @@ impl S3Pending {
                 id
             }
         };
-        while self.in_flight.len() >= self.inner.settings.parts_in_flight {
+        while self.in_flight.len() >= self.max_in_flight() {
             self.wait_oldest()?;
         }
         let number = self.next_part;
@@ -329,6 +341,7 @@ impl S3Pending {
         self.limit = next_limit;
         let inner = self.inner.clone();
         let key = self.key.clone();
+        let attempt_timeout = Duration::from_secs(inner.timeout_secs + data.len() as u64 / (1 << 20));
         let task = runtime()?.spawn(async move {
             let hashed = data.clone();
             let checksum = tokio::task::spawn_blocking(move || sha256_b64(&hashed))
@@ -346,6 +359,14 @@ impl S3Pending {
                 .checksum_sha256(&checksum)
                 .body(ByteStream::from(data.clone()));
             let out = req
+                .customize()
+                .config_override(
+                    aws_sdk_s3::config::Builder::default().timeout_config(
+                        TimeoutConfig::builder()
+                            .operation_attempt_timeout(attempt_timeout)
+                            .build(),
+                    ),
+                )
                 .send()
                 .await
                 .map_err(|e| format!("UploadPart {} part {number}: {}", inner.url(&key), describe(&e)))?;
@@ -358,6 +379,15 @@ impl S3Pending {
         });
         self.in_flight.push_back(task);
         Ok(())
+    }
+
+    /// Parts allowed in the air: `parts-in-flight` while parts have their
+    /// first size, fewer as they grow, so an upload never holds more than
+    /// `max((parts-in-flight + 1) × part-size, 2 × current part)`.
+    fn max_in_flight(&self) -> usize {
+        let s = &self.inner.settings;
+        let budget = s.parts_in_flight as u64 * s.part_size;
+        (budget / (self.limit as u64).max(1)).clamp(1, s.parts_in_flight as u64) as usize
     }
 
     fn wait_oldest(&mut self) -> Result<()> {
@@ -458,19 +488,35 @@ impl S3Pending {
         anyhow!("{op} {}: {}", self.inner.url(&self.key), describe(e))
     }
 
-    /// Aborts the multipart upload, if one was started.
+    fn failed_error(&self) -> io::Error {
+        io::Error::other(format!(
+            "{}: an earlier part failed; the upload was aborted",
+            self.inner.url(&self.key)
+        ))
+    }
+
+    /// Aborts the multipart upload, if one was started. Parts still in the
+    /// air are cancelled and waited for first, so none lands after the abort.
     fn abandon(&mut self) {
+        let on_runtime = tokio::runtime::Handle::try_current().is_ok();
         for task in self.in_flight.drain(..) {
             task.abort();
+            if !on_runtime {
+                let _ = block_on(task);
+            }
         }
         if let Some(id) = self.upload_id.take() {
             let inner = self.inner.clone();
             let key = self.key.clone();
             // On a runtime thread (never in practice) block_on would panic:
             // hand the abort to the runtime instead of waiting for it.
-            if tokio::runtime::Handle::try_current().is_ok() {
+            if on_runtime {
                 if let Ok(rt) = runtime() {
-                    rt.spawn_blocking(move || inner.abort(&key, &id));
+                    rt.spawn_blocking(move || {
+                        if let Err(e) = inner.abort(&key, &id) {
+                            tracing::warn!("{e:#}; the next run of this job aborts it");
+                        }
+                    });
                 }
             } else if let Err(e) = inner.abort(&key, &id) {
                 tracing::warn!("{e:#}; the next run of this job aborts it");
@@ -481,12 +527,16 @@ impl S3Pending {
 
 impl Write for S3Pending {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.failed {
+            return Err(self.failed_error());
+        }
         let room = self.limit - self.buf.len();
         let n = room.min(data.len());
         self.buf.extend_from_slice(&data[..n]);
         self.size += n as u64;
         if self.buf.len() == self.limit {
             if let Err(e) = self.send_part() {
+                self.failed = true;
                 self.abandon();
                 return Err(io_err(e));
             }
@@ -501,6 +551,9 @@ impl Write for S3Pending {
 
 impl PendingObject for S3Pending {
     fn commit(mut self: Box<Self>) -> io::Result<ObjectInfo> {
+        if self.failed {
+            return Err(self.failed_error());
+        }
         match self.finish() {
             Ok(info) => Ok(info),
             Err(e) => {
@@ -540,6 +593,8 @@ struct S3Reader {
     pos: u64,
     len: u64,
     attempts_left: u32,
+    /// Whether the first response (which fixes ETag and length) was seen.
+    started: bool,
 }
 
 impl S3Reader {
@@ -585,9 +640,17 @@ impl S3Reader {
                 )));
             }
         };
-        if self.etag.is_none() {
+        if !self.started {
+            self.started = true;
             self.etag = out.e_tag().map(str::to_string);
             self.len = out.content_length().unwrap_or(0).max(0) as u64;
+        } else if self.etag.is_none() {
+            // Without an ETag a resumed read cannot be pinned to the same
+            // object version; refuse rather than splice two versions.
+            return Err(io::Error::other(format!(
+                "GetObject {}: the connection broke and the server gave no ETag to resume safely",
+                inner.url(&self.key)
+            )));
         }
         self.body = Some(out.body);
         Ok(())
