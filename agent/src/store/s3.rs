@@ -713,6 +713,82 @@ mod tests {
         assert!((1..=MAX_PARTS).all(|n| part_size(5 << 20, n) <= MAX_PART_SIZE));
     }
 
+    /// A store whose endpoint refuses connections, with no retries.
+    fn unreachable_store() -> S3Store {
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url("http://127.0.0.1:1")
+            .force_path_style(true)
+            .credentials_provider(aws_sdk_s3::config::Credentials::new("k", "s", None, None, "test"))
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+            .build();
+        let settings = S3Repository {
+            bucket: "b".into(),
+            prefix: String::new(),
+            endpoint: None,
+            path_style: true,
+            storage_class: vaultline_config::StorageClass::Standard,
+            tier_tag: vaultline_config::Tag {
+                key: "t".into(),
+                value: "v".into(),
+            },
+            part_size: 5 << 20,
+            parts_in_flight: 2,
+            request_checksum: vaultline_config::ChecksumPolicy::WhenSupported,
+        };
+        let aws = Aws {
+            region: None,
+            profile: None,
+            ca_bundle: None,
+            allow_http: true,
+            max_attempts: 1,
+            timeout_secs: 5,
+        };
+        S3Store::new(Client::from_conf(conf), settings, &aws)
+    }
+
+    #[test]
+    fn a_failed_upload_stays_failed_and_never_commits() {
+        let store = unreachable_store();
+        let mut obj = store.create("x/0.archive", ObjectClass::Archive).unwrap();
+        let part = vec![0u8; 5 << 20];
+        let err = obj.write_all(&part).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("CreateMultipartUpload s3://b/x/0.archive"),
+            "{err}"
+        );
+        let again = obj.write(b"more").unwrap_err();
+        assert!(again.to_string().contains("an earlier part failed"), "{again}");
+        let commit = obj.commit().unwrap_err();
+        assert!(commit.to_string().contains("an earlier part failed"), "{commit}");
+    }
+
+    #[test]
+    fn fewer_parts_fly_as_parts_grow() {
+        let store = unreachable_store();
+        let mut p = S3Pending {
+            inner: store.inner.clone(),
+            key: "k".into(),
+            class: ObjectClass::Control,
+            buf: Vec::new(),
+            limit: 5 << 20,
+            upload_id: None,
+            next_part: 1,
+            in_flight: VecDeque::new(),
+            done: Vec::new(),
+            spare: Vec::new(),
+            size: 0,
+            failed: false,
+        };
+        assert_eq!(p.max_in_flight(), 2);
+        p.limit = 10 << 20;
+        assert_eq!(p.max_in_flight(), 1);
+        p.limit = 80 << 20;
+        assert_eq!(p.max_in_flight(), 1, "never zero");
+    }
+
     #[test]
     fn tags_are_url_encoded() {
         assert_eq!(url_encode("vaultline-tier"), "vaultline-tier");
