@@ -4,9 +4,8 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 
-use crate::util::{Fixture, Run};
+use crate::util::{Fixture, Run, files_under};
 
 /// A fixture with a small source tree and one job `data`, initialized; one
 /// snapshot taken. Returns the `init --json` report.
@@ -24,24 +23,6 @@ fn backed_up() -> (Fixture, serde_json::Value) {
     assert_eq!(init["key_created"], true, "{init}");
     f.run(&["backup", "now"]).ok();
     (f, init)
-}
-
-/// Every file under `dir` (none when it does not exist).
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() && !p.is_symlink() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 /// Repository file names with their contents, to show nothing changed.

@@ -4,24 +4,8 @@
 use std::fs;
 
 use crate::roundtrip::backed_up;
+use crate::util::files_under;
 use crate::util::moto::moto;
-
-fn files_under(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&d) else { continue };
-        for e in entries.flatten() {
-            let p = e.path();
-            if p.is_dir() && !p.is_symlink() {
-                stack.push(p);
-            } else {
-                out.push(p.display().to_string());
-            }
-        }
-    }
-    out
-}
 
 #[test]
 fn a_wrapped_key_presented_under_another_context_is_refused() {
@@ -74,7 +58,11 @@ fn a_wrapped_key_presented_under_another_context_is_refused() {
     relabel(&archive(b), &archive(a));
     let run = restore_a();
     assert!(run.stderr.contains("key commitment mismatch"), "{}", run.stderr);
-    assert_eq!(files_under(&target), Vec::<String>::new(), "nothing restored");
+    assert_eq!(
+        files_under(&target),
+        Vec::<std::path::PathBuf>::new(),
+        "nothing restored"
+    );
 
     // The manifest: its wrapped key is B's, presented to KMS under A's
     // context; KMS must refuse it.
@@ -88,7 +76,11 @@ fn a_wrapped_key_presented_under_another_context_is_refused() {
         "{}",
         run.stderr
     );
-    assert_eq!(files_under(&target), Vec::<String>::new(), "nothing restored");
+    assert_eq!(
+        files_under(&target),
+        Vec::<std::path::PathBuf>::new(),
+        "nothing restored"
+    );
 }
 
 #[test]
@@ -124,7 +116,11 @@ fn a_disabled_key_stops_restore_and_backup_naming_key_object_and_operation() {
         "{}",
         run.stderr
     );
-    assert_eq!(files_under(&target), Vec::<String>::new(), "nothing restored");
+    assert_eq!(
+        files_under(&target),
+        Vec::<std::path::PathBuf>::new(),
+        "nothing restored"
+    );
 
     let run = fx.run(&["backup", "now"]).code(4);
     assert!(

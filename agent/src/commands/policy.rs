@@ -58,17 +58,26 @@ pub fn iam_policy(config: &Config, role: PolicyRole, key_arn: Option<&str>) -> R
     let host_objects = format!("{bucket}/{base}{host}/*");
     let all_objects = format!("{bucket}/{base}*");
     let host_context = json!({ "StringEquals": { "kms:EncryptionContext:host": host } });
+    let list_own = json!({
+        "Sid": "ListOwnSnapshots",
+        "Effect": "Allow",
+        "Action": ["s3:ListBucket"],
+        "Resource": bucket,
+        "Condition": { "StringLike": { "s3:prefix": [format!("{base}{host}/*")] } }
+    });
+    let describe_key = |key: &str| {
+        json!({
+            "Sid": "DescribeKey",
+            "Effect": "Allow",
+            "Action": ["kms:DescribeKey"],
+            "Resource": key
+        })
+    };
 
     let mut statements = Vec::new();
     match role {
         PolicyRole::Backup => {
-            statements.push(json!({
-                "Sid": "ListOwnSnapshots",
-                "Effect": "Allow",
-                "Action": ["s3:ListBucket"],
-                "Resource": bucket,
-                "Condition": { "StringLike": { "s3:prefix": [format!("{base}{host}/*")] } }
-            }));
+            statements.push(list_own.clone());
             statements.push(json!({
                 "Sid": "FindOwnIncompleteUploads",
                 "Effect": "Allow",
@@ -121,22 +130,11 @@ pub fn iam_policy(config: &Config, role: PolicyRole, key_arn: Option<&str>) -> R
                     "Resource": key,
                     "Condition": host_context
                 }));
-                statements.push(json!({
-                    "Sid": "DescribeKey",
-                    "Effect": "Allow",
-                    "Action": ["kms:DescribeKey"],
-                    "Resource": key
-                }));
+                statements.push(describe_key(key));
             }
         }
         PolicyRole::Restore => {
-            statements.push(json!({
-                "Sid": "ListOwnSnapshots",
-                "Effect": "Allow",
-                "Action": ["s3:ListBucket"],
-                "Resource": bucket,
-                "Condition": { "StringLike": { "s3:prefix": [format!("{base}{host}/*")] } }
-            }));
+            statements.push(list_own.clone());
             statements.push(json!({
                 "Sid": "ReadOwnSnapshots",
                 "Effect": "Allow",
@@ -151,12 +149,7 @@ pub fn iam_policy(config: &Config, role: PolicyRole, key_arn: Option<&str>) -> R
                     "Resource": key,
                     "Condition": host_context
                 }));
-                statements.push(json!({
-                    "Sid": "DescribeKey",
-                    "Effect": "Allow",
-                    "Action": ["kms:DescribeKey"],
-                    "Resource": key
-                }));
+                statements.push(describe_key(key));
             }
         }
         PolicyRole::Admin => {
