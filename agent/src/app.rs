@@ -34,6 +34,7 @@ pub struct App {
     local_store: Option<LocalStore>,
     /// Loaded when the repository or the key is in AWS.
     sdk: Option<SdkConfig>,
+    s3_client: Option<aws_sdk_s3::Client>,
 }
 
 impl App {
@@ -50,6 +51,7 @@ impl App {
         } else {
             None
         };
+        let mut s3_client = None;
         let (repo, local_store) = match &config.repository {
             Repository::Local { path, prefix } => {
                 let store = LocalStore::new(path);
@@ -57,6 +59,7 @@ impl App {
             }
             Repository::S3(s3) => {
                 let client = crate::aws::s3_client(sdk.as_ref().context(NO_SDK)?, s3);
+                s3_client = Some(client.clone());
                 let store = S3Store::new(client, s3.clone(), &config.aws);
                 (Repo::new(Arc::new(store), &s3.prefix), None)
             }
@@ -67,7 +70,16 @@ impl App {
             out,
             local_store,
             sdk,
+            s3_client,
         })
+    }
+
+    /// The SDK configuration and the S3 client, for an S3 repository.
+    pub fn aws(&self) -> Result<(&SdkConfig, &aws_sdk_s3::Client)> {
+        match (&self.sdk, &self.s3_client) {
+            (Some(sdk), Some(client)) => Ok((sdk, client)),
+            _ => Err(UsageError("this configuration has no S3 repository".into()).into()),
+        }
     }
 
     /// The configured key provider, ready to wrap and unwrap: the local

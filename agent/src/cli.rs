@@ -58,6 +58,16 @@ pub enum Command {
     /// Download, decrypt and check snapshots against their manifests.
     Verify(VerifyArgs),
 
+    /// Check the bucket's hardening (exit 3 when a required check fails).
+    Audit,
+
+    /// Show the changes that harden the bucket; make them with --apply.
+    Harden {
+        /// Make the changes (idempotent: a second run changes nothing).
+        #[arg(long)]
+        apply: bool,
+    },
+
     /// Print policies for this configuration.
     #[command(subcommand)]
     Policy(PolicyCommand),

@@ -56,6 +56,9 @@ pub fn classify(err: &anyhow::Error) -> Exit {
         {
             return Exit::Usage;
         }
+        if cause.is::<crate::hardening::HardeningError>() {
+            return Exit::Hardening;
+        }
         if cause.is::<BusyError>() {
             return Exit::Busy;
         }

@@ -16,6 +16,7 @@ mod cli;
 mod commands;
 mod exit;
 mod extract;
+mod hardening;
 mod keys;
 mod kms;
 mod lock;
@@ -72,5 +73,7 @@ fn run(cli: &Cli, out: Output) -> anyhow::Result<()> {
         Command::Restore(args) => commands::restore::run(&app, args),
         Command::Verify(args) => commands::verify::run(&app, args),
         Command::Policy(PolicyCommand::Iam { role }) => commands::policy::run(&app, *role),
+        Command::Audit => commands::audit::run(&app),
+        Command::Harden { apply } => commands::harden::run(&app, *apply),
     }
 }

@@ -216,6 +216,27 @@ pub struct Hardening {
     pub accept_unknown: bool,
     /// Policy per check id, for every id in [`CHECKS`].
     pub policies: Vec<(&'static str, CheckPolicy)>,
+    /// Lifecycle rules `harden` creates and `audit` expects.
+    pub lifecycle: Lifecycle,
+    /// Bucket that receives server access logs (`harden` sets it up).
+    pub access_log_bucket: Option<String>,
+    /// Key prefix of the access logs in that bucket.
+    pub access_log_prefix: String,
+}
+
+/// The lifecycle rules of a hardened bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// Days after upload before tier-tagged archives move to `archive_class`.
+    pub archive_after_days: u32,
+    /// The Glacier class archives move to.
+    pub archive_class: StorageClass,
+    /// Days before incomplete multipart uploads are aborted.
+    pub abort_incomplete_uploads_days: u32,
+    /// Days before noncurrent versions move to `archive_class` (0 = never).
+    pub noncurrent_transition_days: u32,
+    /// Days before noncurrent versions are deleted (0 = never).
+    pub noncurrent_expire_days: u32,
 }
 
 impl Hardening {

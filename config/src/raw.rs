@@ -70,6 +70,16 @@ pub(crate) enum RawStorageClass {
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum RawArchiveClass {
+    #[serde(rename = "GLACIER_IR")]
+    GlacierIr,
+    #[serde(rename = "GLACIER")]
+    Glacier,
+    #[serde(rename = "DEEP_ARCHIVE")]
+    DeepArchive,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
 #[serde(rename_all = "kebab-case")]
 pub(crate) enum RawChecksumPolicy {
     WhenSupported,
@@ -143,6 +153,13 @@ pub(crate) struct RawChecks {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub(crate) struct RawHardening {
     pub accept_unknown: Option<bool>,
+    pub archive_after_days: Option<Spanned<i64>>,
+    pub archive_class: Option<Spanned<RawArchiveClass>>,
+    pub abort_incomplete_uploads_days: Option<Spanned<i64>>,
+    pub noncurrent_transition_days: Option<Spanned<i64>>,
+    pub noncurrent_expire_days: Option<Spanned<i64>>,
+    pub access_log_bucket: Option<Spanned<String>>,
+    pub access_log_prefix: Option<Spanned<String>>,
     #[serde(default)]
     pub checks: RawChecks,
 }

@@ -150,7 +150,7 @@ pub(crate) fn validate(
     let key = key(&mut c, &raw.key, &state_dir, &aws);
 
     // [hardening]
-    let hardening = hardening(&raw.hardening);
+    let hardening = hardening(&mut c, &raw.hardening);
 
     // [[jobs]]
     let mut jobs = Vec::new();
@@ -333,7 +333,53 @@ pub(crate) fn validate(
     }
 }
 
-fn hardening(raw: &RawHardening) -> Hardening {
+fn hardening(c: &mut Checker<'_>, raw: &RawHardening) -> Hardening {
+    let days = |c: &mut Checker<'_>, v: &Option<Spanned<i64>>, path: &str, min: i64, default: u32| {
+        int_in(c, v.as_ref(), path, min..=36500, "days").map_or(default, |d| d as u32)
+    };
+    let lifecycle = Lifecycle {
+        archive_after_days: days(c, &raw.archive_after_days, "hardening.archive-after-days", 0, 30),
+        archive_class: match raw.archive_class.as_ref().map(|a| *a.get_ref()) {
+            Some(RawArchiveClass::GlacierIr) => StorageClass::GlacierIr,
+            Some(RawArchiveClass::Glacier) => StorageClass::Glacier,
+            None | Some(RawArchiveClass::DeepArchive) => StorageClass::DeepArchive,
+        },
+        abort_incomplete_uploads_days: days(
+            c,
+            &raw.abort_incomplete_uploads_days,
+            "hardening.abort-incomplete-uploads-days",
+            1,
+            7,
+        ),
+        noncurrent_transition_days: days(
+            c,
+            &raw.noncurrent_transition_days,
+            "hardening.noncurrent-transition-days",
+            0,
+            0,
+        ),
+        noncurrent_expire_days: days(
+            c,
+            &raw.noncurrent_expire_days,
+            "hardening.noncurrent-expire-days",
+            0,
+            0,
+        ),
+    };
+    let access_log_bucket = raw.access_log_bucket.as_ref().map(|b| {
+        if let Err(why) = check_bucket_name(b.get_ref()) {
+            c.report(
+                Some(b.span()),
+                "hardening.access-log-bucket",
+                format!("{:?} is not a valid bucket name: {why}", b.get_ref()),
+            );
+        }
+        b.get_ref().clone()
+    });
+    let access_log_prefix = raw
+        .access_log_prefix
+        .as_ref()
+        .map_or_else(|| "s3-access-logs/".to_string(), |p| p.get_ref().clone());
     let c = &raw.checks;
     let given = [
         c.public_access_block,
@@ -364,6 +410,9 @@ fn hardening(raw: &RawHardening) -> Hardening {
     Hardening {
         accept_unknown: raw.accept_unknown.unwrap_or(false),
         policies,
+        lifecycle,
+        access_log_bucket,
+        access_log_prefix,
     }
 }
 

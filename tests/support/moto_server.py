@@ -160,6 +160,29 @@ def enforce_key_state():
     KmsBackend.decrypt = decrypt
 
 
+def fix_s3_root_elements():
+    """moto 5.2.5 answers some S3 GETs with a root element named after the
+    operation (`<GetBucketVersioningResponse>`) where S3 uses the shape's
+    name (`<VersioningConfiguration>`). botocore does not mind; the Rust SDK
+    rejects the document. Rename the root as S3 does.
+    """
+    from moto.s3.responses import S3Response
+
+    renames = {"get_bucket_versioning": ("GetBucketVersioningResponse", "VersioningConfiguration")}
+    for method, (wrong, right) in renames.items():
+        original = getattr(S3Response, method)
+
+        def fixed(self, *args, _original=original, _wrong=wrong, _right=right, **kwargs):
+            status, headers, body = _original(self, *args, **kwargs)
+            if isinstance(body, bytes):
+                body = body.replace(_wrong.encode(), _right.encode())
+            elif isinstance(body, str):
+                body = body.replace(_wrong, _right)
+            return status, headers, body
+
+        setattr(S3Response, method, fixed)
+
+
 def exit_with_parent():
     parent = os.getppid()
     while True:
@@ -173,6 +196,7 @@ def main():
     paths = make_certs(out_dir)
     evaluate_secure_transport()
     enforce_key_state()
+    fix_s3_root_elements()
     from moto.moto_server.werkzeug_app import (
         DomainDispatcherApplication,
         MotoRequestHandler,

@@ -16,6 +16,7 @@ pub fn run(app: &App, args: &BackupNowArgs) -> Result<()> {
     let jobs = app.select_jobs(&args.jobs)?;
     let keys = app.keys()?;
     app.repo.check_key(keys.as_ref())?;
+    crate::commands::audit::gate(app)?;
     let host = &app.config.agent.host;
     let own = app.own_paths();
 

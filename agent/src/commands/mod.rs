@@ -2,7 +2,9 @@
 //! and its parsed arguments, does the work, prints its result (text or
 //! `--json`), and returns an error whose chain decides the exit code.
 
+pub mod audit;
 pub mod backup;
+pub mod harden;
 pub mod init;
 pub mod policy;
 pub mod restore;

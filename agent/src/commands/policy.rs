@@ -25,6 +25,19 @@ use crate::app::App;
 use crate::cli::PolicyRole;
 use crate::exit::UsageError;
 
+/// What the pre-run hardening checks read (bucket settings only).
+const HARDENING_READS: &[&str] = &[
+    "s3:GetBucketPublicAccessBlock",
+    "s3:GetBucketPolicy",
+    "s3:GetBucketOwnershipControls",
+    "s3:GetBucketAcl",
+    "s3:GetBucketVersioning",
+    "s3:GetEncryptionConfiguration",
+    "s3:GetBucketLogging",
+    "s3:GetLifecycleConfiguration",
+    "s3:GetBucketObjectLockConfiguration",
+];
+
 /// Runs `policy iam`.
 pub fn run(app: &App, role: PolicyRole) -> Result<()> {
     let key_arn = match &app.config.key {
@@ -67,9 +80,9 @@ pub fn iam_policy(config: &Config, role: PolicyRole, key_arn: Option<&str>) -> R
     });
     let describe_key = |key: &str| {
         json!({
-            "Sid": "DescribeKey",
+            "Sid": "ReadKeyState",
             "Effect": "Allow",
-            "Action": ["kms:DescribeKey"],
+            "Action": ["kms:DescribeKey", "kms:GetKeyRotationStatus"],
             "Resource": key
         })
     };
@@ -83,6 +96,18 @@ pub fn iam_policy(config: &Config, role: PolicyRole, key_arn: Option<&str>) -> R
                 "Effect": "Allow",
                 "Action": ["s3:ListBucketMultipartUploads"],
                 "Resource": bucket
+            }));
+            statements.push(json!({
+                "Sid": "CheckBucketHardening",
+                "Effect": "Allow",
+                "Action": HARDENING_READS,
+                "Resource": bucket
+            }));
+            statements.push(json!({
+                "Sid": "CheckAccountPublicAccessBlock",
+                "Effect": "Allow",
+                "Action": ["s3:GetAccountPublicAccessBlock"],
+                "Resource": "*"
             }));
             statements.push(json!({
                 "Sid": "ReadRepositoryMarker",
@@ -184,6 +209,7 @@ pub fn iam_policy(config: &Config, role: PolicyRole, key_arn: Option<&str>) -> R
                     "s3:GetBucketPolicyStatus",
                     "s3:PutBucketPolicy",
                     "s3:GetBucketAcl",
+                    "s3:PutBucketAcl",
                     "s3:GetBucketOwnershipControls",
                     "s3:PutBucketOwnershipControls",
                     "s3:GetBucketVersioning",
@@ -198,6 +224,12 @@ pub fn iam_policy(config: &Config, role: PolicyRole, key_arn: Option<&str>) -> R
                 ],
                 "Resource": bucket
             }));
+            statements.push(json!({
+                "Sid": "CheckAccountPublicAccessBlock",
+                "Effect": "Allow",
+                "Action": ["s3:GetAccountPublicAccessBlock"],
+                "Resource": "*"
+            }));
             if let Some(key) = key_arn {
                 statements.push(json!({
                     "Sid": "UseAndRotateDataKeys",
@@ -208,7 +240,8 @@ pub fn iam_policy(config: &Config, role: PolicyRole, key_arn: Option<&str>) -> R
                         "kms:ReEncryptFrom",
                         "kms:ReEncryptTo",
                         "kms:DescribeKey",
-                        "kms:GetKeyRotationStatus"
+                        "kms:GetKeyRotationStatus",
+                        "kms:EnableKeyRotation"
                     ],
                     "Resource": key
                 }));
