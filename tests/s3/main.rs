@@ -9,6 +9,7 @@
 mod util;
 
 mod faults;
+mod hardening;
 mod iam;
 mod kms;
 mod roundtrip;

@@ -13,6 +13,12 @@ Every command prints JSON on stdout.
   get BUCKET KEY FILE                  download an object
   put BUCKET KEY FILE                  upload an object (replacing it)
   iam-user NAME POLICY_FILE            an IAM user with this inline policy: {"key", "secret"}
+  harden-fully BUCKET KEY_ARN          also logging, lifecycle, object lock, rotation, account BPA
+  misconfigure BUCKET CHECK [KEY_ARN]  break exactly one hardening check
+  account-pab on|off                   the account's Block Public Access
+  versions BUCKET                      count of object versions and delete markers
+  put-policy BUCKET FILE / get-policy BUCKET
+  put-lifecycle BUCKET RULES_JSON / get-lifecycle BUCKET
 """
 
 import json
@@ -24,7 +30,17 @@ REGION = "us-east-1"
 
 
 def client(service):
-    return boto3.client(service, region_name=REGION)
+    c = boto3.client(service, region_name=REGION)
+    if service == "s3control":
+        # S3 Control puts the account id in front of the host name, which
+        # the test server's address (an IP) cannot take: take it off again.
+        import re
+
+        def strip_account(request, **_):
+            request.url = re.sub(r"^https://\d{12}\.", "https://", request.url)
+
+        c.meta.events.register("before-sign.s3-control", strip_account)
+    return c
 
 
 def tls_only_policy(name):
@@ -38,12 +54,12 @@ def tls_only_policy(name):
     }
 
 
-def create_bucket(name, *flags):
+def create_bucket(name, *flags):  # noqa: C901
     """A bucket as vaultline requires it (versioning, Block Public Access,
     ACLs disabled, default encryption, TLS-only policy), or with --bare only
     versioning-less defaults, for the hardening tests to misconfigure."""
     s3 = client("s3")
-    s3.create_bucket(Bucket=name)
+    s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket="--object-lock" in flags)
     if "--bare" in flags:
         return {"bucket": name}
     s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
@@ -70,6 +86,174 @@ def create_bucket(name, *flags):
         Policy=json.dumps({"Version": "2012-10-17", "Statement": [tls_only_policy(name)]}),
     )
     return {"bucket": name}
+
+
+ARCHIVE_RULE = {
+    "ID": "archive",
+    "Status": "Enabled",
+    "Filter": {"Tag": {"Key": "vaultline-tier", "Value": "archive"}},
+    "Transitions": [{"Days": 30, "StorageClass": "DEEP_ARCHIVE"}],
+}
+ABORT_RULE = {
+    "ID": "abort-uploads",
+    "Status": "Enabled",
+    "Filter": {"Prefix": ""},
+    "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+}
+
+
+def harden_fully(name, key_arn):
+    """Everything the checks look at, compliant: also logging, lifecycle,
+    object lock retention, key rotation and the account's Block Public
+    Access. The bucket must have been made with --object-lock."""
+    s3 = client("s3")
+    logs = f"{name}-logs"
+    s3.create_bucket(Bucket=logs)
+    s3.put_bucket_policy(
+        Bucket=logs,
+        Policy=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Sid": "S3ServerAccessLogs",
+                        "Effect": "Allow",
+                        "Principal": {"Service": "logging.s3.amazonaws.com"},
+                        "Action": ["s3:PutObject"],
+                        "Resource": f"arn:aws:s3:::{logs}/*",
+                    }
+                ],
+            }
+        ),
+    )
+    s3.put_bucket_logging(
+        Bucket=name,
+        BucketLoggingStatus={"LoggingEnabled": {"TargetBucket": logs, "TargetPrefix": f"{name}/"}},
+    )
+    s3.put_bucket_lifecycle_configuration(
+        Bucket=name, LifecycleConfiguration={"Rules": [ARCHIVE_RULE, ABORT_RULE]}
+    )
+    s3.put_object_lock_configuration(
+        Bucket=name,
+        ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled",
+            "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}},
+        },
+    )
+    client("kms").enable_key_rotation(KeyId=key_arn.split("/")[-1])
+    account_pab("on")
+    return {"bucket": name, "log_bucket": logs}
+
+
+def account_pab(state):
+    control = client("s3control")
+    account = client("sts").get_caller_identity()["Account"]
+    if state == "on":
+        control.put_public_access_block(
+            AccountId=account,
+            PublicAccessBlockConfiguration={
+                "BlockPublicAcls": True,
+                "IgnorePublicAcls": True,
+                "BlockPublicPolicy": True,
+                "RestrictPublicBuckets": True,
+            },
+        )
+    else:
+        control.delete_public_access_block(AccountId=account)
+    return {"account": account, "public_access_block": state}
+
+
+def set_pab(s3, name, on):
+    s3.put_public_access_block(
+        Bucket=name,
+        PublicAccessBlockConfiguration={
+            "BlockPublicAcls": on,
+            "IgnorePublicAcls": on,
+            "BlockPublicPolicy": on,
+            "RestrictPublicBuckets": on,
+        },
+    )
+
+
+def misconfigure(name, check, key_arn=""):
+    """Breaks exactly one check of a fully hardened bucket."""
+    s3 = client("s3")
+    policy = {"Version": "2012-10-17", "Statement": [tls_only_policy(name)]}
+    if check == "public-access-block":
+        s3.delete_public_access_block(Bucket=name)
+    elif check == "no-public-policy":
+        set_pab(s3, name, False)
+        policy["Statement"].append(
+            {
+                "Sid": "PublicRead",
+                "Effect": "Allow",
+                "Principal": {"AWS": "*"},
+                "Action": "s3:GetObject",
+                "Resource": f"arn:aws:s3:::{name}/*",
+            }
+        )
+        s3.put_bucket_policy(Bucket=name, Policy=json.dumps(policy))
+        set_pab(s3, name, True)
+    elif check == "acls-disabled":
+        set_pab(s3, name, False)
+        s3.put_bucket_ownership_controls(
+            Bucket=name, OwnershipControls={"Rules": [{"ObjectOwnership": "BucketOwnerPreferred"}]}
+        )
+        s3.put_bucket_acl(Bucket=name, ACL="public-read")
+        set_pab(s3, name, True)
+    elif check == "versioning":
+        s3.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Suspended"})
+    elif check == "default-encryption":
+        s3.delete_bucket_encryption(Bucket=name)
+    elif check == "tls-only":
+        # A policy that lets http through: the Deny covers objects only.
+        st = tls_only_policy(name)
+        st["Resource"] = f"arn:aws:s3:::{name}/*"
+        s3.put_bucket_policy(Bucket=name, Policy=json.dumps({"Version": "2012-10-17", "Statement": [st]}))
+    elif check == "access-logging":
+        s3.put_bucket_logging(Bucket=name, BucketLoggingStatus={})
+    elif check == "lifecycle-archive":
+        s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": [ABORT_RULE]})
+    elif check == "lifecycle-abort-mpu":
+        s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": [ARCHIVE_RULE]})
+    elif check == "object-lock":
+        s3.put_object_lock_configuration(Bucket=name, ObjectLockConfiguration={"ObjectLockEnabled": "Enabled"})
+    elif check == "kms-key":
+        client("kms").disable_key_rotation(KeyId=key_arn.split("/")[-1])
+    elif check == "account-public-access-block":
+        account_pab("off")
+    else:
+        raise SystemExit(f"unknown check {check}")
+    return {"misconfigured": check}
+
+
+def versions(name):
+    s3 = client("s3")
+    n = 0
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=name):
+        n += len(page.get("Versions", [])) + len(page.get("DeleteMarkers", []))
+    return {"versions": n}
+
+
+def put_policy(name, path):
+    with open(path) as f:
+        client("s3").put_bucket_policy(Bucket=name, Policy=f.read())
+    return {"ok": True}
+
+
+def get_policy(name):
+    return json.loads(client("s3").get_bucket_policy(Bucket=name)["Policy"])
+
+
+def put_lifecycle(name, rules_json):
+    client("s3").put_bucket_lifecycle_configuration(
+        Bucket=name, LifecycleConfiguration={"Rules": json.loads(rules_json)}
+    )
+    return {"ok": True}
+
+
+def get_lifecycle(name):
+    return client("s3").get_bucket_lifecycle_configuration(Bucket=name)["Rules"]
 
 
 def create_key():
@@ -154,6 +338,14 @@ COMMANDS = {
     "get": get,
     "put": put,
     "iam-user": iam_user,
+    "harden-fully": harden_fully,
+    "account-pab": account_pab,
+    "misconfigure": misconfigure,
+    "versions": versions,
+    "put-policy": put_policy,
+    "get-policy": get_policy,
+    "put-lifecycle": put_lifecycle,
+    "get-lifecycle": get_lifecycle,
 }
 
 if __name__ == "__main__":
