@@ -6,8 +6,10 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use aws_config::SdkConfig;
+use std::sync::atomic::{AtomicU64, Ordering};
 use vaultline_config::{Config, Environment, KeyConfig, Repository};
-use vaultline_crypto::KeyWrap;
+
+use vaultline_crypto::{DataKey, EncryptionContext, KeyEnvelope, KeyWrap};
 
 use crate::cli::Cli;
 use crate::exit::UsageError;
@@ -20,8 +22,65 @@ use crate::store::s3::S3Store;
 
 const NO_SDK: &str = "internal error: the AWS configuration was not loaded";
 
-/// A key provider as the commands use it.
-pub type Keys = Box<dyn KeyWrap + Send + Sync>;
+/// A key provider as the commands use it: counted, for the audit trail.
+pub type Keys = Box<CountingKeys>;
+
+/// A key provider that counts the data keys it generates and unwraps (each
+/// one a KMS call with the KMS provider), for the audit trail.
+pub struct CountingKeys {
+    inner: Box<dyn KeyWrap + Send + Sync>,
+    generated: AtomicU64,
+    unwrapped: AtomicU64,
+}
+
+impl CountingKeys {
+    /// Wraps `inner`.
+    pub fn new(inner: Box<dyn KeyWrap + Send + Sync>) -> Keys {
+        Box::new(CountingKeys {
+            inner,
+            generated: AtomicU64::new(0),
+            unwrapped: AtomicU64::new(0),
+        })
+    }
+
+    /// Key use so far, for the audit trail.
+    pub fn usage(&self) -> serde_json::Value {
+        serde_json::json!({
+            "provider": self.inner.provider_id(),
+            "key": self.inner.key_id(),
+            "data_keys_generated": self.generated.load(Ordering::Relaxed),
+            "data_keys_unwrapped": self.unwrapped.load(Ordering::Relaxed),
+        })
+    }
+}
+
+impl KeyWrap for CountingKeys {
+    fn provider_id(&self) -> &str {
+        self.inner.provider_id()
+    }
+
+    fn key_id(&self) -> &str {
+        self.inner.key_id()
+    }
+
+    fn wrap(&self, key: &DataKey, context: &EncryptionContext) -> vaultline_crypto::Result<KeyEnvelope> {
+        self.inner.wrap(key, context)
+    }
+
+    fn unwrap(
+        &self,
+        envelope: &KeyEnvelope,
+        context: &EncryptionContext,
+    ) -> vaultline_crypto::Result<DataKey> {
+        self.unwrapped.fetch_add(1, Ordering::Relaxed);
+        self.inner.unwrap(envelope, context)
+    }
+
+    fn generate(&self, context: &EncryptionContext) -> vaultline_crypto::Result<(DataKey, KeyEnvelope)> {
+        self.generated.fetch_add(1, Ordering::Relaxed);
+        self.inner.generate(context)
+    }
+}
 
 /// A loaded configuration and what it implies.
 pub struct App {
@@ -74,6 +133,45 @@ impl App {
         })
     }
 
+    /// The audit trail for this invocation of `command`: who is the AWS
+    /// caller identity (STS) for AWS configurations, else the local user.
+    pub fn audit(&self, command: &str) -> crate::audit_log::AuditLog {
+        use sha2::Digest;
+        let who = match &self.sdk {
+            Some(sdk) => {
+                let endpoint = match (&self.config.repository, &self.config.key) {
+                    (Repository::S3(s3), _) if s3.endpoint.is_some() => s3.endpoint.as_deref(),
+                    (_, KeyConfig::Kms { endpoint, .. }) => endpoint.as_deref(),
+                    _ => None,
+                };
+                let sts = crate::aws::sts_client(sdk, endpoint);
+                match crate::aws::block_on(sts.get_caller_identity().send()) {
+                    Ok(Ok(id)) => id.arn().unwrap_or("unknown AWS principal").to_string(),
+                    Ok(Err(e)) => format!("unknown AWS principal ({})", crate::aws::describe(&e)),
+                    Err(e) => format!("unknown AWS principal ({e:#})"),
+                }
+            }
+            None => {
+                let uid = rustix::process::getuid().as_raw();
+                let name = std::env::var("USER").unwrap_or_else(|_| "?".into());
+                format!("local user {name} (uid {uid})")
+            }
+        };
+        let config_sha256 = std::fs::read(&self.config.file)
+            .map(|b| hex::encode(sha2::Sha256::digest(&b)))
+            .unwrap_or_default();
+        crate::audit_log::AuditLog::new(
+            &self.config.agent.state_dir,
+            who,
+            crate::audit_log::How {
+                command: command.to_string(),
+                host: self.config.agent.host.clone(),
+                version: env!("CARGO_PKG_VERSION"),
+                config_sha256,
+            },
+        )
+    }
+
     /// The SDK configuration and the S3 client, for an S3 repository.
     pub fn aws(&self) -> Result<(&SdkConfig, &aws_sdk_s3::Client)> {
         match (&self.sdk, &self.s3_client) {
@@ -87,10 +185,10 @@ impl App {
     /// key, resolved to its ARN.
     pub fn keys(&self) -> Result<Keys> {
         match &self.config.key {
-            KeyConfig::Local { .. } => Ok(Box::new(self.local_key()?.provider())),
+            KeyConfig::Local { .. } => Ok(CountingKeys::new(Box::new(self.local_key()?.provider()))),
             KeyConfig::Kms { key_id, endpoint } => {
                 let client = crate::aws::kms_client(self.sdk.as_ref().context(NO_SDK)?, endpoint.as_deref());
-                Ok(Box::new(KmsKeyWrap::connect(client, key_id)?))
+                Ok(CountingKeys::new(Box::new(KmsKeyWrap::connect(client, key_id)?)))
             }
         }
     }

@@ -139,6 +139,16 @@ pub fn kms_client(sdk: &SdkConfig, endpoint: Option<&str>) -> aws_sdk_kms::Clien
     aws_sdk_kms::Client::from_conf(b.build())
 }
 
+/// The STS client, at `endpoint` when the S3 or KMS endpoint is custom
+/// (compatible servers that have STS serve it there).
+pub fn sts_client(sdk: &SdkConfig, endpoint: Option<&str>) -> aws_sdk_sts::Client {
+    let mut b = aws_sdk_sts::config::Builder::from(sdk);
+    if let Some(url) = endpoint {
+        b = b.endpoint_url(url);
+    }
+    aws_sdk_sts::Client::from_conf(b.build())
+}
+
 /// What went wrong in an SDK call, for a message: the service's error code
 /// and message, or the transport failure. Never includes credentials (the
 /// SDK keeps them out of its errors; we add nothing from the request).

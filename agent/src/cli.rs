@@ -68,9 +68,25 @@ pub enum Command {
         apply: bool,
     },
 
+    /// The agent's own audit trail.
+    #[command(subcommand, name = "audit-log")]
+    AuditLog(AuditLogCommand),
+
     /// Print policies for this configuration.
     #[command(subcommand)]
     Policy(PolicyCommand),
+}
+
+/// `audit-log …`.
+#[derive(Debug, Subcommand)]
+pub enum AuditLogCommand {
+    /// Check the hash chain; names the first edited, removed, inserted or
+    /// reordered line (exit 5).
+    Verify {
+        /// The trail to check [default: STATE-DIR/audit.jsonl].
+        #[arg(long, value_name = "PATH")]
+        file: Option<std::path::PathBuf>,
+    },
 }
 
 /// `policy …`.

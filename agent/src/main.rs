@@ -10,6 +10,7 @@
 
 mod app;
 mod archive;
+mod audit_log;
 mod aws;
 mod backup;
 mod cli;
@@ -32,7 +33,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use crate::app::App;
-use crate::cli::{BackupCommand, Cli, Command, PolicyCommand};
+use crate::cli::{AuditLogCommand, BackupCommand, Cli, Command, PolicyCommand};
 use crate::exit::{Exit, classify};
 use crate::output::Output;
 
@@ -74,6 +75,9 @@ fn run(cli: &Cli, out: Output) -> anyhow::Result<()> {
         Command::Verify(args) => commands::verify::run(&app, args),
         Command::Policy(PolicyCommand::Iam { role }) => commands::policy::run(&app, *role),
         Command::Audit => commands::audit::run(&app),
+        Command::AuditLog(AuditLogCommand::Verify { file }) => {
+            commands::audit::verify_log(&app, file.as_deref())
+        }
         Command::Harden { apply } => commands::harden::run(&app, *apply),
     }
 }

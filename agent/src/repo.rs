@@ -120,6 +120,11 @@ impl Repo {
         self.join(&format!("{host}/{job}/snapshots/{id}.manifest"))
     }
 
+    /// Name of an audit-trail segment holding lines `first..=last`.
+    pub fn audit_segment_name(&self, host: &str, first: u64, last: u64) -> String {
+        self.join(&format!("{host}/audit/{first:012}-{last:012}.jsonl"))
+    }
+
     /// Name of a snapshot's archive number `n`.
     pub fn archive_name(&self, host: &str, job: &str, id: &str, n: u32) -> String {
         self.join(&format!("{host}/{job}/archives/{id}/{n}.archive"))

@@ -66,7 +66,31 @@ fn corpus_round_trips_and_restores_on_a_fresh_machine() {
             "archive went through multipart: {a}"
         );
     }
-    assert_eq!(others.len(), 2, "a manifest and the marker: {objects:?}");
+    assert_eq!(
+        others.len(),
+        3,
+        "a manifest, the marker and an audit segment: {objects:?}"
+    );
+    let segment = others
+        .iter()
+        .find(|o| {
+            o["key"]
+                .as_str()
+                .unwrap()
+                .starts_with("vaultline/testhost/audit/")
+        })
+        .expect("the audit trail was shipped under the host's audit prefix");
+    let local = fs::read_to_string(fx.state().join("audit.jsonl")).unwrap();
+    let first: Value = serde_json::from_str(local.lines().next().unwrap()).unwrap();
+    assert!(
+        first["who"].as_str().unwrap().starts_with("arn:aws:"),
+        "who is the caller identity from STS: {first}"
+    );
+    assert_eq!(
+        segment["size"].as_u64().unwrap(),
+        local.len() as u64,
+        "every line was shipped"
+    );
     for o in &others {
         assert_eq!(o["storage_class"], "STANDARD", "{o}");
         assert_eq!(
@@ -80,7 +104,7 @@ fn corpus_round_trips_and_restores_on_a_fresh_machine() {
     let mut args = vec!["scan", bucket.as_str()];
     args.extend(MARKERS);
     let scan = m.ctl(&args);
-    assert_eq!(scan["objects"], 3);
+    assert_eq!(scan["objects"], 4);
     assert_eq!(
         scan["found"],
         serde_json::json!([]),

@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use vaultline_config::Repository;
 
 use crate::app::App;
+use crate::audit_log::AuditLog;
 use crate::exit::UsageError;
 use crate::hardening::{self, BucketState, HardeningError, Report};
 
@@ -19,6 +20,25 @@ pub fn report(app: &App) -> Result<Option<Report>> {
     Ok(Some(hardening::evaluate(&state, &app.config)))
 }
 
+fn record(audit: &AuditLog, report: &Report, hardening: &vaultline_config::Hardening) -> Result<()> {
+    let failing: Vec<&str> = report
+        .checks
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.status,
+                crate::hardening::Status::Fail | crate::hardening::Status::Unknown
+            )
+        })
+        .map(|f| f.id)
+        .collect();
+    let blocking: Vec<&str> = report.blocking(hardening).map(|f| f.id).collect();
+    audit.record(
+        "hardening-checked",
+        serde_json::json!({ "bucket": report.bucket, "passed": report.passed, "not_passing": failing, "blocking": blocking }),
+    )
+}
+
 /// Runs `audit`: exit 0 when every required check passes, 3 otherwise.
 pub fn run(app: &App) -> Result<()> {
     let Some(report) = report(app)? else {
@@ -26,6 +46,7 @@ pub fn run(app: &App) -> Result<()> {
             UsageError("audit checks S3 buckets; this configuration uses a local repository".into()).into(),
         );
     };
+    record(&app.audit("audit"), &report, &app.config.hardening)?;
     app.out.result(&report, || report.render(&app.config.hardening))?;
     if report.passed {
         Ok(())
@@ -46,10 +67,11 @@ fn refusal(app: &App, report: &Report, what: &str) -> HardeningError {
 
 /// Before a backup: refuses (exit 3) when a required check fails, printing
 /// the report on stderr; logs a warning per failing `warn` check.
-pub fn gate(app: &App) -> Result<()> {
+pub fn gate(app: &App, audit: &AuditLog) -> Result<()> {
     let Some(report) = report(app)? else {
         return Ok(());
     };
+    record(audit, &report, &app.config.hardening)?;
     for f in report.checks.iter().filter(|f| {
         matches!(f.status, hardening::Status::Fail | hardening::Status::Unknown)
             && !f.blocks(&app.config.hardening)
@@ -62,4 +84,16 @@ pub fn gate(app: &App) -> Result<()> {
     }
     eprint!("{}", report.render(&app.config.hardening));
     Err(refusal(app, &report, "backup refused, nothing was uploaded").into())
+}
+
+/// Runs `audit-log verify`.
+pub fn verify_log(app: &App, file: Option<&std::path::Path>) -> Result<()> {
+    let default = app.config.agent.state_dir.join("audit.jsonl");
+    let v = crate::audit_log::verify(file.unwrap_or(&default))?;
+    app.out.result(&v, || {
+        format!(
+            "{}: {} line(s), hash chain intact (head {})",
+            v.file, v.lines, v.head
+        )
+    })
 }

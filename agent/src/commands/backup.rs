@@ -11,19 +11,57 @@ use crate::cli::BackupNowArgs;
 use crate::lock::JobLock;
 use crate::output::human_bytes;
 
-/// Runs `backup now`.
+/// Runs `backup now`: the run and its outcome go to the audit trail. Its
+/// unshipped lines are uploaded after a run that committed a snapshot, so a
+/// run that wrote nothing (refused by hardening, a wrong key, a busy job)
+/// still writes nothing; its lines travel with the next successful run.
 pub fn run(app: &App, args: &BackupNowArgs) -> Result<()> {
     let jobs = app.select_jobs(&args.jobs)?;
+    let audit = app.audit("backup now");
+    let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+    audit.record("run-started", serde_json::json!({ "jobs": names }))?;
     let keys = app.keys()?;
-    app.repo.check_key(keys.as_ref())?;
-    crate::commands::audit::gate(app)?;
+    let committed = std::cell::Cell::new(0u32);
+    let result = (|| {
+        app.repo.check_key(keys.as_ref())?;
+        crate::commands::audit::gate(app, &audit)?;
+        run_jobs(app, args, &jobs, &keys, &audit, &committed)
+    })();
+    audit.record(
+        "run-finished",
+        serde_json::json!({
+            "result": match &result { Ok(()) => "ok".to_string(), Err(e) => format!("{e:#}") },
+            "key_use": keys.usage(),
+        }),
+    )?;
+    if committed.get() > 0 {
+        match audit.ship(&app.repo, &app.config.agent.host) {
+            Ok(Some(name)) => tracing::debug!("audit trail shipped as {name}"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                "{e:#}; kept locally in {}, shipped by the next run",
+                audit.path().display()
+            ),
+        }
+    }
+    result
+}
+
+fn run_jobs(
+    app: &App,
+    args: &BackupNowArgs,
+    jobs: &[&vaultline_config::Job],
+    keys: &crate::app::Keys,
+    audit: &crate::audit_log::AuditLog,
+    committed: &std::cell::Cell<u32>,
+) -> Result<()> {
     let host = &app.config.agent.host;
     let own = app.own_paths();
 
     let several = jobs.len() > 1;
     let mut reports = Vec::new();
     let mut failed: Vec<(String, anyhow::Error)> = Vec::new();
-    for job in &jobs {
+    for job in jobs {
         let outcome = (|| -> Result<BackupReport> {
             let _lock = JobLock::acquire(&app.config.agent.state_dir, &job.name, !args.no_wait)?;
             let total = app.out.interactive().then(|| estimate(job, &own));
@@ -34,6 +72,22 @@ pub fn run(app: &App, args: &BackupNowArgs) -> Result<()> {
         })();
         match outcome {
             Ok(report) => {
+                committed.set(committed.get() + 1);
+                audit.record(
+                    "snapshot-committed",
+                    serde_json::json!({
+                        "job": report.job,
+                        "snapshot": report.snapshot,
+                        "objects": [
+                            app.repo.archive_name(host, &report.job, &report.snapshot, 0),
+                            app.repo.manifest_name(host, &report.job, &report.snapshot),
+                        ],
+                        "files": report.files,
+                        "bytes_read": report.bytes_read,
+                        "bytes_stored": report.bytes_stored,
+                        "unreadable": report.unreadable.len(),
+                    }),
+                )?;
                 if !app.out.json {
                     println!("{}", describe(&report));
                 }
@@ -45,6 +99,10 @@ pub fn run(app: &App, args: &BackupNowArgs) -> Result<()> {
                 if several {
                     tracing::error!("job {}: {e:#}", job.name);
                 }
+                audit.record(
+                    "job-failed",
+                    serde_json::json!({ "job": job.name, "error": format!("{e:#}") }),
+                )?;
                 failed.push((job.name.clone(), e.context(format!("job {}", job.name))));
             }
         }

@@ -31,7 +31,12 @@ pub fn run(app: &App, apply: bool) -> Result<()> {
     let report = evaluate(&state, &app.config);
     let plan = harden::plan(&state, &report, &app.config, s3)?;
     if apply && !plan.changes.is_empty() {
-        harden::apply(client, sdk, &app.config, &s3.bucket, &plan)?;
+        let audit = app.audit("harden --apply");
+        let result = harden::apply(client, sdk, &app.config, &s3.bucket, &plan, &audit);
+        if let Err(e) = audit.ship(&app.repo, &app.config.agent.host) {
+            tracing::warn!("{e:#}; kept locally in {}", audit.path().display());
+        }
+        result?;
     }
     let out = HardenReport {
         bucket: &s3.bucket,

@@ -6,8 +6,9 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use vaultline_config::KeyConfig;
+use vaultline_crypto::KeyWrap;
 
-use crate::app::{App, Keys};
+use crate::app::{App, CountingKeys, Keys};
 use crate::repo::{Kind, REPOSITORY_VERSION, RepoMarker};
 
 #[derive(Serialize)]
@@ -28,7 +29,11 @@ pub fn run(app: &App) -> Result<()> {
                 .key_settings()?
                 .load_or_create()
                 .context("setting up the local master key")?;
-            (Box::new(key.provider()), key.location.to_string(), created)
+            (
+                CountingKeys::new(Box::new(key.provider())),
+                key.location.to_string(),
+                created,
+            )
         }
         KeyConfig::Kms { key_id, .. } => {
             let keys = app.keys().context("checking the KMS key")?;

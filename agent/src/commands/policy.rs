@@ -20,6 +20,7 @@
 use anyhow::Result;
 use serde_json::{Value, json};
 use vaultline_config::{Config, KeyConfig, Repository};
+use vaultline_crypto::KeyWrap;
 
 use crate::app::App;
 use crate::cli::PolicyRole;

@@ -32,10 +32,30 @@ struct RestoreReport {
     existing: Vec<String>,
 }
 
-/// Runs `restore`.
+/// Runs `restore`, recording it in the audit trail (kept locally: a
+/// restore principal may not write to the bucket; the next backup ships it).
 pub fn run(app: &App, args: &RestoreArgs) -> Result<()> {
-    let include = include_set(&args.include)?;
+    let audit = app.audit("restore");
+    audit.record(
+        "restore-started",
+        serde_json::json!({ "snapshot": args.snapshot, "job": args.job, "target": args.target }),
+    )?;
     let keys = app.keys()?;
+    let result = restore(app, args, &keys);
+    audit.record(
+        "restore-finished",
+        serde_json::json!({
+            "snapshot": args.snapshot,
+            "target": args.target,
+            "result": match &result { Ok(()) => "ok".to_string(), Err(e) => format!("{e:#}") },
+            "key_use": keys.usage(),
+        }),
+    )?;
+    result
+}
+
+fn restore(app: &App, args: &RestoreArgs, keys: &crate::app::Keys) -> Result<()> {
+    let include = include_set(&args.include)?;
     app.repo.check_key(keys.as_ref())?;
     let host = app.host(&args.host);
     let configured: Vec<String> = app.config.jobs.iter().map(|j| j.name.clone()).collect();

@@ -331,6 +331,7 @@ pub fn apply(
     config: &Config,
     bucket: &str,
     plan: &Plan,
+    audit: &crate::audit_log::AuditLog,
 ) -> Result<()> {
     for change in &plan.changes {
         let result = match &change.action {
@@ -465,6 +466,15 @@ pub fn apply(
                     .map_err(|e| describe(&e))
             }
         };
+        audit.record(
+            "harden-change",
+            serde_json::json!({
+                "bucket": bucket,
+                "check": change.check,
+                "change": change.change,
+                "result": match &result { Ok(()) => "applied".to_string(), Err(e) => e.clone() },
+            }),
+        )?;
         result.map_err(|why| anyhow!("{} ({}): {why}", change.change, change.check))?;
         tracing::info!("applied: {}", change.change);
     }

@@ -467,16 +467,14 @@ impl BucketState {
 /// a custom S3 endpoint, STS and S3 Control are asked at that endpoint too
 /// (S3-compatible servers usually have neither: the check is then unknown).
 fn account_pab(sdk: &aws_config::SdkConfig, endpoint: Option<&str>) -> Result<Obs<PublicAccessBlock>> {
-    let mut sts = aws_sdk_sts::config::Builder::from(sdk);
     let mut control = aws_sdk_s3control::config::Builder::from(sdk);
     if let Some(url) = endpoint {
-        sts = sts.endpoint_url(url);
         // The account id is normally put in front of the host name.
         // The account id is normally put in front of the host name, which
         // a custom endpoint (often an IP address) cannot take.
         control = control.endpoint_resolver(FixedEndpoint(url.to_string()));
     }
-    let sts = aws_sdk_sts::Client::from_conf(sts.build());
+    let sts = crate::aws::sts_client(sdk, endpoint);
     let account = match block_on(sts.get_caller_identity().send())? {
         Ok(o) => match o.account() {
             Some(a) => a.to_string(),
