@@ -405,3 +405,41 @@ fn each_s3_and_kms_mistake_has_its_exact_message() {
         assert_eq!(&got, want, "for {to:?}");
     }
 }
+
+#[test]
+fn hardening_lifecycle_settings_and_their_mistakes() {
+    let c = load(S3).unwrap();
+    let lc = c.hardening.lifecycle;
+    assert_eq!(lc.archive_after_days, 30);
+    assert_eq!(lc.archive_class, StorageClass::DeepArchive);
+    assert_eq!(lc.abort_incomplete_uploads_days, 7);
+    assert_eq!((lc.noncurrent_transition_days, lc.noncurrent_expire_days), (0, 0));
+    assert_eq!(c.hardening.access_log_bucket, None);
+    assert_eq!(c.hardening.access_log_prefix, "s3-access-logs/");
+
+    let text = format!(
+        "{S3}\n[hardening]\narchive-class = \"GLACIER\"\narchive-after-days = 90\naccess-log-bucket = \"acme-logs\"\n"
+    );
+    let c = load(&text).unwrap();
+    assert_eq!(c.hardening.lifecycle.archive_class, StorageClass::Glacier);
+    assert_eq!(c.hardening.lifecycle.archive_after_days, 90);
+    assert_eq!(c.hardening.access_log_bucket.as_deref(), Some("acme-logs"));
+
+    let line = S3.lines().count() + 2;
+    assert_eq!(
+        error(&format!("{S3}\n[hardening]\narchive-class = \"STANDARD\"\n")),
+        format!(
+            "config.toml:{}:17: hardening.archive-class: unknown variant `STANDARD`, expected one of \
+             `GLACIER_IR`, `GLACIER`, `DEEP_ARCHIVE`",
+            line + 1
+        )
+    );
+    assert_eq!(
+        error(&format!("{S3}\n[hardening]\nabort-incomplete-uploads-days = 0\n")),
+        format!(
+            "config.toml:{}:33: hardening.abort-incomplete-uploads-days: 0 is out of range: expected 1 to \
+             36500 (days)",
+            line + 1
+        )
+    );
+}
