@@ -58,6 +58,9 @@ pub enum Command {
     /// Download, decrypt and check snapshots against their manifests.
     Verify(VerifyArgs),
 
+    /// Last runs per job, next scheduled runs, hardening results.
+    Status,
+
     /// Check the bucket's hardening (exit 3 when a required check fails).
     Audit,
 

@@ -26,6 +26,7 @@ mod output;
 mod pipe;
 mod repo;
 mod snapshot;
+mod status;
 mod store;
 
 use std::process::ExitCode;
@@ -75,6 +76,7 @@ fn run(cli: &Cli, out: Output) -> anyhow::Result<()> {
         Command::Verify(args) => commands::verify::run(&app, args),
         Command::Policy(PolicyCommand::Iam { role }) => commands::policy::run(&app, *role),
         Command::Audit => commands::audit::run(&app),
+        Command::Status => commands::status::run(&app),
         Command::AuditLog(AuditLogCommand::Verify { file }) => {
             commands::audit::verify_log(&app, file.as_deref())
         }

@@ -53,6 +53,20 @@ impl Schedule {
         &self.expression
     }
 
+    /// The first time strictly after `after` (seconds since the epoch, UTC)
+    /// when the schedule fires, evaluated in UTC.
+    pub fn next_after(&self, after: i64) -> Option<i64> {
+        let cron = CronParser::builder()
+            .seconds(Seconds::Optional)
+            .build()
+            .parse(&self.expression)
+            .ok()?;
+        let start = chrono::DateTime::<chrono::Utc>::from_timestamp(after, 0)?;
+        cron.find_next_occurrence(&start, false)
+            .ok()
+            .map(|t| t.timestamp())
+    }
+
     /// The expression with seconds, as tokio-cron-scheduler requires
     /// (`0` is prepended to a 5-field expression).
     pub fn with_seconds(&self) -> String {

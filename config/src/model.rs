@@ -42,6 +42,8 @@ pub struct Agent {
     pub host: String,
     /// Local state: locks, the key file, caches.
     pub state_dir: PathBuf,
+    /// The Prometheus text file rewritten after every run.
+    pub metrics_file: PathBuf,
 }
 
 /// `[repository]`. Exhaustive on purpose: a new kind must be handled

@@ -29,6 +29,7 @@ pub(crate) struct RawConfig {
 pub(crate) struct RawAgent {
     pub host: Option<Spanned<String>>,
     pub state_dir: Option<Spanned<String>>,
+    pub metrics_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]

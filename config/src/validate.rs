@@ -125,6 +125,11 @@ pub(crate) fn validate(
         },
     };
 
+    let metrics_file = match &raw.agent.metrics_file {
+        Some(p) => c.absolute_path(p, "agent.metrics-file").unwrap_or_default(),
+        None => state_dir.join("vaultline.prom"),
+    };
+
     // [repository]
     let repo_span = raw.repository.span();
     let repo = raw.repository.into_inner();
@@ -320,7 +325,11 @@ pub(crate) fn validate(
     if c.problems.is_empty() {
         Ok(Config {
             file: file.to_path_buf(),
-            agent: Agent { host, state_dir },
+            agent: Agent {
+                host,
+                metrics_file,
+                state_dir,
+            },
             repository,
             key,
             aws,

@@ -11,5 +11,6 @@ mod concurrency;
 mod config_errors;
 mod hostile;
 mod keys;
+mod monitoring;
 mod roundtrip;
 mod tamper;

@@ -280,6 +280,20 @@ fn a_setting_the_principal_cannot_read_is_unknown_and_refuses_unless_accepted() 
     );
     let run = fx.run(&["backup", "now"]).code(3);
     assert!(run.stderr.contains("UNKNOWN versioning"), "{}", run.stderr);
+    // Recorded for monitoring as a refusal.
+    let status = fx.run(&["status", "--json"]).ok().json();
+    assert_eq!(status[0]["last_run"]["result"], "refused", "{status}");
+    assert_eq!(status[0]["hardening_failures_total"], 1);
+    assert_eq!(status[0]["last_hardening"]["passed"], false);
+    assert_eq!(
+        status[0]["last_hardening"]["blocking"],
+        serde_json::json!(["versioning"])
+    );
+    let metrics = fs::read_to_string(fx.state().join("vaultline.prom")).unwrap();
+    assert!(
+        metrics.contains("vaultline_hardening_failures_total{job=\"j\"} 1\n"),
+        "{metrics}"
+    );
 
     // Accepting unknowns lets the run go ahead (and says so in the report).
     let text = fs::read_to_string(&fx.config).unwrap();

@@ -67,11 +67,22 @@ fn refusal(app: &App, report: &Report, what: &str) -> HardeningError {
 
 /// Before a backup: refuses (exit 3) when a required check fails, printing
 /// the report on stderr; logs a warning per failing `warn` check.
-pub fn gate(app: &App, audit: &AuditLog) -> Result<()> {
+pub fn gate(app: &App, audit: &AuditLog) -> Result<Gate> {
     let Some(report) = report(app)? else {
-        return Ok(());
+        return Ok(Gate {
+            record: None,
+            refused: None,
+        });
     };
     record(audit, &report, &app.config.hardening)?;
+    let record = Some(crate::status::HardeningRecord {
+        time: jiff::Timestamp::now().round(jiff::Unit::Second)?.to_string(),
+        passed: report.passed,
+        blocking: report
+            .blocking(&app.config.hardening)
+            .map(|f| f.id.to_string())
+            .collect(),
+    });
     for f in report.checks.iter().filter(|f| {
         matches!(f.status, hardening::Status::Fail | hardening::Status::Unknown)
             && !f.blocks(&app.config.hardening)
@@ -80,10 +91,24 @@ pub fn gate(app: &App, audit: &AuditLog) -> Result<()> {
     }
     if report.passed {
         tracing::info!("bucket {} passed every required hardening check", report.bucket);
-        return Ok(());
+        return Ok(Gate {
+            record,
+            refused: None,
+        });
     }
     eprint!("{}", report.render(&app.config.hardening));
-    Err(refusal(app, &report, "backup refused, nothing was uploaded").into())
+    Ok(Gate {
+        record,
+        refused: Some(refusal(app, &report, "backup refused, nothing was uploaded")),
+    })
+}
+
+/// The gate's verdict: the result to record, and the refusal, if any.
+pub struct Gate {
+    /// For the job status (S3 repositories only).
+    pub record: Option<crate::status::HardeningRecord>,
+    /// Set when a required check failed.
+    pub refused: Option<HardeningError>,
 }
 
 /// Runs `audit-log verify`.

@@ -22,11 +22,13 @@ pub fn run(app: &App, args: &BackupNowArgs) -> Result<()> {
     audit.record("run-started", serde_json::json!({ "jobs": names }))?;
     let keys = app.keys()?;
     let committed = std::cell::Cell::new(0u32);
-    let result = (|| {
-        app.repo.check_key(keys.as_ref())?;
-        crate::commands::audit::gate(app, &audit)?;
-        run_jobs(app, args, &jobs, &keys, &audit, &committed)
-    })();
+    let result = run_checked(app, args, &jobs, &keys, &audit, &committed);
+    let all: Vec<String> = app.config.jobs.iter().map(|j| j.name.clone()).collect();
+    if let Err(e) =
+        crate::status::write_metrics(&app.config.agent.state_dir, &app.config.agent.metrics_file, &all)
+    {
+        tracing::error!("{e:#}");
+    }
     audit.record(
         "run-finished",
         serde_json::json!({
@@ -47,6 +49,64 @@ pub fn run(app: &App, args: &BackupNowArgs) -> Result<()> {
     result
 }
 
+/// The key check, the hardening gate, then the jobs; every job's outcome
+/// (refusals included) goes to its status record.
+fn run_checked(
+    app: &App,
+    args: &BackupNowArgs,
+    jobs: &[&vaultline_config::Job],
+    keys: &crate::app::Keys,
+    audit: &crate::audit_log::AuditLog,
+    committed: &std::cell::Cell<u32>,
+) -> Result<()> {
+    app.repo.check_key(keys.as_ref())?;
+    let gate = crate::commands::audit::gate(app, audit)?;
+    if let Some(refusal) = gate.refused {
+        let start = jiff::Timestamp::now();
+        for job in jobs {
+            record_status(
+                app,
+                &job.name,
+                start,
+                "refused",
+                Some(refusal.to_string()),
+                None,
+                gate.record.clone(),
+            );
+        }
+        return Err(refusal.into());
+    }
+    run_jobs(app, args, jobs, keys, audit, committed, gate.record)
+}
+
+/// Records one job's run for `status` and the metrics; a failure to record
+/// is logged, not fatal (the backup itself stands).
+fn record_status(
+    app: &App,
+    job: &str,
+    start: jiff::Timestamp,
+    result: &str,
+    error: Option<String>,
+    report: Option<&BackupReport>,
+    hardening: Option<crate::status::HardeningRecord>,
+) {
+    let run = crate::status::RunRecord {
+        start: start.round(jiff::Unit::Second).unwrap_or(start).to_string(),
+        start_unix: start.as_second(),
+        duration_secs: (jiff::Timestamp::now().as_millisecond() - start.as_millisecond()) as f64 / 1000.0,
+        result: result.to_string(),
+        error,
+        snapshot: report.map(|r| r.snapshot.clone()),
+        files: report.map_or(0, |r| r.files),
+        bytes_read: report.map_or(0, |r| r.bytes_read),
+        bytes_stored: report.map_or(0, |r| r.bytes_stored),
+        trigger: std::env::var("VAULTLINE_TRIGGER").unwrap_or_else(|_| "manual".into()),
+    };
+    if let Err(e) = crate::status::record_run(&app.config.agent.state_dir, job, run, hardening) {
+        tracing::error!("cannot record the status of job {job}: {e:#}");
+    }
+}
+
 fn run_jobs(
     app: &App,
     args: &BackupNowArgs,
@@ -54,6 +114,7 @@ fn run_jobs(
     keys: &crate::app::Keys,
     audit: &crate::audit_log::AuditLog,
     committed: &std::cell::Cell<u32>,
+    hardening: Option<crate::status::HardeningRecord>,
 ) -> Result<()> {
     let host = &app.config.agent.host;
     let own = app.own_paths();
@@ -62,6 +123,7 @@ fn run_jobs(
     let mut reports = Vec::new();
     let mut failed: Vec<(String, anyhow::Error)> = Vec::new();
     for job in jobs {
+        let start = jiff::Timestamp::now();
         let outcome = (|| -> Result<BackupReport> {
             let _lock = JobLock::acquire(&app.config.agent.state_dir, &job.name, !args.no_wait)?;
             let total = app.out.interactive().then(|| estimate(job, &own));
@@ -72,6 +134,16 @@ fn run_jobs(
         })();
         match outcome {
             Ok(report) => {
+                let result = if report.is_complete() { "ok" } else { "incomplete" };
+                record_status(
+                    app,
+                    &job.name,
+                    start,
+                    result,
+                    None,
+                    Some(&report),
+                    hardening.clone(),
+                );
                 committed.set(committed.get() + 1);
                 audit.record(
                     "snapshot-committed",
@@ -99,6 +171,16 @@ fn run_jobs(
                 if several {
                     tracing::error!("job {}: {e:#}", job.name);
                 }
+                let msg = format!("{e:#}");
+                record_status(
+                    app,
+                    &job.name,
+                    start,
+                    "failed",
+                    Some(msg),
+                    None,
+                    hardening.clone(),
+                );
                 audit.record(
                     "job-failed",
                     serde_json::json!({ "job": job.name, "error": format!("{e:#}") }),

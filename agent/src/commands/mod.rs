@@ -9,4 +9,5 @@ pub mod init;
 pub mod policy;
 pub mod restore;
 pub mod snapshots;
+pub mod status;
 pub mod verify;
