@@ -103,6 +103,22 @@ impl App {
         let path = vaultline_config::locate(cli.config.as_deref(), &env)?;
         let config = Config::load(&path, &env)?;
         tracing::debug!("configuration {}", path.display());
+        App::with_output(config, out)
+    }
+
+    /// An app for a configuration loaded elsewhere (the agent's reloads).
+    pub fn from_config(config: Config) -> Result<App> {
+        App::with_output(
+            config,
+            Output {
+                json: false,
+                quiet: true,
+                verbose: 0,
+            },
+        )
+    }
+
+    fn with_output(config: Config, out: Output) -> Result<App> {
         let uses_aws =
             matches!(config.repository, Repository::S3(_)) || matches!(config.key, KeyConfig::Kms { .. });
         let sdk = if uses_aws {

@@ -61,6 +61,10 @@ pub enum Command {
     /// Last runs per job, next scheduled runs, hardening results.
     Status,
 
+    /// The service: run jobs on their schedules and on changes (systemd
+    /// Type=notify; SIGHUP reloads, SIGTERM stops gracefully).
+    Agent,
+
     /// Check the bucket's hardening (exit 3 when a required check fails).
     Audit,
 

@@ -25,6 +25,7 @@ mod manifest;
 mod output;
 mod pipe;
 mod repo;
+mod service;
 mod snapshot;
 mod status;
 mod store;
@@ -77,6 +78,7 @@ fn run(cli: &Cli, out: Output) -> anyhow::Result<()> {
         Command::Policy(PolicyCommand::Iam { role }) => commands::policy::run(&app, *role),
         Command::Audit => commands::audit::run(&app),
         Command::Status => commands::status::run(&app),
+        Command::Agent => service::run(&app),
         Command::AuditLog(AuditLogCommand::Verify { file }) => {
             commands::audit::verify_log(&app, file.as_deref())
         }

@@ -44,7 +44,8 @@ impl Output {
             .with_target("aws", libraries)
             .with_target("hyper", libraries)
             .with_target("rustls", libraries)
-            .with_target("h2", libraries);
+            .with_target("h2", libraries)
+            .with_target("tokio_cron_scheduler", libraries);
         let subscriber = tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
             .with_max_level(level)

@@ -56,15 +56,37 @@ impl Schedule {
     /// The first time strictly after `after` (seconds since the epoch, UTC)
     /// when the schedule fires, evaluated in UTC.
     pub fn next_after(&self, after: i64) -> Option<i64> {
-        let cron = CronParser::builder()
+        self.next_after_in(after, "UTC")
+    }
+
+    /// The first time strictly after `after` when the schedule fires,
+    /// with the expression read in time zone `tz` (an IANA name).
+    pub fn next_after_in(&self, after: i64, tz: &str) -> Option<i64> {
+        let tz: chrono_tz::Tz = tz.parse().ok()?;
+        let start = chrono::DateTime::<chrono::Utc>::from_timestamp(after, 0)?.with_timezone(&tz);
+        self.cron()?
+            .find_next_occurrence(&start, false)
+            .ok()
+            .map(|t| t.timestamp())
+    }
+
+    /// The last time strictly before `before` when the schedule fired, read
+    /// in time zone `tz` (for catching up a missed run).
+    pub fn previous_before(&self, before: i64, tz: &str) -> Option<i64> {
+        let tz: chrono_tz::Tz = tz.parse().ok()?;
+        let start = chrono::DateTime::<chrono::Utc>::from_timestamp(before, 0)?.with_timezone(&tz);
+        self.cron()?
+            .find_previous_occurrence(&start, false)
+            .ok()
+            .map(|t| t.timestamp())
+    }
+
+    fn cron(&self) -> Option<croner::Cron> {
+        CronParser::builder()
             .seconds(Seconds::Optional)
             .build()
             .parse(&self.expression)
-            .ok()?;
-        let start = chrono::DateTime::<chrono::Utc>::from_timestamp(after, 0)?;
-        cron.find_next_occurrence(&start, false)
             .ok()
-            .map(|t| t.timestamp())
     }
 
     /// The expression with seconds, as tokio-cron-scheduler requires

@@ -28,7 +28,7 @@ pub use cron::Schedule;
 pub use error::{ConfigError, Problem};
 pub use model::{
     Agent, Aws, CHECKS, CheckPolicy, ChecksumPolicy, Config, Excludes, Hardening, Job, KeyConfig, KeyStorage,
-    Lifecycle, Repository, Retention, S3Repository, StorageClass, Tag,
+    Lifecycle, OnChange, Repository, Retention, S3Repository, StorageClass, Tag,
 };
 pub use validate::{
     DEFAULT_COMPRESSION_LEVEL, DEFAULT_MAX_ATTEMPTS, DEFAULT_PART_SIZE_MIB, DEFAULT_PARTS_IN_FLIGHT,

@@ -44,6 +44,13 @@ pub struct Agent {
     pub state_dir: PathBuf,
     /// The Prometheus text file rewritten after every run.
     pub metrics_file: PathBuf,
+    /// IANA time zone the schedules are read in (`UTC` by default).
+    pub timezone: String,
+    /// How long a stopping agent lets a running backup finish.
+    pub grace_period_secs: u64,
+    /// How often watched jobs are rescanned when the kernel's watch limit
+    /// is reached.
+    pub scan_interval_secs: u64,
 }
 
 /// `[repository]`. Exhaustive on purpose: a new kind must be handled
@@ -267,8 +274,23 @@ pub struct Job {
     pub schedule: Option<Schedule>,
     /// Whether the agent watches the paths for changes.
     pub watch: bool,
+    /// Run after changes settle (watched jobs only).
+    pub on_change: Option<OnChange>,
+    /// Run once at agent start when a scheduled run was missed.
+    pub catch_up: bool,
+    /// Command run (through `sh -c`) when a run of this job fails.
+    pub on_failure: Option<String>,
     /// How many snapshots `forget` keeps.
     pub retention: Retention,
+}
+
+/// `on-change` of a watched job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnChange {
+    /// Quiet time after the last change before a run starts.
+    pub debounce_secs: u64,
+    /// Minimum time between the starts of two change-triggered runs.
+    pub min_interval_secs: u64,
 }
 
 /// A job's exclude patterns. A pattern without `/` matches an entry's file

@@ -30,6 +30,9 @@ pub(crate) struct RawAgent {
     pub host: Option<Spanned<String>>,
     pub state_dir: Option<Spanned<String>>,
     pub metrics_file: Option<Spanned<String>>,
+    pub timezone: Option<Spanned<String>>,
+    pub grace_period_secs: Option<Spanned<i64>>,
+    pub scan_interval_secs: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -177,7 +180,17 @@ pub(crate) struct RawJob {
     pub compression_threads: Option<Spanned<i64>>,
     pub schedule: Option<Spanned<String>>,
     pub watch: Option<bool>,
+    pub on_change: Option<Spanned<RawOnChange>>,
+    pub catch_up: Option<bool>,
+    pub on_failure: Option<Spanned<String>>,
     pub retention: Option<RawRetention>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawOnChange {
+    pub debounce_secs: Option<Spanned<i64>>,
+    pub min_interval_secs: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -129,6 +129,38 @@ pub(crate) fn validate(
         Some(p) => c.absolute_path(p, "agent.metrics-file").unwrap_or_default(),
         None => state_dir.join("vaultline.prom"),
     };
+    let timezone = match &raw.agent.timezone {
+        Some(tz) => {
+            if tz.get_ref().parse::<chrono_tz::Tz>().is_err() {
+                c.report(
+                    Some(tz.span()),
+                    "agent.timezone",
+                    format!(
+                        "unknown time zone {:?}: expected an IANA name such as \"UTC\" or \"Europe/Berlin\"",
+                        tz.get_ref()
+                    ),
+                );
+            }
+            tz.get_ref().clone()
+        }
+        None => "UTC".to_string(),
+    };
+    let grace_period_secs = int_in(
+        &mut c,
+        raw.agent.grace_period_secs.as_ref(),
+        "agent.grace-period-secs",
+        0..=86400,
+        "seconds a running backup may take to finish when the agent stops",
+    )
+    .map_or(60, |v| v as u64);
+    let scan_interval_secs = int_in(
+        &mut c,
+        raw.agent.scan_interval_secs.as_ref(),
+        "agent.scan-interval-secs",
+        1..=86400,
+        "seconds between rescans of a watched job that cannot be watched",
+    )
+    .map_or(300, |v| v as u64);
 
     // [repository]
     let repo_span = raw.repository.span();
@@ -300,6 +332,43 @@ pub(crate) fn validate(
             },
             None => None,
         };
+        let on_change = job.on_change.as_ref().map(|oc| {
+            if !job.watch.unwrap_or(false) {
+                c.report(
+                    Some(oc.span()),
+                    format!("{at}.on-change"),
+                    "needs watch = true (changes are only seen in watched jobs)",
+                );
+            }
+            let oc = oc.get_ref();
+            OnChange {
+                debounce_secs: int_in(
+                    &mut c,
+                    oc.debounce_secs.as_ref(),
+                    &format!("{at}.on-change.debounce-secs"),
+                    1..=86400,
+                    "quiet seconds after the last change",
+                )
+                .map_or(30, |v| v as u64),
+                min_interval_secs: int_in(
+                    &mut c,
+                    oc.min_interval_secs.as_ref(),
+                    &format!("{at}.on-change.min-interval-secs"),
+                    0..=604800,
+                    "seconds between change-triggered runs",
+                )
+                .map_or(300, |v| v as u64),
+            }
+        });
+        if let Some(cmd) = &job.on_failure
+            && cmd.get_ref().trim().is_empty()
+        {
+            c.report(
+                Some(cmd.span()),
+                format!("{at}.on-failure"),
+                "must not be empty (leave it out for no hook)",
+            );
+        }
         let r = job.retention.as_ref();
         let retention = Retention {
             keep_last: r.and_then(|r| r.keep_last).unwrap_or(0),
@@ -318,6 +387,9 @@ pub(crate) fn validate(
             compression_threads,
             schedule,
             watch: job.watch.unwrap_or(false),
+            on_change,
+            catch_up: job.catch_up.unwrap_or(false),
+            on_failure: job.on_failure.as_ref().map(|c| c.get_ref().clone()),
             retention,
         });
     }
@@ -328,6 +400,9 @@ pub(crate) fn validate(
             agent: Agent {
                 host,
                 metrics_file,
+                timezone,
+                grace_period_secs,
+                scan_interval_secs,
                 state_dir,
             },
             repository,

@@ -6,6 +6,7 @@
 #[path = "../util/mod.rs"]
 mod util;
 
+mod agent;
 mod audit_trail;
 mod concurrency;
 mod config_errors;

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)] // each suite uses a different subset
 
+pub mod agent;
 pub mod moto;
 
 use std::collections::{BTreeMap, HashMap};
