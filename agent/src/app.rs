@@ -261,21 +261,27 @@ impl App {
     /// vaultline's own directories, which backups never enter: the state
     /// directory (locks, key file) and a local repository.
     pub fn own_paths(&self) -> Vec<PathBuf> {
-        let mut own = vec![self.config.agent.state_dir.clone()];
-        own.extend(self.local_store.as_ref().map(|s| s.root().to_path_buf()));
-        // Also as the kernel sees them, in case the configuration names them
-        // through a symlink.
-        let real: Vec<PathBuf> = own.iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
-        own.extend(real);
-        own.sort();
-        own.dedup();
-        own
+        own_paths(&self.config)
     }
 
     /// The host whose snapshots to read: `--host` or the configured one.
     pub fn host<'a>(&'a self, flag: &'a Option<String>) -> &'a str {
         flag.as_deref().unwrap_or(&self.config.agent.host)
     }
+}
+
+/// vaultline's own directories for `config`: the state directory and a
+/// local repository, also as the kernel sees them (through symlinks).
+pub fn own_paths(config: &Config) -> Vec<PathBuf> {
+    let mut own = vec![config.agent.state_dir.clone()];
+    if let Repository::Local { path, .. } = &config.repository {
+        own.push(path.clone());
+    }
+    let real: Vec<PathBuf> = own.iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
+    own.extend(real);
+    own.sort();
+    own.dedup();
+    own
 }
 
 /// Reads the facts configuration defaults depend on from this process.

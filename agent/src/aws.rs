@@ -43,11 +43,15 @@ pub fn runtime() -> Result<&'static Runtime> {
     RUNTIME.get().context("the I/O runtime vanished")
 }
 
-/// Runs `fut` to completion from synchronous code. Must not be called from a
-/// runtime thread (nothing in the agent does: async code never calls back
-/// into the synchronous pipeline).
+/// Runs `fut` to completion from synchronous code. From inside the runtime
+/// (the agent's service loop calls synchronous helpers too) the worker is
+/// first handed back with `block_in_place`, so this never panics with a
+/// nested runtime.
 pub fn block_on<F: Future>(fut: F) -> Result<F::Output> {
-    Ok(runtime()?.block_on(fut))
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => Ok(tokio::task::block_in_place(|| handle.block_on(fut))),
+        Err(_) => Ok(runtime()?.block_on(fut)),
+    }
 }
 
 /// Loads the SDK configuration: the standard credential chain (environment,

@@ -8,6 +8,7 @@
 #[path = "../util/mod.rs"]
 mod util;
 
+mod agent;
 mod faults;
 mod hardening;
 mod iam;

@@ -181,9 +181,7 @@ impl Service {
         }
         sched.start().await.context("cannot start the scheduler")?;
         self.scheduler = Some(sched);
-        let own = App::from_config(self.config.clone())
-            .map(|a| a.own_paths())
-            .unwrap_or_else(|_| vec![self.config.agent.state_dir.clone()]);
+        let own = crate::app::own_paths(&self.config);
         self.watchers = self
             .config
             .jobs

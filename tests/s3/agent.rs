@@ -1,0 +1,68 @@
+//! Stopping the agent in the middle of a large backup to S3: it exits 0
+//! within the grace period (plus cleanup), commits no snapshot, leaves no
+//! incomplete multipart upload, and releases the job lock.
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use rustix::process::Signal;
+
+use crate::faults::write_noise;
+use crate::util::agent::{Agent, wait_until};
+use crate::util::moto::{job, moto, s3_fixture};
+
+#[test]
+fn sigterm_during_a_large_backup_stops_cleanly() {
+    let m = moto();
+    let (bucket, key) = m.bucket_and_key("agentstop");
+    let src = tempfile::tempdir().unwrap();
+    write_noise(&src.path().join("big.bin"), 400 << 20, 3);
+    let extra = format!("{}schedule = \"* * * * * *\"\n", job("big", &[src.path()]));
+    let fx = s3_fixture(m, &bucket, &key, &extra);
+    let text = fs::read_to_string(&fx.config)
+        .unwrap()
+        .replace(
+            "path-style = true\n",
+            "path-style = true\npart-size-mib = 5\nparts-in-flight = 2\n",
+        )
+        .replace("[agent]\n", "[agent]\ngrace-period-secs = 2\n");
+    fs::write(&fx.config, text).unwrap();
+    fx.init();
+
+    let mut agent = Agent::start(&fx);
+    let uploading = wait_until(Duration::from_secs(60), || {
+        (!m.ctl(&["uploads", &bucket]).as_array().unwrap().is_empty()).then_some(())
+    });
+    assert!(
+        uploading.is_some(),
+        "no multipart upload started; log:\n{}",
+        agent.log()
+    );
+    let stop = Instant::now();
+    agent.signal(Signal::TERM);
+    let (status, _) = agent.wait_exit(Duration::from_secs(60));
+    let took = stop.elapsed();
+    assert!(status.success(), "{status}; log:\n{}", agent.log());
+    assert!(took < Duration::from_secs(2 + 20), "stopping took {took:?}");
+    let log = agent.log();
+    assert!(
+        log.contains("grace period over"),
+        "the run outlived the grace period:\n{log}"
+    );
+    assert!(
+        log.contains("job big: stopped run cleaned up (1 incomplete upload(s) aborted)"),
+        "{log}"
+    );
+
+    assert_eq!(
+        m.ctl(&["uploads", &bucket]),
+        serde_json::json!([]),
+        "no parts left behind"
+    );
+    let snaps = fx.run(&["snapshots", "--json"]).ok().json();
+    assert_eq!(snaps, serde_json::json!([]), "no snapshot was committed");
+    // The lock is free: a run that refuses to wait gets it.
+    fs::remove_file(src.path().join("big.bin")).unwrap();
+    fs::write(src.path().join("small"), b"s").unwrap();
+    fx.run(&["backup", "now", "--no-wait"]).ok();
+}
