@@ -114,6 +114,7 @@ impl App {
                 json: false,
                 quiet: true,
                 verbose: 0,
+                log_json: false,
             },
         )
     }

@@ -34,9 +34,22 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub quiet: bool,
 
+    /// Log lines as text (journald-friendly) or JSON objects.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `LEVEL message`.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The subcommands.
@@ -78,6 +91,14 @@ pub enum Command {
     /// The agent's own audit trail.
     #[command(subcommand, name = "audit-log")]
     AuditLog(AuditLogCommand),
+
+    /// Write the man page and shell completions (for packaging).
+    #[command(hide = true)]
+    Generate {
+        /// Directory to write vaultline.1 and completions/ into.
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
 
     /// Print policies for this configuration.
     #[command(subcommand)]

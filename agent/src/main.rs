@@ -55,6 +55,7 @@ fn main() -> ExitCode {
         json: cli.json,
         quiet: cli.quiet,
         verbose: cli.verbose,
+        log_json: cli.log_format == cli::LogFormat::Json,
     };
     out.init_logging();
     match run(&cli, out) {
@@ -68,6 +69,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli, out: Output) -> anyhow::Result<()> {
+    // Needs no configuration.
+    if let Command::Generate { dir } = &cli.command {
+        return commands::generate::run(dir);
+    }
     let app = App::load(cli, out)?;
     match &cli.command {
         Command::Init => commands::init::run(&app),
@@ -79,6 +84,7 @@ fn run(cli: &Cli, out: Output) -> anyhow::Result<()> {
         Command::Audit => commands::audit::run(&app),
         Command::Status => commands::status::run(&app),
         Command::Agent => service::run(&app),
+        Command::Generate { .. } => Ok(()),
         Command::AuditLog(AuditLogCommand::Verify { file }) => {
             commands::audit::verify_log(&app, file.as_deref())
         }

@@ -24,6 +24,8 @@ pub struct Output {
     pub quiet: bool,
     /// `-v` count.
     pub verbose: u8,
+    /// `--log-format json`: log lines as JSON objects.
+    pub log_json: bool,
 }
 
 impl Output {
@@ -46,6 +48,18 @@ impl Output {
             .with_target("rustls", libraries)
             .with_target("h2", libraries)
             .with_target("tokio_cron_scheduler", libraries);
+        if self.log_json {
+            let subscriber = tracing_subscriber::fmt()
+                .json()
+                .with_writer(std::io::stderr)
+                .with_max_level(level)
+                .with_target(false)
+                .finish()
+                .with(filter);
+            let _ = tracing::subscriber::set_global_default(subscriber);
+            return;
+        }
+        // journald adds its own timestamps.
         let subscriber = tracing_subscriber::fmt()
             .with_writer(std::io::stderr)
             .with_max_level(level)

@@ -13,5 +13,6 @@ mod config_errors;
 mod hostile;
 mod keys;
 mod monitoring;
+mod packaging;
 mod roundtrip;
 mod tamper;

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod backup;
+pub mod generate;
 pub mod harden;
 pub mod init;
 pub mod policy;
