@@ -120,8 +120,9 @@ impl App {
     }
 
     fn with_output(config: Config, out: Output) -> Result<App> {
-        let uses_aws =
-            matches!(config.repository, Repository::S3(_)) || matches!(config.key, KeyConfig::Kms { .. });
+        let uses_aws = matches!(config.repository, Repository::S3(_))
+            || matches!(config.key, KeyConfig::Kms { .. })
+            || config.jobs.iter().any(|j| j.on_failure_sns.is_some());
         let sdk = if uses_aws {
             Some(crate::aws::sdk_config(&config.aws).context("setting up the AWS clients")?)
         } else {
@@ -187,6 +188,29 @@ impl App {
                 config_sha256,
             },
         )
+    }
+
+    /// Publishes a failed run of `job` to its SNS topic, if it has one.
+    pub fn notify_failure(&self, job: &str) -> Result<()> {
+        let Some(topic) = self.config.job(job).and_then(|j| j.on_failure_sns.clone()) else {
+            return Ok(());
+        };
+        let sdk = self.sdk.as_ref().context(NO_SDK)?;
+        let status = crate::status::load(&self.config.agent.state_dir, job)?;
+        let host = &self.config.agent.host;
+        let result = status.last_run.as_ref().map_or("failed", |r| r.result.as_str());
+        let sns = crate::aws::sns_client(sdk, self.config.aws.sns_endpoint.as_deref());
+        let subject = format!("vaultline: job {job} on {host}: {result}");
+        let message = serde_json::json!({ "host": host, "job": job, "status": status }).to_string();
+        crate::aws::block_on(
+            sns.publish()
+                .topic_arn(&topic)
+                .subject(subject)
+                .message(message)
+                .send(),
+        )?
+        .map_err(|e| anyhow::anyhow!("SNS Publish to {topic}: {}", crate::aws::describe(&e)))?;
+        Ok(())
     }
 
     /// The SDK configuration and the S3 client, for an S3 repository.

@@ -153,6 +153,15 @@ pub fn sts_client(sdk: &SdkConfig, endpoint: Option<&str>) -> aws_sdk_sts::Clien
     aws_sdk_sts::Client::from_conf(b.build())
 }
 
+/// The SNS client (for failure notifications).
+pub fn sns_client(sdk: &SdkConfig, endpoint: Option<&str>) -> aws_sdk_sns::Client {
+    let mut b = aws_sdk_sns::config::Builder::from(sdk);
+    if let Some(url) = endpoint {
+        b = b.endpoint_url(url);
+    }
+    aws_sdk_sns::Client::from_conf(b.build())
+}
+
 /// What went wrong in an SDK call, for a message: the service's error code
 /// and message, or the transport failure. Never includes credentials (the
 /// SDK keeps them out of its errors; we add nothing from the request).

@@ -161,6 +161,8 @@ pub struct Aws {
     pub max_attempts: u32,
     /// Per-attempt timeout, seconds.
     pub timeout_secs: u64,
+    /// Endpoint URL for SNS-compatible servers; `None` = AWS.
+    pub sns_endpoint: Option<String>,
 }
 
 /// `[key]`. Exhaustive on purpose, like [`Repository`].
@@ -280,6 +282,8 @@ pub struct Job {
     pub catch_up: bool,
     /// Command run (through `sh -c`) when a run of this job fails.
     pub on_failure: Option<String>,
+    /// SNS topic ARN notified when a run of this job fails.
+    pub on_failure_sns: Option<String>,
     /// How many snapshots `forget` keeps.
     pub retention: Retention,
 }

@@ -100,6 +100,7 @@ pub(crate) struct RawAws {
     pub allow_http: Option<bool>,
     pub max_attempts: Option<Spanned<i64>>,
     pub timeout_secs: Option<Spanned<i64>>,
+    pub sns_endpoint: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -183,6 +184,7 @@ pub(crate) struct RawJob {
     pub on_change: Option<Spanned<RawOnChange>>,
     pub catch_up: Option<bool>,
     pub on_failure: Option<Spanned<String>>,
+    pub on_failure_sns: Option<Spanned<String>>,
     pub retention: Option<RawRetention>,
 }
 

@@ -369,6 +369,20 @@ pub(crate) fn validate(
                 "must not be empty (leave it out for no hook)",
             );
         }
+        let on_failure_sns = job.on_failure_sns.as_ref().map(|t| {
+            let parts: Vec<&str> = t.get_ref().splitn(6, ':').collect();
+            if parts.len() != 6 || parts[0] != "arn" || parts[2] != "sns" || parts[5].is_empty() {
+                c.report(
+                    Some(t.span()),
+                    format!("{at}.on-failure-sns"),
+                    format!(
+                        "{:?} is not an SNS topic ARN: expected arn:aws:sns:REGION:ACCOUNT:TOPIC",
+                        t.get_ref()
+                    ),
+                );
+            }
+            t.get_ref().clone()
+        });
         let r = job.retention.as_ref();
         let retention = Retention {
             keep_last: r.and_then(|r| r.keep_last).unwrap_or(0),
@@ -390,6 +404,7 @@ pub(crate) fn validate(
             on_change,
             catch_up: job.catch_up.unwrap_or(false),
             on_failure: job.on_failure.as_ref().map(|c| c.get_ref().clone()),
+            on_failure_sns,
             retention,
         });
     }
@@ -802,14 +817,20 @@ fn aws(c: &mut Checker<'_>, raw: &RawAws) -> Aws {
         "seconds per attempt",
     )
     .map_or(DEFAULT_TIMEOUT_SECS, |v| v as u64);
-    Aws {
+    let mut aws = Aws {
         region,
         profile,
         ca_bundle,
         allow_http: raw.allow_http.unwrap_or(false),
         max_attempts,
         timeout_secs,
-    }
+        sns_endpoint: None,
+    };
+    aws.sns_endpoint = raw
+        .sns_endpoint
+        .as_ref()
+        .and_then(|e| endpoint(c, e, "aws.sns-endpoint", &aws));
+    aws
 }
 
 /// An integer setting within `range`, or a reported problem.

@@ -133,3 +133,81 @@ fn sighup_keeps_the_old_configuration_on_errors_and_applies_a_good_one() {
     agent.signal(Signal::TERM);
     assert!(agent.wait_exit(Duration::from_secs(30)).0.success());
 }
+
+#[test]
+fn catch_up_runs_a_missed_schedule_at_start_and_systemd_hears_about_it() {
+    use std::os::unix::net::UnixDatagram;
+
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("f"), b"data").unwrap();
+    // Daily at 03:00: the last one was missed (the job never ran).
+    let mut f = Fixture::new(&job(
+        "nightly",
+        src.path(),
+        "schedule = \"0 3 * * *\"\ncatch-up = true",
+    ));
+    f.init();
+    let socket_path = f.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    f.env
+        .push(("NOTIFY_SOCKET".into(), socket_path.display().to_string()));
+    f.env.push(("WATCHDOG_USEC".into(), "400000".into()));
+
+    let mut agent = Agent::start(&f);
+    let ran = wait_until(Duration::from_secs(20), || {
+        (runs(&f, "nightly") >= 1).then_some(())
+    });
+    assert!(
+        ran.is_some(),
+        "the missed run was not caught up; log:\n{}",
+        agent.log()
+    );
+    let status = f.run(&["status", "--json"]).ok().json();
+    assert_eq!(status[0]["last_run"]["trigger"], "catch-up");
+
+    // What systemd was told: READY, a STATUS line, watchdog pings.
+    let mut heard = Vec::new();
+    let mut buf = [0u8; 512];
+    while !(heard.iter().any(|m: &String| m == "READY=1")
+        && heard.iter().any(|m| m.starts_with("STATUS="))
+        && heard.iter().any(|m| m == "WATCHDOG=1"))
+    {
+        let n = socket.recv(&mut buf).expect("a notification within 20 s");
+        heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        heard
+            .iter()
+            .any(|m| m.starts_with("STATUS=running: nightly")
+                || m.starts_with("STATUS=idle; next: nightly at ")),
+        "{heard:?}"
+    );
+    agent.signal(Signal::TERM);
+    assert!(agent.wait_exit(Duration::from_secs(30)).0.success());
+}
+
+#[test]
+fn a_failed_run_calls_the_jobs_hook() {
+    let src = tempfile::tempdir().unwrap();
+    let marker = src.path().join("hook-ran");
+    let missing = src.path().join("does-not-exist");
+    let f = Fixture::new(&job(
+        "broken",
+        &missing,
+        &format!(
+            "schedule = \"* * * * * *\"\non-failure = \"echo $VAULTLINE_JOB $VAULTLINE_HOST > {}\"",
+            marker.display()
+        ),
+    ));
+    f.init();
+    let mut agent = Agent::start(&f);
+    let hooked = wait_until(Duration::from_secs(20), || fs::read_to_string(&marker).ok());
+    let hooked = hooked.unwrap_or_else(|| panic!("the hook never ran; log:\n{}", agent.log()));
+    assert_eq!(hooked.trim(), "broken testhost");
+    assert!(agent.log().contains("job broken: run failed"));
+    let status = f.run(&["status", "--json"]).ok().json();
+    assert_ne!(status[0]["last_run"]["result"], "ok");
+    agent.signal(Signal::TERM);
+    assert!(agent.wait_exit(Duration::from_secs(30)).0.success());
+}

@@ -66,3 +66,47 @@ fn sigterm_during_a_large_backup_stops_cleanly() {
     fs::write(src.path().join("small"), b"s").unwrap();
     fx.run(&["backup", "now", "--no-wait"]).ok();
 }
+
+#[test]
+fn a_failed_run_is_published_to_the_jobs_sns_topic() {
+    let m = moto();
+    let (bucket, key) = m.bucket_and_key("snsfail");
+    let sns = m.ctl(&["sns-queue", &crate::util::moto::unique_bucket("alerts")]);
+    let topic = sns["topic"].as_str().unwrap();
+    let missing = tempfile::tempdir().unwrap().path().join("gone");
+    let extra = format!(
+        "{}schedule = \"* * * * * *\"\non-failure-sns = \"{topic}\"\n",
+        job("lost", &[&missing])
+    );
+    let fx = s3_fixture(m, &bucket, &key, &extra);
+    let text = fs::read_to_string(&fx.config)
+        .unwrap()
+        .replace("[aws]\n", &format!("[aws]\nsns-endpoint = \"{}\"\n", m.endpoint));
+    fs::write(&fx.config, text).unwrap();
+    fx.init();
+    // The backup role may publish to that topic.
+    let policy = fx.run(&["policy", "iam", "--role", "backup"]).ok().json();
+    assert!(
+        policy
+            .to_string()
+            .contains(&format!("\"Resource\":[\"{topic}\"]")),
+        "{policy}"
+    );
+
+    let mut agent = Agent::start(&fx);
+    let url = sns["queue_url"].as_str().unwrap();
+    let got = wait_until(Duration::from_secs(40), || {
+        let msgs = m.ctl(&["receive", url, "2"]);
+        msgs.as_array().unwrap().first().cloned()
+    });
+    let msg = got.unwrap_or_else(|| panic!("nothing published; log:\n{}", agent.log()));
+    assert_eq!(
+        msg["Subject"], "vaultline: job lost on testhost: incomplete",
+        "{msg}"
+    );
+    let body: serde_json::Value = serde_json::from_str(msg["Message"].as_str().unwrap()).unwrap();
+    assert_eq!(body["job"], "lost");
+    assert_eq!(body["status"]["last_run"]["result"], "incomplete");
+    agent.signal(Signal::TERM);
+    assert!(agent.wait_exit(Duration::from_secs(30)).0.success());
+}

@@ -19,6 +19,8 @@ Every command prints JSON on stdout.
   versions BUCKET                      count of object versions and delete markers
   put-policy BUCKET FILE / get-policy BUCKET
   put-lifecycle BUCKET RULES_JSON / get-lifecycle BUCKET
+  sns-queue NAME                       an SNS topic with an SQS queue subscribed
+  receive QUEUE_URL [WAIT]             messages delivered to the queue
 """
 
 import json
@@ -256,6 +258,22 @@ def get_lifecycle(name):
     return client("s3").get_bucket_lifecycle_configuration(Bucket=name)["Rules"]
 
 
+def sns_queue(name):
+    """An SNS topic with an SQS queue subscribed, to see what was published."""
+    sns, sqs = client("sns"), client("sqs")
+    topic = sns.create_topic(Name=name)["TopicArn"]
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
+    return {"topic": topic, "queue_url": url}
+
+
+def receive(url, wait="10"):
+    """Messages delivered to the queue (SNS envelopes), waiting up to WAIT s."""
+    r = client("sqs").receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=int(wait))
+    return [json.loads(m["Body"]) for m in r.get("Messages", [])]
+
+
 def create_key():
     kms = client("kms")
     meta = kms.create_key(KeySpec="SYMMETRIC_DEFAULT", KeyUsage="ENCRYPT_DECRYPT")["KeyMetadata"]
@@ -346,6 +364,8 @@ COMMANDS = {
     "get-policy": get_policy,
     "put-lifecycle": put_lifecycle,
     "get-lifecycle": get_lifecycle,
+    "sns-queue": sns_queue,
+    "receive": receive,
 }
 
 if __name__ == "__main__":

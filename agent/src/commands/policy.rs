@@ -148,6 +148,19 @@ pub fn iam_policy(config: &Config, role: PolicyRole, key_arn: Option<&str>) -> R
                     "StringEquals": { format!("s3:RequestObjectTag/{}", tier.key): tier.value.as_str() }
                 }
             }));
+            let topics: Vec<&str> = config
+                .jobs
+                .iter()
+                .filter_map(|j| j.on_failure_sns.as_deref())
+                .collect();
+            if !topics.is_empty() {
+                statements.push(json!({
+                    "Sid": "PublishFailures",
+                    "Effect": "Allow",
+                    "Action": ["sns:Publish"],
+                    "Resource": topics
+                }));
+            }
             if let Some(key) = key_arn {
                 statements.push(json!({
                     "Sid": "GenerateDataKeysForThisHost",

@@ -382,6 +382,16 @@ impl Service {
     }
 
     fn on_failure(&self, job: &str) {
+        if self.config.job(job).is_some_and(|j| j.on_failure_sns.is_some()) {
+            let config = self.config.clone();
+            let name = job.to_string();
+            tokio::task::spawn_blocking(move || {
+                match App::from_config(config).and_then(|app| app.notify_failure(&name)) {
+                    Ok(()) => tracing::info!("job {name}: failure published to SNS"),
+                    Err(e) => tracing::error!("job {name}: cannot publish the failure to SNS: {e:#}"),
+                }
+            });
+        }
         let Some(hook) = self.config.job(job).and_then(|j| j.on_failure.clone()) else {
             return;
         };

@@ -744,6 +744,7 @@ mod tests {
             allow_http: true,
             max_attempts: 1,
             timeout_secs: 5,
+            sns_endpoint: None,
         };
         S3Store::new(Client::from_conf(conf), settings, &aws)
     }
