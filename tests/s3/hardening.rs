@@ -220,19 +220,8 @@ fn harden_apply_fixes_a_bare_bucket_keeping_what_was_there() {
 #[test]
 fn a_setting_the_principal_cannot_read_is_unknown_and_refuses_unless_accepted() {
     // IAM enforced after the three requests that create the admin user.
-    let m = Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]);
+    let (m, admin) = Moto::start_with_iam();
     let dir = tempfile::tempdir().unwrap();
-    let admin_policy = dir.path().join("admin.json");
-    fs::write(
-        &admin_policy,
-        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#,
-    )
-    .unwrap();
-    let admin = m.ctl_as(ADMIN, &["iam-user", "admin", admin_policy.to_str().unwrap()]);
-    let admin = (
-        admin["key"].as_str().unwrap().to_string(),
-        admin["secret"].as_str().unwrap().to_string(),
-    );
     let admin = (admin.0.as_str(), admin.1.as_str());
     let bucket = unique_bucket("unknown");
     m.ctl_as(admin, &["create-bucket", &bucket]);

@@ -18,10 +18,6 @@ use serde_json::Value;
 use crate::util::moto::{ADMIN, Moto, aws_env, job, unique_bucket, write_s3_config};
 use crate::util::{Fixture, assert_same_tree, restored};
 
-/// Requests moto serves without authentication: exactly the three that
-/// create the admin user (CreateUser, PutUserPolicy, CreateAccessKey).
-const SETUP_REQUESTS: &str = "3";
-
 fn creds(v: &Value) -> (String, String) {
     (
         v["key"].as_str().unwrap().to_string(),
@@ -50,15 +46,8 @@ fn for_moto(mut policy: Value) -> Value {
 
 #[test]
 fn backup_role_cannot_read_back_restore_role_can() {
-    let m = Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", SETUP_REQUESTS)]);
+    let (m, admin) = Moto::start_with_iam();
     let dir = tempfile::tempdir().unwrap();
-    let admin_policy = dir.path().join("admin.json");
-    fs::write(
-        &admin_policy,
-        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#,
-    )
-    .unwrap();
-    let admin = creds(&m.ctl_as(ADMIN, &["iam-user", "admin", admin_policy.to_str().unwrap()]));
     let admin = (admin.0.as_str(), admin.1.as_str());
 
     // From here on every request is authenticated and authorized.

@@ -101,6 +101,28 @@ impl Moto {
         }
     }
 
+    /// A server that enforces IAM after the three requests creating an
+    /// admin user (CreateUser, PutUserPolicy, CreateAccessKey); returns it
+    /// with that user's credentials.
+    pub fn start_with_iam() -> (Moto, (String, String)) {
+        let m = Moto::start(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]);
+        let policy = m._dir.path().join("admin-policy.json");
+        std::fs::write(
+            &policy,
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}"#,
+        )
+        .expect("write admin policy");
+        let admin = m.ctl_as(
+            ADMIN,
+            &["iam-user", "admin", policy.to_str().expect("utf-8 path")],
+        );
+        let admin = (
+            admin["key"].as_str().expect("key").to_string(),
+            admin["secret"].as_str().expect("secret").to_string(),
+        );
+        (m, admin)
+    }
+
     /// Runs tests/support/awsctl.py as the admin principal; returns its JSON.
     #[track_caller]
     pub fn ctl(&self, args: &[&str]) -> serde_json::Value {

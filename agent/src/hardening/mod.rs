@@ -289,16 +289,20 @@ where
     }
 }
 
-fn pab_from(c: Option<&aws_sdk_s3::types::PublicAccessBlockConfiguration>) -> Obs<PublicAccessBlock> {
-    match c {
-        Some(c) => Obs::Set(PublicAccessBlock {
-            block_public_acls: c.block_public_acls().unwrap_or(false),
-            ignore_public_acls: c.ignore_public_acls().unwrap_or(false),
-            block_public_policy: c.block_public_policy().unwrap_or(false),
-            restrict_public_buckets: c.restrict_public_buckets().unwrap_or(false),
-        }),
-        None => Obs::Absent,
-    }
+/// Block Public Access flags from the bucket (S3) or account (S3 Control)
+/// shape, which have the same four optional fields.
+macro_rules! pab_from {
+    ($c:expr) => {
+        match $c {
+            Some(c) => Obs::Set(PublicAccessBlock {
+                block_public_acls: c.block_public_acls().unwrap_or(false),
+                ignore_public_acls: c.ignore_public_acls().unwrap_or(false),
+                block_public_policy: c.block_public_policy().unwrap_or(false),
+                restrict_public_buckets: c.restrict_public_buckets().unwrap_or(false),
+            }),
+            None => Obs::Absent,
+        }
+    };
 }
 
 impl BucketState {
@@ -314,7 +318,7 @@ impl BucketState {
             "GetPublicAccessBlock",
             &["NoSuchPublicAccessBlockConfiguration"],
             block_on(client.get_public_access_block().bucket(bucket).send()),
-            |o| pab_from(o.public_access_block_configuration()),
+            |o| pab_from!(o.public_access_block_configuration()),
         )?;
         let policy = read(
             "GetBucketPolicy",
@@ -492,15 +496,7 @@ fn account_pab(sdk: &aws_config::SdkConfig, endpoint: Option<&str>) -> Result<Ob
         "s3:GetAccountPublicAccessBlock",
         &["NoSuchPublicAccessBlockConfiguration"],
         block_on(control.get_public_access_block().account_id(&account).send()),
-        |o| match o.public_access_block_configuration() {
-            Some(c) => Obs::Set(PublicAccessBlock {
-                block_public_acls: c.block_public_acls().unwrap_or(false),
-                ignore_public_acls: c.ignore_public_acls().unwrap_or(false),
-                block_public_policy: c.block_public_policy().unwrap_or(false),
-                restrict_public_buckets: c.restrict_public_buckets().unwrap_or(false),
-            }),
-            None => Obs::Absent,
-        },
+        |o| pab_from!(o.public_access_block_configuration()),
     )
 }
 
