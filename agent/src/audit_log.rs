@@ -22,7 +22,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -121,16 +121,24 @@ impl AuditLog {
             .with_context(|| format!("cannot lock audit trail {}", self.path.display()))?;
         let (seq, prev) = match last_line(&mut file)? {
             Some(line) => {
-                let v: Value = serde_json::from_str(&line).with_context(|| {
-                    format!(
-                        "the last line of audit trail {} is not JSON; run `vaultline audit-log verify`",
-                        self.path.display()
-                    )
-                })?;
-                let seq = v["seq"].as_u64().ok_or_else(|| {
-                    anyhow!("the last line of audit trail {} has no seq", self.path.display())
-                })?;
-                (seq + 1, sha256_hex(line.as_bytes()))
+                let seq = serde_json::from_str::<Value>(&line)
+                    .ok()
+                    .and_then(|v| v["seq"].as_u64());
+                let seq = match seq {
+                    Some(seq) => seq + 1,
+                    None => {
+                        // A torn or damaged last line (a crash, a full disk):
+                        // keep recording, chained to it, so backups go on;
+                        // `audit-log verify` still names it.
+                        tracing::warn!(
+                            "the last line of audit trail {} is damaged; run `vaultline audit-log verify`",
+                            self.path.display()
+                        );
+                        file.seek(SeekFrom::Start(0))?;
+                        BufReader::new(&file).lines().count() as u64 + 1
+                    }
+                };
+                (seq, sha256_hex(line.as_bytes()))
             }
             None => (1, GENESIS.to_string()),
         };
@@ -157,6 +165,14 @@ impl AuditLog {
     /// `STATE/audit.shipped`. Returns the segment's name, if there was
     /// anything to ship.
     pub fn ship(&self, repo: &Repo, host: &str) -> Result<Option<String>> {
+        // Under the trail's lock, so two processes do not ship the same lines.
+        let lock = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot open {}", self.path.display())),
+        };
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .with_context(|| format!("cannot lock audit trail {}", self.path.display()))?;
         let marker = self.path.with_file_name("audit.shipped");
         let shipped: u64 = std::fs::read_to_string(&marker)
             .ok()
@@ -209,7 +225,29 @@ pub struct Verified {
 }
 
 /// Checks the chain of `path`; the first broken line is an integrity error.
+/// A trail shorter than what was already shipped (`audit.shipped` beside
+/// it) lost lines at its end.
 pub fn verify(path: &Path) -> Result<Verified> {
+    let verified = verify_chain(path)?;
+    let marker = path.with_file_name("audit.shipped");
+    if let Some(shipped) = std::fs::read_to_string(&marker)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        && shipped > verified.lines
+    {
+        return Err(IntegrityError(format!(
+            "audit trail {}: it ends at line {} but lines up to {shipped} were already shipped (see {}): \
+             lines were removed from its end",
+            path.display(),
+            verified.lines,
+            marker.display()
+        ))
+        .into());
+    }
+    Ok(verified)
+}
+
+fn verify_chain(path: &Path) -> Result<Verified> {
     let file = File::open(path).with_context(|| format!("cannot open audit trail {}", path.display()))?;
     let mut prev_hash = GENESIS.to_string();
     let mut n = 0u64;

@@ -113,8 +113,34 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result.with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Holds an exclusive lock on `STATE/status/.lock` while `f` runs: status
+/// files are read, changed and rewritten, and the metrics rebuilt from
+/// them, by concurrent runs.
+fn locked<T>(state_dir: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let dir = status_dir(state_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".lock"))
+        .with_context(|| format!("cannot open the status lock in {}", dir.display()))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .context("cannot lock the status files")?;
+    f()
+}
+
 /// Records a run of `job` (and the hardening result it saw, if any).
 pub fn record_run(
+    state_dir: &Path,
+    job: &str,
+    run: RunRecord,
+    hardening: Option<HardeningRecord>,
+) -> Result<JobStatus> {
+    locked(state_dir, || record_run_unlocked(state_dir, job, run, hardening))
+}
+
+fn record_run_unlocked(
     state_dir: &Path,
     job: &str,
     run: RunRecord,
@@ -240,11 +266,13 @@ pub fn metrics_text(jobs: &[JobStatus]) -> String {
 
 /// Rewrites the metrics file from the status of every job in `jobs`.
 pub fn write_metrics(state_dir: &Path, path: &Path, jobs: &[String]) -> Result<()> {
-    let statuses = jobs
-        .iter()
-        .map(|j| load(state_dir, j))
-        .collect::<Result<Vec<_>>>()?;
-    write_atomic(path, metrics_text(&statuses).as_bytes())
+    locked(state_dir, || {
+        let statuses = jobs
+            .iter()
+            .map(|j| load(state_dir, j))
+            .collect::<Result<Vec<_>>>()?;
+        write_atomic(path, metrics_text(&statuses).as_bytes())
+    })
 }
 
 #[cfg(test)]

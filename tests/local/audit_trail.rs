@@ -96,6 +96,11 @@ fn runs_are_recorded_chained_and_tampering_is_named() {
     write(&reordered);
     bad("line 1: sequence number 2 where 1 belongs");
 
+    // Cutting lines off the end leaves a valid chain, but three lines were
+    // already shipped.
+    write(&lines[..2]);
+    bad("it ends at line 2 but lines up to 3 were already shipped");
+
     write(&lines);
     f.run(&["audit-log", "verify"]).ok();
 }

@@ -59,8 +59,30 @@ fn run_checked(
     audit: &crate::audit_log::AuditLog,
     committed: &std::cell::Cell<u32>,
 ) -> Result<()> {
-    app.repo.check_key(keys.as_ref())?;
-    let gate = crate::commands::audit::gate(app, audit)?;
+    // Failures before any job starts (wrong key, unreadable bucket settings)
+    // are failed runs too, for status and the metrics.
+    let early = (|| {
+        app.repo.check_key(keys.as_ref())?;
+        crate::commands::audit::gate(app, audit)
+    })();
+    let gate = match early {
+        Ok(gate) => gate,
+        Err(e) => {
+            let start = jiff::Timestamp::now();
+            for job in jobs {
+                record_status(
+                    app,
+                    &job.name,
+                    start,
+                    "failed",
+                    Some(format!("{e:#}")),
+                    None,
+                    None,
+                );
+            }
+            return Err(e);
+        }
+    };
     if let Some(refusal) = gate.refused {
         let start = jiff::Timestamp::now();
         for job in jobs {

@@ -30,7 +30,7 @@ pub fn run(app: &App) -> Result<()> {
         let next_run = job
             .schedule
             .as_ref()
-            .and_then(|s| s.next_after(now))
+            .and_then(|s| s.next_after_in(now, &app.config.agent.timezone))
             .and_then(|t| jiff::Timestamp::from_second(t).ok())
             .map(|t| t.to_string());
         rows.push(Row {
@@ -72,7 +72,7 @@ pub fn run(app: &App) -> Result<()> {
             t.push_str(&format!(
                 "  next run:     {}\n",
                 match (&r.next_run, &r.schedule) {
-                    (Some(n), Some(s)) => format!("{n} (schedule \"{s}\", UTC)"),
+                    (Some(n), Some(s)) => format!("{n} (schedule \"{s}\" in {})", app.config.agent.timezone),
                     _ => "not scheduled".into(),
                 }
             ));

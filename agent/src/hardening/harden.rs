@@ -49,8 +49,14 @@ enum Action {
     Versioning,
     Encryption,
     Policy(Value),
-    Lifecycle(Vec<LifecycleRule>),
-    Logging { bucket: String, prefix: String },
+    Lifecycle(
+        Vec<LifecycleRule>,
+        Option<aws_sdk_s3::types::TransitionDefaultMinimumObjectSize>,
+    ),
+    Logging {
+        bucket: String,
+        prefix: String,
+    },
     KeyRotation(String),
 }
 
@@ -234,12 +240,18 @@ pub fn plan(state: &BucketState, report: &Report, config: &Config, s3: &S3Reposi
         ));
     }
     let wants_noncurrent = lc.noncurrent_expire_days > 0 || lc.noncurrent_transition_days > 0;
+    // Only the repository's objects: other data in the bucket is not ours.
+    let repo_prefix = if s3.prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", s3.prefix)
+    };
     let has_noncurrent = existing.iter().any(|r| {
         super::enabled(r)
             && (r.noncurrent_version_expiration().is_some() || !r.noncurrent_version_transitions().is_empty())
     });
     if wants_noncurrent && !has_noncurrent && !matches!(state.lifecycle, Obs::Unknown(_)) {
-        let mut r = rule(NONCURRENT_RULE).filter(LifecycleRuleFilter::builder().prefix("").build());
+        let mut r = rule(NONCURRENT_RULE).filter(LifecycleRuleFilter::builder().prefix(&repo_prefix).build());
         if lc.noncurrent_transition_days > 0 {
             r = r.noncurrent_version_transitions(
                 NoncurrentVersionTransition::builder()
@@ -257,7 +269,8 @@ pub fn plan(state: &BucketState, report: &Report, config: &Config, s3: &S3Reposi
         }
         rules.push(r.build()?);
         added.push(format!(
-            "{NONCURRENT_RULE} (noncurrent versions: transition after {} days, expire after {} days; 0 = never)",
+            "{NONCURRENT_RULE} (noncurrent versions under {repo_prefix:?}: transition after {} days, expire after \
+             {} days; 0 = never)",
             lc.noncurrent_transition_days, lc.noncurrent_expire_days
         ));
     }
@@ -269,7 +282,7 @@ pub fn plan(state: &BucketState, report: &Report, config: &Config, s3: &S3Reposi
                 added.join(", "),
                 existing.len()
             ),
-            Action::Lifecycle(rules),
+            Action::Lifecycle(rules, state.lifecycle_min_size.clone()),
         );
     }
     if failing(report, "access-logging") {
@@ -421,10 +434,11 @@ pub fn apply(
             )?
             .map(|_| ())
             .map_err(|e| describe(&e)),
-            Action::Lifecycle(rules) => block_on(
+            Action::Lifecycle(rules, min_size) => block_on(
                 client
                     .put_bucket_lifecycle_configuration()
                     .bucket(bucket)
+                    .set_transition_default_minimum_object_size(min_size.clone())
                     .lifecycle_configuration(
                         BucketLifecycleConfiguration::builder()
                             .set_rules(Some(rules.clone()))

@@ -191,6 +191,9 @@ pub struct BucketState {
     pub logging: Obs<(String, String)>,
     /// Lifecycle rules, as S3 returns them.
     pub lifecycle: Obs<Vec<LifecycleRule>>,
+    /// The lifecycle configuration's TransitionDefaultMinimumObjectSize,
+    /// kept as it is when `harden` rewrites the rules.
+    pub lifecycle_min_size: Option<aws_sdk_s3::types::TransitionDefaultMinimumObjectSize>,
     /// Object lock: enabled, and its default retention when set.
     pub object_lock: Obs<(bool, Option<String>)>,
     /// The KMS key: enabled, rotation on (`Absent` for a local key).
@@ -401,11 +404,15 @@ impl BucketState {
                 None => Obs::Absent,
             },
         )?;
+        let mut lifecycle_min_size = None;
         let lifecycle = read(
             "GetBucketLifecycleConfiguration",
             &["NoSuchLifecycleConfiguration"],
             block_on(client.get_bucket_lifecycle_configuration().bucket(bucket).send()),
-            |o| Obs::Set(o.rules().to_vec()),
+            |o| {
+                lifecycle_min_size = o.transition_default_minimum_object_size().cloned();
+                Obs::Set(o.rules().to_vec())
+            },
         )?;
         let object_lock = read(
             "GetObjectLockConfiguration",
@@ -460,6 +467,7 @@ impl BucketState {
             encryption,
             logging,
             lifecycle,
+            lifecycle_min_size,
             object_lock,
             kms_key,
             account_public_access_block,
@@ -530,7 +538,9 @@ fn rule_targets_tagged(rule: &LifecycleRule, s3: &S3Repository) -> Option<bool> 
         return Some(tag_matches(tag));
     }
     if let Some(and) = filter.and() {
-        return Some(and.tags().iter().any(tag_matches) && prefix_ok(and.prefix()));
+        // Every tag of an And filter must match, so the rule's only tag
+        // must be the tier tag.
+        return Some(!and.tags().is_empty() && and.tags().iter().all(tag_matches) && prefix_ok(and.prefix()));
     }
     // A prefix-only or empty filter moves untagged objects too.
     Some(false)
@@ -538,6 +548,21 @@ fn rule_targets_tagged(rule: &LifecycleRule, s3: &S3Repository) -> Option<bool> 
 
 fn enabled(rule: &LifecycleRule) -> bool {
     rule.status().as_str() == "Enabled"
+}
+
+/// Whether a rule applies to every object of the repository (no filter, or
+/// only a prefix that the repository's prefix starts with).
+fn rule_covers_repository(rule: &LifecycleRule, s3: &S3Repository) -> bool {
+    match rule.filter() {
+        None => true,
+        Some(f) => {
+            f.tag().is_none()
+                && f.and().is_none()
+                && f.object_size_greater_than().is_none()
+                && f.object_size_less_than().is_none()
+                && f.prefix().is_none_or(|p| s3.prefix.starts_with(p))
+        }
+    }
 }
 
 /// Whether a rule that transitions every object covers the repository.
@@ -744,6 +769,7 @@ pub fn evaluate(state: &BucketState, config: &Config) -> Report {
                 match &state.lifecycle {
                     Obs::Set(rules) => match rules.iter().find(|r| {
                         enabled(r)
+                            && rule_covers_repository(r, s3)
                             && r.abort_incomplete_multipart_upload()
                                 .and_then(|a| a.days_after_initiation())
                                 .is_some()

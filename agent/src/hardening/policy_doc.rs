@@ -9,7 +9,6 @@
 //! organization, principal ARN…). Conditions on other keys (for instance
 //! `aws:SecureTransport`) do not make it private.
 
-use globset::GlobBuilder;
 use serde_json::Value;
 
 /// Condition keys that, with fixed (wildcard-free) values, restrict who can
@@ -80,18 +79,45 @@ fn restricted_by_condition(st: &Value) -> bool {
         return false;
     };
     ops.iter().any(|(op, keys)| {
-        // Negated operators ("everyone except this IP") restrict nothing.
-        if op.contains("Not") {
+        // Negated operators ("everyone except this IP") restrict nothing;
+        // neither do `…IfExists`, `ForAllValues:` and `Null`, which hold for
+        // an anonymous request that lacks the key.
+        if op.contains("Not") || op.ends_with("IfExists") || op.starts_with("ForAllValues") || op == "Null" {
             return false;
         }
         let Value::Object(keys) = keys else { return false };
         keys.iter().any(|(key, values)| {
-            RESTRICTING_KEYS.contains(&key.to_ascii_lowercase().as_str()) && {
+            let key = key.to_ascii_lowercase();
+            RESTRICTING_KEYS.contains(&key.as_str()) && {
                 let vals = strings(Some(values));
-                !vals.is_empty() && vals.iter().all(|v| !v.contains('*') && !v.contains('?'))
+                !vals.is_empty()
+                    && vals
+                        .iter()
+                        .all(|v| !(v.contains(['*', '?']) || (key == "aws:sourceip" && wide_cidr(v))))
             }
         })
     })
+}
+
+/// An IPv4 range wider than /8 (or an IPv6 range wider than /32): AWS
+/// counts those as public.
+fn wide_cidr(v: &str) -> bool {
+    match v.split_once('/') {
+        Some((addr, bits)) => {
+            let bits: u32 = bits.parse().unwrap_or(0);
+            if addr.contains(':') { bits < 32 } else { bits < 8 }
+        }
+        None => false,
+    }
+}
+
+/// Whether resource pattern `r` covers every name starting with `prefix`:
+/// a literal prefix of it followed by one trailing `*`, no other wildcard.
+fn covers_prefix(r: &str, prefix: &str) -> bool {
+    match r.strip_suffix('*') {
+        Some(lit) => !lit.contains(['*', '?']) && prefix.starts_with(lit),
+        None => false,
+    }
 }
 
 /// The statements that make the bucket public, by Sid (or index).
@@ -110,30 +136,33 @@ fn label(st: &Value, i: usize) -> String {
         .map_or_else(|| format!("statement {}", i + 1), |s| format!("statement {s:?}"))
 }
 
-fn glob_matches(pattern: &str, text: &str) -> bool {
-    GlobBuilder::new(pattern)
-        .literal_separator(false)
-        .backslash_escape(false)
-        .build()
-        .map(|g| g.compile_matcher().is_match(text))
-        .unwrap_or(false)
-}
-
 /// True when one statement denies every action on the bucket and all its
 /// objects to everyone whenever `aws:SecureTransport` is false.
 pub fn denies_insecure_transport(policy: &Value, bucket: &str) -> bool {
     let bucket_arn = format!("arn:aws:s3:::{bucket}");
-    let objects_arn = format!("{bucket_arn}/anything");
+    let objects_prefix = format!("{bucket_arn}/");
     statements(policy).into_iter().any(|st| {
-        if !effect_is(st, "Deny") || !principal_is_everyone(st) || st.get("NotAction").is_some() {
+        // A NotPrincipal Deny exempts someone: it must be everyone.
+        if !effect_is(st, "Deny")
+            || st.get("NotPrincipal").is_some()
+            || !principal_is_everyone(st)
+            || st.get("NotAction").is_some()
+            || st.get("NotResource").is_some()
+        {
             return false;
         }
         let all_actions = strings(st.get("Action")).iter().any(|a| a == "*" || a == "s3:*");
         let resources = strings(st.get("Resource"));
-        let covers = |arn: &str| resources.iter().any(|r| glob_matches(r, arn));
-        let insecure = match st.get("Condition") {
-            Some(Value::Object(ops)) => ops.iter().any(|(op, keys)| {
+        let covers_bucket = resources
+            .iter()
+            .any(|r| r == &bucket_arn || covers_prefix(r, &bucket_arn));
+        let covers_objects = resources.iter().any(|r| covers_prefix(r, &objects_prefix));
+        // Exactly one condition, aws:SecureTransport = false: any other
+        // condition would narrow the Deny.
+        let insecure_only = match st.get("Condition") {
+            Some(Value::Object(ops)) if ops.len() == 1 => ops.iter().all(|(op, keys)| {
                 (op == "Bool" || op == "BoolIfExists")
+                    && keys.as_object().is_some_and(|k| k.len() == 1)
                     && keys.get("aws:SecureTransport").is_some_and(|v| {
                         let vals = strings(Some(v));
                         vals.len() == 1 && vals[0].eq_ignore_ascii_case("false")
@@ -141,7 +170,7 @@ pub fn denies_insecure_transport(policy: &Value, bucket: &str) -> bool {
             }),
             _ => false,
         };
-        all_actions && covers(&bucket_arn) && covers(&objects_arn) && insecure
+        all_actions && covers_bucket && covers_objects && insecure_only
     })
 }
 
@@ -199,6 +228,18 @@ mod tests {
         );
         let org = Some(json!({"StringLike": {"aws:PrincipalOrgID": "o-*"}}));
         assert_eq!(public_statements(&allow(json!("*"), org)).len(), 1);
+        let ifexists = Some(json!({"StringEqualsIfExists": {"aws:SourceVpc": "vpc-1"}}));
+        assert_eq!(
+            public_statements(&allow(json!("*"), ifexists)).len(),
+            1,
+            "IfExists holds without the key"
+        );
+        let everywhere = ip("IpAddress", "0.0.0.0/0");
+        assert_eq!(
+            public_statements(&allow(json!("*"), everywhere)).len(),
+            1,
+            "0.0.0.0/0 is public"
+        );
         let tls = Some(json!({"Bool": {"aws:SecureTransport": "true"}}));
         assert_eq!(
             public_statements(&allow(json!("*"), tls)).len(),
@@ -245,6 +286,30 @@ mod tests {
         assert!(
             !denies_insecure_transport(&text_only, "b"),
             "matching text is not enough"
+        );
+        let some_objects = policy(json!([{"Effect": "Deny", "Principal": "*", "Action": "s3:*",
+            "Resource": ["arn:aws:s3:::b", "arn:aws:s3:::b/a*"],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]));
+        assert!(
+            !denies_insecure_transport(&some_objects, "b"),
+            "only keys starting with a"
+        );
+        let exempting = policy(
+            json!([{"Effect": "Deny", "NotPrincipal": {"AWS": "arn:aws:iam::1:root"},
+            "Action": "s3:*", "Resource": ["arn:aws:s3:::b", "arn:aws:s3:::b/*"],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}}}]),
+        );
+        assert!(
+            !denies_insecure_transport(&exempting, "b"),
+            "NotPrincipal exempts someone"
+        );
+        let narrowed = policy(json!([{"Effect": "Deny", "Principal": "*", "Action": "s3:*",
+            "Resource": ["arn:aws:s3:::b", "arn:aws:s3:::b/*"],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"},
+                          "StringEquals": {"aws:SourceVpce": "vpce-1"}}}]));
+        assert!(
+            !denies_insecure_transport(&narrowed, "b"),
+            "another condition narrows the Deny"
         );
     }
 }

@@ -253,9 +253,14 @@ impl Service {
                 }
                 self.status_line();
             }
+            // A reload during shutdown would restart the triggers.
+            Event::Reload if self.stopping.is_some() => {}
             Event::Reload => self.reload().await,
             Event::Stop(signal) => {
-                if self.stopping.is_none() {
+                if self.stopping.is_some() {
+                    tracing::warn!("{signal} again: stopping running backups now");
+                    self.stopping = Some(Instant::now());
+                } else {
                     let grace = Duration::from_secs(self.config.agent.grace_period_secs);
                     tracing::info!(
                         "{signal}: stopping; {} run(s) in progress get {}s to finish",
@@ -263,6 +268,12 @@ impl Service {
                         grace.as_secs()
                     );
                     sd_notify::notify("STOPPING=1");
+                    // Ask systemd for the grace period plus time to clean up,
+                    // whatever the unit's TimeoutStopSec.
+                    sd_notify::notify(&format!(
+                        "EXTEND_TIMEOUT_USEC={}",
+                        (grace + Duration::from_secs(60)).as_micros()
+                    ));
                     self.stop_triggers().await;
                     self.stopping = Some(Instant::now() + grace);
                 }
@@ -449,12 +460,12 @@ impl Service {
     async fn kill_running(&mut self) {
         let jobs: Vec<(String, Option<u32>)> = self.running.iter().map(|(j, r)| (j.clone(), r.pid)).collect();
         for (job, pid) in &jobs {
-            if let Some(pid) = pid {
-                tracing::warn!("job {job}: grace period over; stopping its run (process {pid})");
-                let _ = rustix::process::kill_process(
-                    rustix::process::Pid::from_raw(*pid as i32).unwrap_or(rustix::process::Pid::INIT),
-                    rustix::process::Signal::KILL,
+            if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+                tracing::warn!(
+                    "job {job}: grace period over; stopping its run (process {})",
+                    pid.as_raw_nonzero()
                 );
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
         // Wait for them to be reaped (their Done events).
@@ -518,7 +529,9 @@ fn cleanup(config: &Config, jobs: &[String]) {
     };
     for job in jobs {
         let result = (|| -> Result<usize> {
-            let _lock = JobLock::acquire(&config.agent.state_dir, job, true)?;
+            // Not waiting: if another run took the lock meanwhile, it
+            // cleans up itself when it starts.
+            let _lock = JobLock::acquire(&config.agent.state_dir, job, false)?;
             let prefix = app.repo.job_prefix(&config.agent.host, job);
             Ok(app.repo.store().clean_pending(&prefix)?)
         })();

@@ -75,7 +75,11 @@ impl JobWatch {
                 let paths = job.paths.clone();
                 let name = job.name.clone();
                 JobWatch::Scan(tokio::spawn(async move {
-                    let mut last = fingerprint(&paths);
+                    // Tree walks block: keep them off the async workers.
+                    let p = paths.clone();
+                    let Ok(mut last) = tokio::task::spawn_blocking(move || fingerprint(&p)).await else {
+                        return;
+                    };
                     loop {
                         tokio::time::sleep(Duration::from_secs(scan_interval_secs)).await;
                         let p = paths.clone();
@@ -114,9 +118,10 @@ fn walk(root: &Path, fp: &mut (u64, u64, i64)) {
             use std::os::unix::fs::MetadataExt;
             fp.0 += 1;
             fp.1 = fp.1.wrapping_add(meta.len());
+            let ns = |s: i64, n: i64| s.saturating_mul(1_000_000_000).saturating_add(n);
             fp.2 =
-                fp.2.max(meta.mtime() * 1_000_000_000 + meta.mtime_nsec())
-                    .max(meta.ctime());
+                fp.2.max(ns(meta.mtime(), meta.mtime_nsec()))
+                    .max(ns(meta.ctime(), meta.ctime_nsec()));
         }
     }
 }
