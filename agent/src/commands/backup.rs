@@ -20,22 +20,33 @@ pub fn run(app: &App, args: &BackupNowArgs) -> Result<()> {
     let audit = app.audit("backup now");
     let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
     audit.record("run-started", serde_json::json!({ "jobs": names }))?;
-    let keys = app.keys()?;
+    let keys = match app.keys() {
+        Ok(keys) => keys,
+        Err(e) => {
+            // No key, no run: still a failed run for status, metrics and the trail.
+            let start = jiff::Timestamp::now();
+            for job in &jobs {
+                record_status(
+                    app,
+                    &job.name,
+                    start,
+                    "failed",
+                    Some(format!("{e:#}")),
+                    None,
+                    None,
+                );
+            }
+            finish(app, &audit, &format!("{e:#}"), serde_json::Value::Null)?;
+            return Err(e);
+        }
+    };
     let committed = std::cell::Cell::new(0u32);
     let result = run_checked(app, args, &jobs, &keys, &audit, &committed);
-    let all: Vec<String> = app.config.jobs.iter().map(|j| j.name.clone()).collect();
-    if let Err(e) =
-        crate::status::write_metrics(&app.config.agent.state_dir, &app.config.agent.metrics_file, &all)
-    {
-        tracing::error!("{e:#}");
-    }
-    audit.record(
-        "run-finished",
-        serde_json::json!({
-            "result": match &result { Ok(()) => "ok".to_string(), Err(e) => format!("{e:#}") },
-            "key_use": keys.usage(),
-        }),
-    )?;
+    let outcome = match &result {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("{e:#}"),
+    };
+    finish(app, &audit, &outcome, keys.usage())?;
     if committed.get() > 0 {
         match audit.ship(&app.repo, &app.config.agent.host) {
             Ok(Some(name)) => tracing::debug!("audit trail shipped as {name}"),
@@ -47,6 +58,26 @@ pub fn run(app: &App, args: &BackupNowArgs) -> Result<()> {
         }
     }
     result
+}
+
+/// After a run: the metrics file from every job's status, and the
+/// run-finished line of the audit trail.
+fn finish(
+    app: &App,
+    audit: &crate::audit_log::AuditLog,
+    result: &str,
+    key_use: serde_json::Value,
+) -> Result<()> {
+    let all: Vec<String> = app.config.jobs.iter().map(|j| j.name.clone()).collect();
+    if let Err(e) =
+        crate::status::write_metrics(&app.config.agent.state_dir, &app.config.agent.metrics_file, &all)
+    {
+        tracing::error!("{e:#}");
+    }
+    audit.record(
+        "run-finished",
+        serde_json::json!({ "result": result, "key_use": key_use }),
+    )
 }
 
 /// The key check, the hardening gate, then the jobs; every job's outcome
