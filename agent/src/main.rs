@@ -5,8 +5,12 @@
 //! `commands/*` (one module per subcommand), `backup` and `snapshot` (the
 //! write and read pipelines), `archive` (walking and PAX tar), `manifest`,
 //! `extract` (safe restore into a directory), `repo` (layout, marker,
-//! sealed-object identity), `store/*` (object stores), `keys` (the local
-//! master key), `lock` (one run per job), `pipe`, `output`, `exit`.
+//! sealed-object identity), `store/*` (object stores: local directory, S3),
+//! `keys` (the local master key), `kms` (the AWS KMS key provider), `aws`
+//! (the shared runtime, SDK clients, error descriptions), `hardening`
+//! (bucket checks and `harden`), `audit_log` (the hash-chained audit
+//! trail), `status` (run records and metrics), `service` (`vaultline
+//! agent`), `lock` (one run per job), `pipe`, `output`, `exit`.
 
 mod app;
 mod archive;
