@@ -30,20 +30,8 @@ for tool in /usr/bin/time python3; do
     command -v "$tool" >/dev/null || { echo "bench: $tool is required" >&2; exit 2; }
 done
 
-echo "==> building vaultline (release)"
-cargo build --release --locked -q -p vaultline-agent
-vl=$root/target/release/vaultline
-
-corpus=$work/corpus-$size-$seed
-if [ ! -f "$corpus/.complete" ]; then
-    echo "==> generating corpus: make-corpus.sh $corpus $size $seed"
-    rm -rf "$corpus"
-    bench/make-corpus.sh "$corpus/tree" "$size" "$seed"
-    touch "$corpus/.complete"
-fi
-src=$corpus/tree
-bytes=$(find "$src" -type f -printf '%s\n' | awk '{s+=$1} END {printf "%.0f\n", s}')
-echo "==> corpus $src: $bytes bytes"
+# shellcheck source=bench/common.sh
+source bench/common.sh
 
 run=$work/s3-run-$$
 rm -rf "$run"

@@ -223,12 +223,7 @@ fn a_setting_the_principal_cannot_read_is_unknown_and_refuses_unless_accepted() 
     let (m, admin) = Moto::start_with_iam();
     let dir = tempfile::tempdir().unwrap();
     let admin = (admin.0.as_str(), admin.1.as_str());
-    let bucket = unique_bucket("unknown");
-    m.ctl_as(admin, &["create-bucket", &bucket]);
-    let key = m.ctl_as(admin, &["create-key"])["arn"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (bucket, key) = m.bucket_and_key_as(admin, "unknown");
     let src = tempfile::tempdir().unwrap();
     fs::write(src.path().join("f"), b"data").unwrap();
 

@@ -15,7 +15,7 @@ use std::fs;
 
 use serde_json::Value;
 
-use crate::util::moto::{ADMIN, Moto, aws_env, job, unique_bucket, write_s3_config};
+use crate::util::moto::{ADMIN, Moto, aws_env, job, write_s3_config};
 use crate::util::{Fixture, assert_same_tree, restored};
 
 fn creds(v: &Value) -> (String, String) {
@@ -66,12 +66,7 @@ fn backup_role_cannot_read_back_restore_role_can() {
         "the server enforces IAM: unknown credentials are refused"
     );
 
-    let bucket = unique_bucket("iam");
-    m.ctl_as(admin, &["create-bucket", &bucket]);
-    let key = m.ctl_as(admin, &["create-key"])["arn"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (bucket, key) = m.bucket_and_key_as(admin, "iam");
     let src = tempfile::tempdir().unwrap();
     fs::write(src.path().join("payroll.csv"), b"alice,100\nbob,200\n").unwrap();
     fs::create_dir(src.path().join("sub")).unwrap();

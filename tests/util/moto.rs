@@ -150,11 +150,16 @@ impl Moto {
         serde_json::from_slice(&out.stdout).expect("awsctl.py prints JSON")
     }
 
-    /// A fresh bucket name and KMS key for one test.
+    /// A fresh (hardened) bucket and KMS key for one test.
     pub fn bucket_and_key(&self, test: &str) -> (String, String) {
+        self.bucket_and_key_as(ADMIN, test)
+    }
+
+    /// The same, made with `creds` (on a server that enforces IAM).
+    pub fn bucket_and_key_as(&self, creds: (&str, &str), test: &str) -> (String, String) {
         let bucket = unique_bucket(test);
-        self.ctl(&["create-bucket", &bucket]);
-        let key = self.ctl(&["create-key"])["arn"]
+        self.ctl_as(creds, &["create-bucket", &bucket]);
+        let key = self.ctl_as(creds, &["create-key"])["arn"]
             .as_str()
             .expect("arn")
             .to_string();

@@ -24,18 +24,7 @@ pub fn run(app: &App, args: &BackupNowArgs) -> Result<()> {
         Ok(keys) => keys,
         Err(e) => {
             // No key, no run: still a failed run for status, metrics and the trail.
-            let start = jiff::Timestamp::now();
-            for job in &jobs {
-                record_status(
-                    app,
-                    &job.name,
-                    start,
-                    "failed",
-                    Some(format!("{e:#}")),
-                    None,
-                    None,
-                );
-            }
+            record_all(app, &jobs, "failed", format!("{e:#}"), None);
             finish(app, &audit, &format!("{e:#}"), serde_json::Value::Null)?;
             return Err(e);
         }
@@ -99,37 +88,38 @@ fn run_checked(
     let gate = match early {
         Ok(gate) => gate,
         Err(e) => {
-            let start = jiff::Timestamp::now();
-            for job in jobs {
-                record_status(
-                    app,
-                    &job.name,
-                    start,
-                    "failed",
-                    Some(format!("{e:#}")),
-                    None,
-                    None,
-                );
-            }
+            record_all(app, jobs, "failed", format!("{e:#}"), None);
             return Err(e);
         }
     };
     if let Some(refusal) = gate.refused {
-        let start = jiff::Timestamp::now();
-        for job in jobs {
-            record_status(
-                app,
-                &job.name,
-                start,
-                "refused",
-                Some(refusal.to_string()),
-                None,
-                gate.record.clone(),
-            );
-        }
+        record_all(app, jobs, "refused", refusal.to_string(), gate.record);
         return Err(refusal.into());
     }
     run_jobs(app, args, jobs, keys, audit, committed, gate.record)
+}
+
+/// Records the same outcome for every job of a run that stopped before any
+/// job started.
+fn record_all(
+    app: &App,
+    jobs: &[&vaultline_config::Job],
+    result: &str,
+    error: String,
+    hardening: Option<crate::status::HardeningRecord>,
+) {
+    let start = jiff::Timestamp::now();
+    for job in jobs {
+        record_status(
+            app,
+            &job.name,
+            start,
+            result,
+            Some(error.clone()),
+            None,
+            hardening.clone(),
+        );
+    }
 }
 
 /// Records one job's run for `status` and the metrics; a failure to record

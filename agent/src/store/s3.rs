@@ -159,21 +159,7 @@ impl ObjectStore for S3Store {
     }
 
     fn create(&self, name: &str, class: ObjectClass) -> io::Result<Box<dyn PendingObject>> {
-        let base = self.inner.settings.part_size;
-        Ok(Box::new(S3Pending {
-            inner: self.inner.clone(),
-            key: name.to_string(),
-            class,
-            buf: Vec::with_capacity(base as usize),
-            limit: base as usize,
-            upload_id: None,
-            next_part: 1,
-            in_flight: VecDeque::new(),
-            done: Vec::new(),
-            spare: Vec::new(),
-            size: 0,
-            failed: false,
-        }))
+        Ok(Box::new(S3Pending::new(self.inner.clone(), name, class)))
     }
 
     fn open(&self, name: &str) -> io::Result<Box<dyn Read + Send>> {
@@ -292,6 +278,24 @@ struct S3Pending {
 }
 
 impl S3Pending {
+    fn new(inner: Arc<Inner>, key: &str, class: ObjectClass) -> Self {
+        let base = inner.settings.part_size as usize;
+        S3Pending {
+            inner,
+            key: key.to_string(),
+            class,
+            buf: Vec::with_capacity(base),
+            limit: base,
+            upload_id: None,
+            next_part: 1,
+            in_flight: VecDeque::new(),
+            done: Vec::new(),
+            spare: Vec::new(),
+            size: 0,
+            failed: false,
+        }
+    }
+
     fn start_upload(&mut self) -> Result<String> {
         let inner = &self.inner;
         let mut req = inner
@@ -558,19 +562,11 @@ impl PendingObject for S3Pending {
             Ok(info) => Ok(info),
             Err(e) => {
                 self.abandon();
-                if let Some(store_err) = e.downcast_ref::<StoreError>() {
-                    return Err(io::Error::other(match store_err {
-                        StoreError::AlreadyExists { name, store } => StoreError::AlreadyExists {
-                            name: name.clone(),
-                            store: store.clone(),
-                        },
-                        StoreError::NotFound { name, store } => StoreError::NotFound {
-                            name: name.clone(),
-                            store: store.clone(),
-                        },
-                    }));
-                }
-                Err(io_err(e))
+                // A StoreError keeps its type, so callers can act on it.
+                Err(match e.downcast::<StoreError>() {
+                    Ok(store_err) => io::Error::other(store_err),
+                    Err(e) => io_err(e),
+                })
             }
         }
     }
@@ -769,20 +765,7 @@ mod tests {
     #[test]
     fn fewer_parts_fly_as_parts_grow() {
         let store = unreachable_store();
-        let mut p = S3Pending {
-            inner: store.inner.clone(),
-            key: "k".into(),
-            class: ObjectClass::Control,
-            buf: Vec::new(),
-            limit: 5 << 20,
-            upload_id: None,
-            next_part: 1,
-            in_flight: VecDeque::new(),
-            done: Vec::new(),
-            spare: Vec::new(),
-            size: 0,
-            failed: false,
-        };
+        let mut p = S3Pending::new(store.inner.clone(), "k", ObjectClass::Control);
         assert_eq!(p.max_in_flight(), 2);
         p.limit = 10 << 20;
         assert_eq!(p.max_in_flight(), 1);
