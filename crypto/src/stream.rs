@@ -259,6 +259,8 @@ pub struct SealedReader<R: BufRead> {
     counter: u64,
     /// Offset in the object of the next unread byte.
     offset: u64,
+    /// For a ranged reader: the chunk index at which the range ends.
+    limit: Option<u64>,
     state: ReadState,
 }
 
@@ -300,6 +302,32 @@ impl<R: BufRead> SealedReader<R> {
             len: 0,
             counter: 0,
             offset: offset + BINDING_SIZE as u64,
+            limit: None,
+            state: ReadState::Reading,
+        })
+    }
+
+    /// A reader of chunks `first..end` only (`end` = None: to the final
+    /// chunk), for ranged reads: `inner` must start at byte
+    /// [`Header::chunk_offset`]`(first)` of the object. Checks the key
+    /// commitment and the header MAC; the binding tag is not in the range,
+    /// but every chunk still authenticates only at its own index of this
+    /// object (its payload key is the object's own). `read` returns 0 when
+    /// the range ends (after chunk `end - 1`), or, as always, after an
+    /// authentic final chunk and the end of the input.
+    pub fn at_chunk(inner: R, header: &Header, key: &DataKey, first: u64, end: Option<u64>) -> Result<Self> {
+        let keys = header.verify(key)?;
+        let chunk_size = header.chunk_size() as usize;
+        Ok(SealedReader {
+            inner,
+            aead: chunk_aead(&keys.payload),
+            chunk_size,
+            buf: Zeroizing::new(vec![0; chunk_size + TAG_SIZE]),
+            pos: 0,
+            len: 0,
+            counter: first,
+            offset: header.chunk_offset(first),
+            limit: end,
             state: ReadState::Reading,
         })
     }
@@ -452,7 +480,7 @@ impl<R: BufRead> Read for SealedReader<R> {
                 ReadState::Done => return Ok(0),
                 ReadState::Failed => return Err(poisoned()),
                 ReadState::Reading => {
-                    if out.is_empty() {
+                    if out.is_empty() || self.limit == Some(self.counter) {
                         return Ok(0);
                     }
                     // A caller buffer that holds a whole sealed chunk is

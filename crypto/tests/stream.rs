@@ -281,3 +281,49 @@ fn plaintext_of_a_chunk_is_released_only_after_it_authenticates() {
         Some(Error::ChunkTampered { index: 2, .. })
     ));
 }
+
+/// Ranged reads: any run of chunks, taken from the middle of the object,
+/// yields exactly that run's plaintext; a chunk from another position, or a
+/// non-final chunk presented as the end of the range that reaches the final
+/// chunk, does not authenticate.
+#[test]
+fn ranged_reads_yield_exactly_their_chunks_and_nothing_else() {
+    let (sealed, plain, key) = sample();
+    let (header, _) = Header::parse(&sealed).unwrap();
+    let chunks = 5u64;
+    let at = |k: u64| header.chunk_offset(k) as usize;
+    for first in 0..chunks {
+        for end in first + 1..=chunks {
+            let bytes = if end == chunks {
+                &sealed[at(first)..]
+            } else {
+                &sealed[at(first)..at(end)]
+            };
+            let limit = (end < chunks).then_some(end);
+            let mut r = SealedReader::at_chunk(bytes, &header, &key, first, limit).unwrap();
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).unwrap();
+            let lo = first as usize * 1024;
+            let hi = (end as usize * 1024).min(plain.len());
+            assert_eq!(out, &plain[lo..hi], "chunks {first}..{end}");
+        }
+    }
+    // Chunk 2's bytes presented as chunk 1.
+    let mut r = SealedReader::at_chunk(&sealed[at(2)..at(3)], &header, &key, 1, Some(2)).unwrap();
+    let err = into_error(r.read_to_end(&mut Vec::new()).unwrap_err());
+    assert!(
+        matches!(err, Error::ChunkOutOfOrder { index: 1, sealed_as: 2, .. }),
+        "{err:?}"
+    );
+    // The range to the end, cut short by one chunk: the last chunk read is
+    // not final, so the input ends where a chunk should be.
+    let mut r = SealedReader::at_chunk(&sealed[at(3)..at(4)], &header, &key, 3, None).unwrap();
+    let err = into_error(r.read_to_end(&mut Vec::new()).unwrap_err());
+    assert!(matches!(err, Error::Truncated { index: 4, .. }), "{err:?}");
+    // A wrong data key is refused before any chunk is read.
+    let other = DataKey::from_bytes([7; 32]);
+    assert!(matches!(
+        SealedReader::at_chunk(&sealed[at(1)..], &header, &other, 1, None).err(),
+        Some(Error::WrongKey)
+    ));
+}
