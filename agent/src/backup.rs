@@ -134,11 +134,11 @@ pub fn run(
         }],
     };
     let store = repo.store();
-    let manifest_obj = store.create(&manifest_name, ObjectClass::Control)?;
+    let manifest_obj = store.create(&manifest_name, ObjectClass::Control, None)?;
     let mut manifest = ManifestWriter::new(manifest_obj, &manifest_key, manifest_env, manifest_ctx, &header)
         .with_context(|| format!("starting manifest {manifest_name}"))?;
     drop(manifest_key);
-    let archive_obj = store.create(&archive_name, ObjectClass::Archive)?;
+    let archive_obj = store.create(&archive_name, ObjectClass::Archive, None)?;
 
     let level = job.compression_level;
     let threads = match job.compression_threads {

@@ -8,13 +8,13 @@
 //! sealed, but names and sizes are nobody else's business either.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{CWD, RenameFlags, renameat_with};
 
-use super::{ObjectClass, ObjectInfo, ObjectStore, PendingObject, StoreError};
+use super::{ObjectClass, ObjectInfo, ObjectMeta, ObjectStore, PendingObject, Retention, StoreError, Thaw};
 
 const PENDING_MARK: &str = ".pending-";
 /// Large writes: the pipeline hands over 1 MiB at a time.
@@ -65,46 +65,59 @@ impl ObjectStore for LocalStore {
         format!("local repository {}", self.root.display())
     }
 
-    fn create(&self, name: &str, _class: ObjectClass) -> io::Result<Box<dyn PendingObject>> {
-        let path = self.path(name)?;
-        let dir = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| self.root.clone());
-        DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
-        let base = path.file_name().and_then(|n| n.to_str()).unwrap_or("object");
-        let mut suffix = [0u8; 8];
-        getrandom::fill(&mut suffix).map_err(|e| io::Error::other(e.to_string()))?;
-        let temp = dir.join(format!(".{base}{PENDING_MARK}{}", hex::encode(suffix)));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)?;
-        Ok(Box::new(LocalPending {
-            file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
-            temp,
-            path,
-            dir,
-            name: name.to_string(),
-            store: self.describe(),
-            written: 0,
-        }))
+    fn create(
+        &self,
+        name: &str,
+        _class: ObjectClass,
+        _retention: Option<&Retention>,
+    ) -> io::Result<Box<dyn PendingObject>> {
+        Ok(Box::new(self.pending(name)?))
     }
 
     fn open(&self, name: &str) -> io::Result<Box<dyn Read + Send>> {
+        Ok(Box::new(self.open_file(name)?))
+    }
+
+    fn open_range(&self, name: &str, start: u64, end: Option<u64>) -> io::Result<Box<dyn Read + Send>> {
+        let mut file = self.open_file(name)?;
+        file.seek(SeekFrom::Start(start))?;
+        Ok(match end {
+            Some(end) => Box::new(file.take(end.saturating_sub(start))),
+            None => Box::new(file),
+        })
+    }
+
+    fn head(&self, name: &str) -> io::Result<ObjectMeta> {
+        let meta = self.open_file(name)?.metadata()?;
+        Ok(ObjectMeta {
+            size: meta.len(),
+            storage_class: None,
+            thaw: Thaw::Readable,
+            retention: None,
+        })
+    }
+
+    fn delete(&self, name: &str) -> io::Result<()> {
         let path = self.path(name)?;
-        match File::open(&path) {
-            Ok(f) => Ok(Box::new(f)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                StoreError::NotFound {
-                    name: name.to_string(),
-                    store: self.describe(),
-                },
-            )),
-            Err(e) => Err(e),
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(self.not_found(name)),
+            Err(e) => return Err(e),
         }
+        // An emptied snapshot directory goes too; anything else stays.
+        if let Some(dir) = path.parent()
+            && dir != self.root
+        {
+            let _ = fs::remove_dir(dir);
+        }
+        Ok(())
+    }
+
+    fn replace(&self, name: &str, bytes: &[u8]) -> io::Result<ObjectInfo> {
+        let mut pending = self.pending(name)?;
+        pending.write_all(bytes)?;
+        pending.replace = true;
+        Box::new(pending).commit()
     }
 
     fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
@@ -160,7 +173,59 @@ impl ObjectStore for LocalStore {
     }
 }
 
+impl LocalStore {
+    fn not_found(&self, name: &str) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            StoreError::NotFound {
+                name: name.to_string(),
+                store: self.describe(),
+            },
+        )
+    }
+
+    fn open_file(&self, name: &str) -> io::Result<File> {
+        let path = self.path(name)?;
+        match File::open(&path) {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(self.not_found(name)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn pending(&self, name: &str) -> io::Result<LocalPending> {
+        let path = self.path(name)?;
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
+        DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+        let base = path.file_name().and_then(|n| n.to_str()).unwrap_or("object");
+        let mut suffix = [0u8; 8];
+        getrandom::fill(&mut suffix).map_err(|e| io::Error::other(e.to_string()))?;
+        let temp = dir.join(format!(".{base}{PENDING_MARK}{}", hex::encode(suffix)));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)?;
+        Ok(LocalPending {
+            file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+            temp,
+            path,
+            dir,
+            name: name.to_string(),
+            store: self.describe(),
+            written: 0,
+            replace: false,
+        })
+    }
+}
+
+
 struct LocalPending {
+    /// Set for `replace`: the rename may replace an existing object.
+    replace: bool,
     file: Option<BufWriter<File>>,
     temp: PathBuf,
     path: PathBuf,
@@ -195,7 +260,12 @@ impl PendingObject for LocalPending {
         let file = file.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         drop(file);
-        match renameat_with(CWD, &self.temp, CWD, &self.path, RenameFlags::NOREPLACE) {
+        let flags = if self.replace {
+            RenameFlags::empty()
+        } else {
+            RenameFlags::NOREPLACE
+        };
+        match renameat_with(CWD, &self.temp, CWD, &self.path, flags) {
             Ok(()) => {}
             Err(rustix::io::Errno::EXIST) => {
                 return Err(io::Error::new(
@@ -239,7 +309,7 @@ mod tests {
     fn objects_appear_only_on_commit_and_are_never_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path());
-        let mut obj = store.create("a/b/c.obj", ObjectClass::Archive).unwrap();
+        let mut obj = store.create("a/b/c.obj", ObjectClass::Archive, None).unwrap();
         obj.write_all(b"hello").unwrap();
         assert!(
             store.list("a/").unwrap().is_empty(),
@@ -268,12 +338,12 @@ mod tests {
     fn dropped_and_crashed_writes_leave_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path());
-        let mut obj = store.create("x/y.obj", ObjectClass::Archive).unwrap();
+        let mut obj = store.create("x/y.obj", ObjectClass::Archive, None).unwrap();
         obj.write_all(b"partial").unwrap();
         drop(obj);
         assert_eq!(fs::read_dir(dir.path().join("x")).unwrap().count(), 0);
         // A crash leaves the temp file: simulate with mem::forget.
-        let mut obj = store.create("x/z.obj", ObjectClass::Archive).unwrap();
+        let mut obj = store.create("x/z.obj", ObjectClass::Archive, None).unwrap();
         obj.write_all(b"partial").unwrap();
         obj.flush().unwrap();
         std::mem::forget(obj);

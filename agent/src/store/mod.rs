@@ -35,6 +35,56 @@ pub struct ObjectInfo {
     pub size: u64,
 }
 
+/// Object Lock retention (S3 Object Lock): the object version cannot be
+/// deleted or overwritten before `until`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// `GOVERNANCE` (privileged users may lift it) or `COMPLIANCE` (nobody can).
+    pub mode: String,
+    /// RFC 3339 time the lock ends.
+    pub until: jiff::Timestamp,
+}
+
+/// Where an archived (Glacier) object stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Thaw {
+    /// Readable now: not in an archive storage class.
+    Readable,
+    /// In GLACIER or DEEP_ARCHIVE and no restore was requested.
+    Frozen,
+    /// A restore was requested and is still running.
+    InProgress,
+    /// A restored copy is readable until `expiry` (as the server says it).
+    Restored {
+        /// When the restored copy goes away.
+        expiry: Option<String>,
+    },
+}
+
+/// What a HEAD reports about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Size in bytes.
+    pub size: u64,
+    /// Storage class, when the store has them (`STANDARD`, `GLACIER`, …).
+    pub storage_class: Option<String>,
+    /// Whether it can be read now.
+    pub thaw: Thaw,
+    /// Its Object Lock retention, if any.
+    pub retention: Option<Retention>,
+}
+
+/// The answer to a restore (thaw) request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreRequest {
+    /// A new restore was started.
+    Started,
+    /// One was running already (not requested again).
+    AlreadyInProgress,
+    /// The object is readable already (not archived, or restored).
+    NotNeeded,
+}
+
 /// Errors with a meaning callers act on. Other failures are plain `io::Error`s
 /// with context.
 #[derive(Debug, thiserror::Error)]
@@ -63,13 +113,43 @@ pub trait ObjectStore: Send + Sync {
     /// A human description for messages: `local repository /srv/backups`.
     fn describe(&self) -> String;
 
-    /// Starts writing object `name`. Nothing is visible under `name` until
-    /// the returned object is committed.
-    fn create(&self, name: &str, class: ObjectClass) -> io::Result<Box<dyn PendingObject>>;
+    /// Starts writing object `name`, locked with `retention` when given.
+    /// Nothing is visible under `name` until the returned object is
+    /// committed.
+    fn create(
+        &self,
+        name: &str,
+        class: ObjectClass,
+        retention: Option<&Retention>,
+    ) -> io::Result<Box<dyn PendingObject>>;
 
     /// Reads object `name` from the start. `StoreError::NotFound` (inside the
     /// `io::Error`) when it does not exist.
     fn open(&self, name: &str) -> io::Result<Box<dyn Read + Send>>;
+
+    /// Reads bytes `start..end` of object `name` (`end` = None: to its end).
+    fn open_range(&self, name: &str, start: u64, end: Option<u64>) -> io::Result<Box<dyn Read + Send>>;
+
+    /// Size, storage class, thaw state and lock of object `name`.
+    fn head(&self, name: &str) -> io::Result<ObjectMeta>;
+
+    /// Removes object `name`. In a versioned bucket this hides it behind a
+    /// delete marker; the lifecycle rules remove the noncurrent version.
+    fn delete(&self, name: &str) -> io::Result<()>;
+
+    /// Replaces a small control object (a re-wrapped manifest, the marker),
+    /// atomically: readers see the old or the new object, never a mix.
+    fn replace(&self, name: &str, bytes: &[u8]) -> io::Result<ObjectInfo>;
+
+    /// Asks for an archived object to be made readable for `days` days at
+    /// retrieval `tier` (`Standard`, `Bulk`, `Expedited`).
+    fn request_restore(&self, name: &str, days: u32, tier: &str) -> io::Result<RestoreRequest> {
+        let _ = (days, tier);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{}: {name} cannot be thawed: this store has no archive storage classes", self.describe()),
+        ))
+    }
 
     /// Every object whose name starts with `prefix`, sorted by name.
     fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>>;
@@ -80,7 +160,7 @@ pub trait ObjectStore: Send + Sync {
 
     /// Writes a small object in one go.
     fn put(&self, name: &str, class: ObjectClass, bytes: &[u8]) -> io::Result<ObjectInfo> {
-        let mut obj = self.create(name, class)?;
+        let mut obj = self.create(name, class, None)?;
         obj.write_all(bytes)?;
         obj.commit()
     }

@@ -33,13 +33,17 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, StorageClass};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, ObjectLockMode, StorageClass,
+};
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use vaultline_config::{Aws, S3Repository};
 
-use super::{ObjectClass, ObjectInfo, ObjectStore, PendingObject, StoreError};
+use super::{
+    ObjectClass, ObjectInfo, ObjectMeta, ObjectStore, PendingObject, RestoreRequest, Retention, StoreError, Thaw,
+};
 use crate::aws::{block_on, describe, error_code, runtime};
 
 /// S3's limit on parts per upload.
@@ -130,6 +134,19 @@ impl Inner {
     }
 }
 
+/// Reads S3's `x-amz-restore` header: `ongoing-request="true"`, or
+/// `ongoing-request="false", expiry-date="Fri, 21 Dec 2012 00:00:00 GMT"`.
+fn parse_restore_header(value: &str) -> Thaw {
+    if value.contains("ongoing-request=\"true\"") {
+        return Thaw::InProgress;
+    }
+    let expiry = value
+        .split_once("expiry-date=\"")
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(date, _)| date.to_string());
+    Thaw::Restored { expiry }
+}
+
 fn io_err(e: anyhow::Error) -> io::Error {
     io::Error::other(format!("{e:#}"))
 }
@@ -158,24 +175,148 @@ impl ObjectStore for S3Store {
         }
     }
 
-    fn create(&self, name: &str, class: ObjectClass) -> io::Result<Box<dyn PendingObject>> {
-        Ok(Box::new(S3Pending::new(self.inner.clone(), name, class)))
+    fn create(
+        &self,
+        name: &str,
+        class: ObjectClass,
+        retention: Option<&Retention>,
+    ) -> io::Result<Box<dyn PendingObject>> {
+        let mut pending = S3Pending::new(self.inner.clone(), name, class);
+        pending.retention = retention.cloned();
+        Ok(Box::new(pending))
     }
 
     fn open(&self, name: &str) -> io::Result<Box<dyn Read + Send>> {
+        self.open_range(name, 0, None)
+    }
+
+    fn open_range(&self, name: &str, start: u64, end: Option<u64>) -> io::Result<Box<dyn Read + Send>> {
         let mut reader = S3Reader {
             inner: self.inner.clone(),
             key: name.to_string(),
             etag: None,
             body: None,
             chunk: Bytes::new(),
-            pos: 0,
-            len: 0,
+            pos: start,
+            end,
             attempts_left: self.inner.max_attempts,
             started: false,
         };
+        if end.is_some_and(|e| e <= start) {
+            return Ok(Box::new(io::empty()));
+        }
         reader.request()?;
         Ok(Box::new(reader))
+    }
+
+    fn head(&self, name: &str) -> io::Result<ObjectMeta> {
+        let inner = &self.inner;
+        let req = inner.client.head_object().bucket(&inner.bucket).key(name);
+        let out = match block_on(req.send()).map_err(io_err)? {
+            Ok(out) => out,
+            Err(e) => {
+                if matches!(error_code(&e).as_deref(), Some("NoSuchKey" | "NotFound"))
+                    || e.raw_response().is_some_and(|r| r.status().as_u16() == 404)
+                {
+                    return Err(io::Error::other(StoreError::NotFound {
+                        name: name.to_string(),
+                        store: format!("bucket {}", inner.bucket),
+                    }));
+                }
+                return Err(io::Error::other(format!(
+                    "HeadObject {}: {}",
+                    inner.url(name),
+                    describe(&e)
+                )));
+            }
+        };
+        let storage_class = out.storage_class().map(|c| c.as_str().to_string());
+        let archived = matches!(storage_class.as_deref(), Some("GLACIER" | "DEEP_ARCHIVE"));
+        let thaw = match (archived, out.restore()) {
+            (false, _) => Thaw::Readable,
+            (true, None) => Thaw::Frozen,
+            (true, Some(r)) => parse_restore_header(r),
+        };
+        let retention = match (out.object_lock_mode(), out.object_lock_retain_until_date()) {
+            (Some(mode), Some(until)) => {
+                let until = jiff::Timestamp::from_second(until.secs())
+                    .map_err(|e| io::Error::other(format!("HeadObject {}: {e}", inner.url(name))))?;
+                Some(Retention {
+                    mode: mode.as_str().to_string(),
+                    until,
+                })
+            }
+            _ => None,
+        };
+        Ok(ObjectMeta {
+            size: out.content_length().unwrap_or(0).max(0) as u64,
+            storage_class,
+            thaw,
+            retention,
+        })
+    }
+
+    fn delete(&self, name: &str) -> io::Result<()> {
+        let inner = &self.inner;
+        let req = inner.client.delete_object().bucket(&inner.bucket).key(name);
+        block_on(req.send()).map_err(io_err)?.map_err(|e| {
+            io::Error::other(format!("DeleteObject {}: {}", inner.url(name), describe(&e)))
+        })?;
+        Ok(())
+    }
+
+    fn replace(&self, name: &str, bytes: &[u8]) -> io::Result<ObjectInfo> {
+        let inner = &self.inner;
+        let req = inner
+            .client
+            .put_object()
+            .bucket(&inner.bucket)
+            .key(name)
+            .content_length(bytes.len() as i64)
+            .checksum_algorithm(ChecksumAlgorithm::Sha256)
+            .checksum_sha256(sha256_b64(bytes))
+            .storage_class(StorageClass::Standard)
+            .body(ByteStream::from(bytes.to_vec()));
+        block_on(req.send()).map_err(io_err)?.map_err(|e| {
+            io::Error::other(format!("PutObject {}: {}", inner.url(name), describe(&e)))
+        })?;
+        Ok(ObjectInfo {
+            name: name.to_string(),
+            size: bytes.len() as u64,
+        })
+    }
+
+    fn request_restore(&self, name: &str, days: u32, tier: &str) -> io::Result<RestoreRequest> {
+        use aws_sdk_s3::types::{GlacierJobParameters, RestoreRequest as S3Restore, Tier};
+        let inner = &self.inner;
+        let request = S3Restore::builder()
+            .days(days as i32)
+            .glacier_job_parameters(
+                GlacierJobParameters::builder()
+                    .tier(Tier::from(tier))
+                    .build()
+                    .map_err(|e| io::Error::other(e.to_string()))?,
+            )
+            .build();
+        let req = inner
+            .client
+            .restore_object()
+            .bucket(&inner.bucket)
+            .key(name)
+            .restore_request(request);
+        match block_on(req.send()).map_err(io_err)? {
+            // 202 Accepted: started; 200 OK: a restored copy exists already.
+            Ok(_) => Ok(RestoreRequest::Started),
+            Err(e) => match error_code(&e).as_deref() {
+                Some("RestoreAlreadyInProgress") => Ok(RestoreRequest::AlreadyInProgress),
+                Some("InvalidObjectState") => Ok(RestoreRequest::NotNeeded),
+                _ => Err(io::Error::other(format!(
+                    "RestoreObject {} ({tier}, {days} days): {}",
+                    inner.url(name),
+                    describe(&e)
+                ))),
+            },
+        }
     }
 
     fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
@@ -275,6 +416,8 @@ struct S3Pending {
     size: u64,
     /// Set when a part failed: the object can only be dropped.
     failed: bool,
+    /// Object Lock retention to set on the object.
+    retention: Option<Retention>,
 }
 
 impl S3Pending {
@@ -293,7 +436,17 @@ impl S3Pending {
             spare: Vec::new(),
             size: 0,
             failed: false,
+            retention: None,
         }
+    }
+
+    fn lock_mode(&self) -> Option<(ObjectLockMode, aws_smithy_types::DateTime)> {
+        self.retention.as_ref().map(|r| {
+            (
+                ObjectLockMode::from(r.mode.as_str()),
+                aws_smithy_types::DateTime::from_secs(r.until.as_second()),
+            )
+        })
     }
 
     fn start_upload(&mut self) -> Result<String> {
@@ -307,6 +460,9 @@ impl S3Pending {
             .storage_class(inner.storage_class(self.class));
         if self.class == ObjectClass::Archive {
             req = req.tagging(inner.tagging());
+        }
+        if let Some((mode, until)) = self.lock_mode() {
+            req = req.object_lock_mode(mode).object_lock_retain_until_date(until);
         }
         let out = block_on(req.send())?
             .map_err(|e| anyhow!("CreateMultipartUpload {}: {}", inner.url(&self.key), describe(&e)))?;
@@ -441,6 +597,9 @@ impl S3Pending {
                 .body(ByteStream::from(body));
             if self.class == ObjectClass::Archive {
                 req = req.tagging(inner.tagging());
+            }
+            if let Some((mode, until)) = self.lock_mode() {
+                req = req.object_lock_mode(mode).object_lock_retain_until_date(until);
             }
             return match block_on(req.send())? {
                 Ok(_) => Ok(ObjectInfo {
@@ -586,8 +745,11 @@ struct S3Reader {
     etag: Option<String>,
     body: Option<ByteStream>,
     chunk: Bytes,
+    /// Offset in the object of the next byte.
     pos: u64,
-    len: u64,
+    /// Offset where the read ends (exclusive); from the first response
+    /// when not asked for.
+    end: Option<u64>,
     attempts_left: u32,
     /// Whether the first response (which fixes ETag and length) was seen.
     started: bool,
@@ -597,8 +759,10 @@ impl S3Reader {
     fn request(&mut self) -> io::Result<()> {
         let inner = &self.inner;
         let mut req = inner.client.get_object().bucket(&inner.bucket).key(&self.key);
-        if self.pos > 0 {
-            req = req.range(format!("bytes={}-", self.pos));
+        match self.end {
+            Some(end) => req = req.range(format!("bytes={}-{}", self.pos, end - 1)),
+            None if self.pos > 0 => req = req.range(format!("bytes={}-", self.pos)),
+            None => {}
         }
         if let Some(etag) = &self.etag {
             req = req.if_match(etag);
@@ -639,7 +803,9 @@ impl S3Reader {
         if !self.started {
             self.started = true;
             self.etag = out.e_tag().map(str::to_string);
-            self.len = out.content_length().unwrap_or(0).max(0) as u64;
+            if self.end.is_none() {
+                self.end = Some(self.pos + out.content_length().unwrap_or(0).max(0) as u64);
+            }
         } else if self.etag.is_none() {
             // Without an ETag a resumed read cannot be pinned to the same
             // object version; refuse rather than splice two versions.
@@ -661,14 +827,18 @@ impl Read for S3Reader {
             };
             match block_on(body.try_next()).map_err(io_err)? {
                 Ok(Some(b)) => self.chunk = b,
-                Ok(None) if self.pos >= self.len => {
+                Ok(None) if self.end.is_some_and(|end| self.pos >= end) => {
                     self.body = None;
                     return Ok(0);
                 }
                 result => {
                     let why = match result {
                         Err(e) => e.to_string(),
-                        _ => format!("the body ended at byte {} of {}", self.pos, self.len),
+                        _ => format!(
+                            "the body ended at byte {} of {}",
+                            self.pos,
+                            self.end.unwrap_or_default()
+                        ),
                     };
                     if self.attempts_left <= 1 {
                         return Err(io::Error::other(format!(
@@ -748,7 +918,7 @@ mod tests {
     #[test]
     fn a_failed_upload_stays_failed_and_never_commits() {
         let store = unreachable_store();
-        let mut obj = store.create("x/0.archive", ObjectClass::Archive).unwrap();
+        let mut obj = store.create("x/0.archive", ObjectClass::Archive, None).unwrap();
         let part = vec![0u8; 5 << 20];
         let err = obj.write_all(&part).unwrap_err();
         assert!(
