@@ -28,11 +28,12 @@ pub use cron::Schedule;
 pub use error::{ConfigError, Problem};
 pub use model::{
     Agent, Aws, CHECKS, CheckPolicy, ChecksumPolicy, Config, Excludes, Hardening, Job, KeyConfig, KeyStorage,
-    Lifecycle, OnChange, Repository, Retention, S3Repository, StorageClass, Tag,
+    Lifecycle, ObjectLock, OnChange, Repository, Retention, S3Repository, StorageClass, Tag,
 };
 pub use validate::{
-    DEFAULT_COMPRESSION_LEVEL, DEFAULT_MAX_ATTEMPTS, DEFAULT_PART_SIZE_MIB, DEFAULT_PARTS_IN_FLIGHT,
-    DEFAULT_PREFIX, DEFAULT_TIER_TAG, DEFAULT_TIMEOUT_SECS, ROOT_STATE_DIR,
+    DEFAULT_COMPRESSION_LEVEL, DEFAULT_FULL_EVERY_DAYS, DEFAULT_FULL_EVERY_RUNS, DEFAULT_MAX_ATTEMPTS, DEFAULT_PART_SIZE_MIB, DEFAULT_PARTS_IN_FLIGHT,
+    DEFAULT_PREFIX, DEFAULT_RESTORE_DAYS, DEFAULT_RESTORE_TIER, DEFAULT_TIER_TAG, DEFAULT_TIMEOUT_SECS,
+    ROOT_STATE_DIR,
 };
 
 use error::LineIndex;

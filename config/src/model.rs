@@ -99,6 +99,10 @@ pub struct S3Repository {
     pub parts_in_flight: usize,
     /// When the SDK adds its own request checksums.
     pub request_checksum: ChecksumPolicy,
+    /// Retrieval tier for thawing GLACIER / DEEP_ARCHIVE archives.
+    pub restore_tier: String,
+    /// Days a thawed copy stays readable.
+    pub restore_days: u32,
 }
 
 /// S3 storage classes archives may be uploaded into.
@@ -286,6 +290,21 @@ pub struct Job {
     pub on_failure_sns: Option<String>,
     /// How many snapshots `forget` keeps.
     pub retention: Retention,
+    /// A full (non-incremental) archive at least every this many runs.
+    pub full_every_runs: u32,
+    /// … and when the last full is this many days old (0: no age limit).
+    pub full_every_days: u32,
+    /// S3 Object Lock retention for every object of each snapshot.
+    pub object_lock: Option<ObjectLock>,
+}
+
+/// `[jobs.object-lock]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectLock {
+    /// `GOVERNANCE` or `COMPLIANCE`.
+    pub mode: String,
+    /// Days from the snapshot's start that its objects stay locked.
+    pub days: u32,
 }
 
 /// `on-change` of a watched job.

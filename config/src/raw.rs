@@ -59,6 +59,8 @@ pub(crate) struct RawRepository {
     pub part_size_mib: Option<Spanned<i64>>,
     pub parts_in_flight: Option<Spanned<i64>>,
     pub request_checksum: Option<Spanned<RawChecksumPolicy>>,
+    pub restore_tier: Option<Spanned<String>>,
+    pub restore_days: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
@@ -186,6 +188,16 @@ pub(crate) struct RawJob {
     pub on_failure: Option<Spanned<String>>,
     pub on_failure_sns: Option<Spanned<String>>,
     pub retention: Option<RawRetention>,
+    pub full_every_runs: Option<Spanned<i64>>,
+    pub full_every_days: Option<Spanned<i64>>,
+    pub object_lock: Option<Spanned<RawObjectLock>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawObjectLock {
+    pub mode: Spanned<String>,
+    pub days: Spanned<i64>,
 }
 
 #[derive(Deserialize)]

@@ -28,6 +28,14 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 pub const DEFAULT_TIMEOUT_SECS: u64 = 120;
 /// zstd level when a job gives none: zstd's own default.
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+/// A full archive at least every this many runs.
+pub const DEFAULT_FULL_EVERY_RUNS: u32 = 30;
+/// … or when the last full is this many days old.
+pub const DEFAULT_FULL_EVERY_DAYS: u32 = 30;
+/// Glacier retrieval tier.
+pub const DEFAULT_RESTORE_TIER: &str = "Standard";
+/// Days a thawed copy stays readable.
+pub const DEFAULT_RESTORE_DAYS: u32 = 7;
 /// The state directory when running as root.
 pub const ROOT_STATE_DIR: &str = "/var/lib/vaultline";
 
@@ -392,6 +400,51 @@ pub(crate) fn validate(
             keep_monthly: r.and_then(|r| r.keep_monthly).unwrap_or(0),
             keep_yearly: r.and_then(|r| r.keep_yearly).unwrap_or(0),
         };
+        let full_every_runs = int_in(
+            &mut c,
+            job.full_every_runs.as_ref(),
+            &format!("{at}.full-every-runs"),
+            1..=10_000,
+            "runs per chain of incremental snapshots; 1 makes every run full",
+        )
+        .map_or(DEFAULT_FULL_EVERY_RUNS, |v| v as u32);
+        let full_every_days = int_in(
+            &mut c,
+            job.full_every_days.as_ref(),
+            &format!("{at}.full-every-days"),
+            0..=3650,
+            "age in days of the last full that forces a new one; 0 for no limit",
+        )
+        .map_or(DEFAULT_FULL_EVERY_DAYS, |v| v as u32);
+        let object_lock = job.object_lock.as_ref().and_then(|l| {
+            if matches!(repository, Repository::Local { .. }) {
+                c.report(
+                    Some(l.span()),
+                    format!("{at}.object-lock"),
+                    "needs an S3 repository (type = \"s3\"): a local repository has no Object Lock",
+                );
+            }
+            let l = l.get_ref();
+            let mode = l.mode.get_ref().as_str();
+            if !matches!(mode, "GOVERNANCE" | "COMPLIANCE") {
+                c.report(
+                    Some(l.mode.span()),
+                    format!("{at}.object-lock.mode"),
+                    format!("{mode:?} is not a lock mode: expected \"GOVERNANCE\" or \"COMPLIANCE\""),
+                );
+            }
+            let days = int_in(
+                &mut c,
+                Some(&l.days),
+                &format!("{at}.object-lock.days"),
+                1..=36_500,
+                "days each snapshot's objects stay locked",
+            )?;
+            Some(ObjectLock {
+                mode: mode.to_string(),
+                days: days as u32,
+            })
+        });
         jobs.push(Job {
             name: name.clone(),
             paths,
@@ -406,6 +459,9 @@ pub(crate) fn validate(
             on_failure: job.on_failure.as_ref().map(|c| c.get_ref().clone()),
             on_failure_sns,
             retention,
+            full_every_runs,
+            full_every_days,
+            object_lock,
         });
     }
 
@@ -582,6 +638,8 @@ fn repository(
                     "request-checksum",
                     repo.request_checksum.as_ref().map(Spanned::span),
                 ),
+                ("restore-tier", repo.restore_tier.as_ref().map(Spanned::span)),
+                ("restore-days", repo.restore_days.as_ref().map(Spanned::span)),
             ] {
                 if let Some(span) = span {
                     misplaced(c, span, field, "s3");
@@ -674,8 +732,35 @@ fn repository(
                 None | Some(RawChecksumPolicy::WhenSupported) => ChecksumPolicy::WhenSupported,
                 Some(RawChecksumPolicy::WhenRequired) => ChecksumPolicy::WhenRequired,
             };
+            let restore_tier = match &repo.restore_tier {
+                Some(t) if matches!(t.get_ref().as_str(), "Standard" | "Bulk" | "Expedited") => {
+                    t.get_ref().clone()
+                }
+                Some(t) => {
+                    c.report(
+                        Some(t.span()),
+                        "repository.restore-tier",
+                        format!(
+                            "{:?} is not a retrieval tier: expected \"Standard\", \"Bulk\" or \"Expedited\"",
+                            t.get_ref()
+                        ),
+                    );
+                    DEFAULT_RESTORE_TIER.to_string()
+                }
+                None => DEFAULT_RESTORE_TIER.to_string(),
+            };
+            let restore_days = int_in(
+                c,
+                repo.restore_days.as_ref(),
+                "repository.restore-days",
+                1..=365,
+                "days a thawed copy of a Glacier archive stays readable",
+            )
+            .map_or(DEFAULT_RESTORE_DAYS, |v| v as u32);
             Repository::S3(S3Repository {
                 bucket,
+                restore_tier,
+                restore_days,
                 prefix,
                 endpoint,
                 path_style: repo.path_style.as_ref().is_some_and(|p| *p.get_ref()),

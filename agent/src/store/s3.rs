@@ -902,6 +902,8 @@ mod tests {
             part_size: 5 << 20,
             parts_in_flight: 2,
             request_checksum: vaultline_config::ChecksumPolicy::WhenSupported,
+            restore_tier: "Standard".into(),
+            restore_days: 1,
         };
         let aws = Aws {
             region: None,
