@@ -225,6 +225,11 @@ impl<W: Write> TarWriter<W> {
         Ok(())
     }
 
+    /// The writer underneath.
+    pub fn get_ref(&self) -> &W {
+        &self.out
+    }
+
     /// Writes the end-of-archive marker and returns the writer.
     pub fn finish(mut self) -> io::Result<W> {
         self.out.write_all(&[0u8; 2 * BLOCK])?;
@@ -299,7 +304,13 @@ impl<'a> Walker<'a> {
         mut found: impl FnMut(Found) -> anyhow::Result<()>,
         mut skipped: impl FnMut(Skipped),
     ) -> anyhow::Result<()> {
-        for root in &self.job.paths {
+        // Roots in walk order too, so the whole walk is in the order
+        // `changes::walk_order` defines (incremental runs join on it).
+        let mut roots: Vec<&PathBuf> = self.job.paths.iter().collect();
+        roots.sort_by(|a, b| {
+            crate::changes::walk_order(a.as_os_str().as_bytes(), b.as_os_str().as_bytes())
+        });
+        for root in roots {
             let walk = walkdir::WalkDir::new(root)
                 .follow_links(false)
                 .same_file_system(self.job.one_file_system)

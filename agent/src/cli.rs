@@ -158,6 +158,11 @@ pub struct BackupNowArgs {
     /// If the job is already running, exit at once (code 6) instead of waiting.
     #[arg(long)]
     pub no_wait: bool,
+
+    /// Archive everything, not only what changed since the last snapshot
+    /// (starts a new chain of incremental snapshots).
+    #[arg(long)]
+    pub full: bool,
 }
 
 /// `snapshots`.
@@ -179,6 +184,11 @@ pub struct RestoreArgs {
     #[arg(value_name = "SNAPSHOT|latest")]
     pub snapshot: String,
 
+    /// Restore only these paths (a file, or a directory with all it
+    /// contains), e.g. /etc/hosts; combined with --include, either may match.
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<String>,
+
     /// Directory to restore into (created if missing). Paths inside the
     /// snapshot are placed below it, e.g. /etc/hosts as DIR/etc/hosts.
     #[arg(long, value_name = "DIR")]
@@ -193,9 +203,21 @@ pub struct RestoreArgs {
     pub host: Option<String>,
 
     /// Restore only entries matching these globs (`etc/ssh/**`, `**/*.conf`);
-    /// a leading `/` is ignored. Repeatable.
+    /// a matching directory brings everything below it; a leading `/` is
+    /// ignored. Repeatable.
     #[arg(long, value_name = "GLOB")]
     pub include: Vec<String>,
+
+    /// Leave out entries matching these globs (and everything below a
+    /// matching directory). Repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+
+    /// When archives are in GLACIER or DEEP_ARCHIVE: request their restore
+    /// (thaw) and exit with code 7 instead of waiting for it; rerun the same
+    /// command later to continue.
+    #[arg(long)]
+    pub request_only: bool,
 
     /// Replace existing files in the target (never follows or replaces a
     /// directory with a file).

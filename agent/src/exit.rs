@@ -22,6 +22,9 @@ pub enum Exit {
     Integrity = 5,
     /// Another run of the same job holds its lock (`--no-wait`).
     Busy = 6,
+    /// Archives in a Glacier class are being restored (thawed): rerun later
+    /// (`restore --request-only`).
+    Thawing = 7,
 }
 
 impl From<Exit> for ExitCode {
@@ -47,6 +50,12 @@ pub struct IntegrityError(pub String);
 #[error("{0}")]
 pub struct BusyError(pub String);
 
+/// Archives must be thawed before they can be read; the restore requests
+/// were made and the command was asked not to wait.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ThawingError(pub String);
+
 /// The exit code for an error.
 pub fn classify(err: &anyhow::Error) -> Exit {
     for cause in err.chain() {
@@ -61,6 +70,9 @@ pub fn classify(err: &anyhow::Error) -> Exit {
         }
         if cause.is::<BusyError>() {
             return Exit::Busy;
+        }
+        if cause.is::<ThawingError>() {
+            return Exit::Thawing;
         }
         if cause.is::<IntegrityError>() {
             return Exit::Integrity;

@@ -17,10 +17,12 @@ mod archive;
 mod audit_log;
 mod aws;
 mod backup;
+mod changes;
 mod cli;
 mod commands;
 mod exit;
 mod extract;
+mod frames;
 mod hardening;
 mod keys;
 mod kms;
@@ -33,6 +35,7 @@ mod service;
 mod snapshot;
 mod status;
 mod store;
+mod thaw;
 
 use std::process::ExitCode;
 

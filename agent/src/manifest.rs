@@ -3,10 +3,16 @@
 //! A manifest is a sealed object whose plaintext is zstd-compressed JSON
 //! lines (docs/FORMAT.md, "Manifests"):
 //!
-//! 1. a [`ManifestHeader`]: snapshot id, host, job, parent, paths, and the
-//!    archive objects entries refer to, each with its key envelope;
-//! 2. one [`Entry`] per archived path, in archive order;
-//! 3. an end record ([`ManifestEnd`]) with the totals.
+//! 1. a [`ManifestHeader`]: snapshot id, host, job, parent, chain position,
+//!    paths;
+//! 2. one [`Entry`] per path in the snapshot, in walk order (the whole
+//!    tree, also in an incremental snapshot: a file that did not change
+//!    refers to the archive of an earlier snapshot that holds its content);
+//! 3. one `{"deleted": PATH}` line per path the parent had and this
+//!    snapshot does not;
+//! 4. the archive table: the archive objects file entries refer to by
+//!    index, each with its key envelope, size and frame table;
+//! 5. an end record ([`ManifestEnd`]) with the totals.
 //!
 //! Both directions stream: the writer emits entries as the archive is built,
 //! the reader yields them one at a time, so memory does not grow with the
@@ -96,6 +102,9 @@ impl EnvelopeJson {
     }
 }
 
+/// Schema version of manifests.
+pub const MANIFEST_VERSION: u32 = 2;
+
 /// An archive object that entries refer to by index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,13 +116,32 @@ pub struct ArchiveRef {
     /// Its data key's current envelope (re-wrapping updates this copy, never
     /// the archive).
     pub envelope: EnvelopeJson,
+    /// Size of the sealed object in bytes.
+    pub size: u64,
+    /// Bytes of tar in it (before compression).
+    pub plain_size: u64,
+    /// Tar bytes per zstd frame.
+    pub frame_size: u64,
+    /// Compressed length of each frame (see `frames`).
+    pub frames: Vec<u32>,
+}
+
+impl ArchiveRef {
+    /// The frame table.
+    pub fn frames(&self) -> crate::frames::Frames {
+        crate::frames::Frames {
+            frame_size: self.frame_size,
+            lengths: self.frames.clone(),
+            plain_size: self.plain_size,
+        }
+    }
 }
 
 /// The first line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ManifestHeader {
-    /// Schema version, [`crate::repo::REPOSITORY_VERSION`].
+    /// Schema version, [`MANIFEST_VERSION`].
     pub vaultline_manifest: u32,
     /// This snapshot.
     pub snapshot: String,
@@ -121,14 +149,16 @@ pub struct ManifestHeader {
     pub host: String,
     /// Job it belongs to.
     pub job: String,
-    /// The snapshot this one builds on, if any.
+    /// The snapshot this one builds on (None: a full snapshot).
     pub parent: Option<String>,
+    /// Incremental runs since the last full one (0: this is a full).
+    pub chain: u32,
+    /// When the chain's full snapshot started (RFC 3339).
+    pub full_started: String,
     /// When the run started (RFC 3339).
     pub started: String,
     /// The job's paths at the time.
     pub paths: Vec<String>,
-    /// Archive objects, referred to by [`Entry::archive`].
-    pub archives: Vec<ArchiveRef>,
 }
 
 /// What an entry is.
@@ -176,8 +206,13 @@ pub struct Entry {
     /// these paths rather than every file's.
     #[serde(default, skip_serializing_if = "is_false")]
     pub linked: bool,
-    /// Index in [`ManifestHeader::archives`] of the archive holding it.
-    pub archive: u32,
+    /// Files: index in the archive table of the archive holding the content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<u32>,
+    /// Files: offset of the entry's first tar header byte in that archive's
+    /// tar stream (the index used by ranged reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 fn is_false(v: &bool) -> bool {
@@ -206,14 +241,32 @@ pub struct ManifestEnd {
     pub bytes: u64,
     /// Entries left out (special files, unreadable paths).
     pub skipped: u64,
-    /// Size in bytes of each archive this snapshot wrote, by index.
-    pub archive_sizes: Vec<u64>,
+    /// Files whose content this snapshot archived (new or changed).
+    pub archived_files: u64,
+    /// Their bytes.
+    pub archived_bytes: u64,
+    /// Entries carried over unchanged from the parent.
+    pub reused: u64,
+    /// Paths of the parent that are gone.
+    pub deleted: u64,
 }
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EndLine {
     end: ManifestEnd,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeletedLine {
+    deleted: EncodedPath,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ArchivesLine {
+    archives: Vec<Option<ArchiveRef>>,
 }
 
 /// Writes a manifest into a pending object.
@@ -250,9 +303,21 @@ impl ManifestWriter {
         self.line(entry)
     }
 
-    /// Writes the end record and closes the stream; the caller commits the
-    /// returned object after the archives.
-    pub fn finish(mut self, end: ManifestEnd) -> Result<Box<dyn PendingObject>> {
+    /// Records a path of the parent that this snapshot no longer has.
+    pub fn deleted(&mut self, path: &EncodedPath) -> Result<()> {
+        self.line(&DeletedLine {
+            deleted: path.clone(),
+        })
+    }
+
+    /// Writes the archive table and the end record and closes the stream;
+    /// the caller commits the returned object after the archives.
+    pub fn finish(
+        mut self,
+        archives: Vec<Option<ArchiveRef>>,
+        end: ManifestEnd,
+    ) -> Result<Box<dyn PendingObject>> {
+        self.line(&ArchivesLine { archives })?;
         self.line(&EndLine { end })?;
         let encoder = self.out.into_inner().map_err(|e| e.into_error())?;
         let sealed = encoder.finish()?;
@@ -265,6 +330,10 @@ pub struct ManifestReader<R: Read> {
     lines: io::Split<BufReader<zstd::stream::read::Decoder<'static, BufReader<R>>>>,
     name: String,
     header: ManifestHeader,
+    archives: Option<Vec<Option<ArchiveRef>>>,
+    /// Archive indices file entries used (checked against the table).
+    used: Vec<(u32, u64)>,
+    deleted: u64,
     end: Option<ManifestEnd>,
     line: u64,
 }
@@ -280,9 +349,9 @@ impl<R: Read> ManifestReader<R> {
             .with_context(|| format!("manifest {name}"))?;
         let header: ManifestHeader = serde_json::from_slice(&first)
             .map_err(|e| IntegrityError(format!("manifest {name}: invalid header line: {e}")))?;
-        if header.vaultline_manifest != crate::repo::REPOSITORY_VERSION {
+        if header.vaultline_manifest != MANIFEST_VERSION {
             bail!(
-                "manifest {name} has schema version {}, this vaultline reads 1",
+                "manifest {name} has schema version {}, this vaultline reads {MANIFEST_VERSION}",
                 header.vaultline_manifest
             );
         }
@@ -290,6 +359,9 @@ impl<R: Read> ManifestReader<R> {
             lines,
             name: name.to_string(),
             header,
+            archives: None,
+            used: Vec::new(),
+            deleted: 0,
             end: None,
             line: 1,
         })
@@ -301,43 +373,112 @@ impl<R: Read> ManifestReader<R> {
     }
 
     /// The next entry; `None` after the end record, which must be last.
+    /// The archive table and deleted paths are taken in on the way; file
+    /// entries are checked against the table when it arrives.
     pub fn next_entry(&mut self) -> Result<Option<Entry>> {
-        if self.end.is_some() {
-            return Ok(None);
-        }
-        let Some(line) = self.lines.next() else {
-            return Err(IntegrityError(format!("manifest {} ends without its end record", self.name)).into());
-        };
-        let line = line.with_context(|| format!("manifest {}", self.name))?;
-        self.line += 1;
-        if line.starts_with(b"{\"end\"") {
-            let end: EndLine = serde_json::from_slice(&line)
-                .map_err(|e| IntegrityError(format!("manifest {}: invalid end record: {e}", self.name)))?;
-            if self.lines.next().is_some() {
-                return Err(
-                    IntegrityError(format!("manifest {}: data after the end record", self.name)).into(),
-                );
+        loop {
+            if self.end.is_some() {
+                return Ok(None);
             }
-            self.end = Some(end.end);
-            return Ok(None);
+            let Some(line) = self.lines.next() else {
+                return Err(
+                    IntegrityError(format!("manifest {} ends without its end record", self.name)).into(),
+                );
+            };
+            let line = line.with_context(|| format!("manifest {}", self.name))?;
+            self.line += 1;
+            let bad = |what: &str, e: serde_json::Error, line: u64| -> anyhow::Error {
+                IntegrityError(format!("manifest {}: line {line}: invalid {what}: {e}", self.name)).into()
+            };
+            if line.starts_with(b"{\"deleted\"") {
+                let _: DeletedLine =
+                    serde_json::from_slice(&line).map_err(|e| bad("deleted path", e, self.line))?;
+                self.deleted += 1;
+                continue;
+            }
+            if line.starts_with(b"{\"archives\"") {
+                let a: ArchivesLine =
+                    serde_json::from_slice(&line).map_err(|e| bad("archive table", e, self.line))?;
+                self.check_used(&a.archives)?;
+                self.archives = Some(a.archives);
+                continue;
+            }
+            if line.starts_with(b"{\"end\"") {
+                let end: EndLine = serde_json::from_slice(&line).map_err(|e| bad("end record", e, self.line))?;
+                if self.lines.next().is_some() {
+                    return Err(
+                        IntegrityError(format!("manifest {}: data after the end record", self.name)).into(),
+                    );
+                }
+                if self.archives.is_none() {
+                    return Err(
+                        IntegrityError(format!("manifest {}: no archive table before the end", self.name)).into(),
+                    );
+                }
+                self.end = Some(end.end);
+                return Ok(None);
+            }
+            if self.archives.is_some() {
+                return Err(IntegrityError(format!(
+                    "manifest {}: line {}: entry after the archive table",
+                    self.name, self.line
+                ))
+                .into());
+            }
+            let entry: Entry = serde_json::from_slice(&line).map_err(|e| bad("entry", e, self.line))?;
+            match (entry.kind, entry.archive, entry.offset) {
+                (EntryKind::File, Some(a), Some(_)) => {
+                    if !self.used.iter().any(|(u, _)| *u == a) {
+                        self.used.push((a, self.line));
+                    }
+                }
+                (EntryKind::File, ..) if entry.size == 0 => {}
+                (EntryKind::File, ..) => {
+                    return Err(IntegrityError(format!(
+                        "manifest {}: line {}: file {} has content but no archive location",
+                        self.name,
+                        self.line,
+                        entry.path.display()
+                    ))
+                    .into());
+                }
+                (_, None, None) => {}
+                _ => {
+                    return Err(IntegrityError(format!(
+                        "manifest {}: line {}: {} is not a file but has an archive location",
+                        self.name,
+                        self.line,
+                        entry.path.display()
+                    ))
+                    .into());
+                }
+            }
+            return Ok(Some(entry));
         }
-        let entry: Entry = serde_json::from_slice(&line).map_err(|e| {
-            IntegrityError(format!(
-                "manifest {}: line {}: invalid entry: {e}",
-                self.name, self.line
-            ))
-        })?;
-        if entry.archive as usize >= self.header.archives.len() {
-            return Err(IntegrityError(format!(
-                "manifest {}: line {}: entry refers to archive {} of {}",
-                self.name,
-                self.line,
-                entry.archive,
-                self.header.archives.len()
-            ))
-            .into());
+    }
+
+    fn check_used(&self, table: &[Option<ArchiveRef>]) -> Result<()> {
+        for &(index, line) in &self.used {
+            if table.get(index as usize).and_then(Option::as_ref).is_none() {
+                return Err(IntegrityError(format!(
+                    "manifest {}: line {line}: entry refers to archive {index}, which the archive table \
+                     does not have",
+                    self.name
+                ))
+                .into());
+            }
         }
-        Ok(Some(entry))
+        Ok(())
+    }
+
+    /// The archive table, once the reader is past it.
+    pub fn archives(&self) -> Option<&[Option<ArchiveRef>]> {
+        self.archives.as_deref()
+    }
+
+    /// How many deleted paths were recorded (read so far).
+    pub fn deleted(&self) -> u64 {
+        self.deleted
     }
 
     /// Reads to the end; returns the end record.
@@ -381,11 +522,12 @@ mod tests {
             mtime_nsec: 0,
             target: None,
             linked: false,
-            archive: 0,
+            archive: Some(0),
+            offset: Some(1536),
         };
         assert_eq!(
             serde_json::to_string(&e).unwrap(),
-            r#"{"path":"etc/hosts","type":"file","size":12,"mode":420,"uid":0,"gid":0,"mtime":1672531200,"archive":0}"#
+            r#"{"path":"etc/hosts","type":"file","size":12,"mode":420,"uid":0,"gid":0,"mtime":1672531200,"archive":0,"offset":1536}"#
         );
     }
 }

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
-use vaultline_crypto::{EncryptionContext, Header, KeyEnvelope, KeyWrap, SealedReader};
+use vaultline_crypto::{DataKey, EncryptionContext, Header, KeyEnvelope, KeyWrap, SealedReader};
 
 use crate::exit::{IntegrityError, UsageError};
 use crate::store::{ObjectClass, ObjectInfo, ObjectStore, is_not_found};
@@ -90,6 +90,11 @@ impl Repo {
             store,
             prefix: prefix.to_string(),
         }
+    }
+
+    /// The prefix everything is under.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// The underlying store.
@@ -222,8 +227,22 @@ impl Repo {
             .open(name)
             .with_context(|| format!("cannot open {name}"))?;
         let mut input = BufReader::with_capacity(READ_BUFFER, raw);
+        let (header, data_key) = self.unseal_header(name, &mut input, keys, expected, envelope)?;
+        SealedReader::new(input, &header, &data_key).with_context(|| format!("object {name}"))
+    }
+
+    /// Reads a sealed object's header from `input`, checks its context is
+    /// `expected` and unwraps the data key (from `envelope` when given).
+    pub fn unseal_header(
+        &self,
+        name: &str,
+        input: &mut impl Read,
+        keys: &dyn KeyWrap,
+        expected: &EncryptionContext,
+        envelope: Option<&KeyEnvelope>,
+    ) -> Result<(Header, DataKey)> {
         let header =
-            Header::read_from(&mut input).with_context(|| format!("object {name}: unreadable header"))?;
+            Header::read_from(input).with_context(|| format!("object {name}: unreadable header"))?;
         if header.context() != expected {
             return Err(IntegrityError(format!(
                 "object {name} is not what its name says: it was sealed as [{}], expected [{expected}] \
@@ -236,7 +255,7 @@ impl Repo {
         let data_key = keys
             .unwrap(envelope, header.context())
             .with_context(|| format!("object {name}: cannot unwrap its data key"))?;
-        SealedReader::new(input, &header, &data_key).with_context(|| format!("object {name}"))
+        Ok((header, data_key))
     }
 
     /// Committed snapshots of `host`, for one job or all, oldest first.

@@ -21,6 +21,10 @@ Every command prints JSON on stdout.
   put-lifecycle BUCKET RULES_JSON / get-lifecycle BUCKET
   sns-queue NAME                       an SNS topic with an SQS queue subscribed
   receive QUEUE_URL [WAIT]             messages delivered to the queue
+  stats BUCKET                         the test server's GET bytes and restore requests for BUCKET
+  restore-delay BUCKET SECS            Glacier restores in BUCKET take SECS seconds
+  object-versions BUCKET               current version id of every object
+  retention BUCKET KEY                 an object's Object Lock retention
 """
 
 import json
@@ -346,7 +350,45 @@ def iam_user(name, policy_file):
     return {"key": k["AccessKeyId"], "secret": k["SecretAccessKey"]}
 
 
+def control(path, **query):
+    """The test server's own controls (tests/support/moto_server.py)."""
+    import os
+    import ssl
+    import urllib.parse
+    import urllib.request
+
+    ctx = ssl.create_default_context(cafile=os.environ["AWS_CA_BUNDLE"])
+    url = os.environ["AWS_ENDPOINT_URL"].rstrip("/") + path + "?" + urllib.parse.urlencode(query)
+    with urllib.request.urlopen(url, context=ctx) as r:
+        return json.loads(r.read())
+
+
+def stats(bucket):
+    return control("/__vaultline/stats", bucket=bucket)
+
+
+def restore_delay(bucket, secs):
+    return control("/__vaultline/restore-delay", bucket=bucket, secs=secs)
+
+
+def object_versions(bucket):
+    s3 = client("s3")
+    return {o["Key"]: s3.head_object(Bucket=bucket, Key=o["Key"]).get("VersionId") for o in all_objects(s3, bucket)}
+
+
+def retention(bucket, key):
+    try:
+        r = client("s3").get_object_retention(Bucket=bucket, Key=key)["Retention"]
+        return {"mode": r["Mode"], "until": r["RetainUntilDate"].isoformat()}
+    except Exception as e:  # noqa: BLE001 - reported to the test as data
+        return {"error": str(e)}
+
+
 COMMANDS = {
+    "stats": stats,
+    "restore-delay": restore_delay,
+    "object-versions": object_versions,
+    "retention": retention,
     "create-bucket": create_bucket,
     "create-key": create_key,
     "disable-key": disable_key,

@@ -183,6 +183,106 @@ def fix_s3_root_elements():
         setattr(S3Response, method, fixed)
 
 
+# Per-bucket test controls and statistics, served at /__vaultline/...
+CONTROL = {"restore_delay": {}, "get_bytes": {}, "gets": {}, "restores": {}}
+CONTROL_LOCK = threading.Lock()
+
+
+def slow_glacier_restores():
+    """Moto finishes a RestoreObject at once. Real S3 takes hours: with a
+    delay set for the bucket (/__vaultline/restore-delay), a restore stays
+    `ongoing-request="true"` (and GETs keep failing with InvalidObjectState)
+    for that many seconds, and asking again meanwhile fails with
+    RestoreAlreadyInProgress, as S3 does. Every request is counted."""
+    from moto.s3.exceptions import S3ClientError
+    from moto.s3.models import FakeKey, S3Backend
+
+    class RestoreAlreadyInProgress(S3ClientError):
+        code = 409
+
+        def __init__(self):
+            super().__init__("RestoreAlreadyInProgress", "Object restore is already in progress")
+
+    def ready(key):
+        at = getattr(key, "_vl_ready_at", None)
+        return at is None or time.time() >= at
+
+    original_restore = S3Backend.restore_object
+
+    def restore_object(self, bucket_name, key_name, days, type_):
+        key = self.get_object(bucket_name, key_name)
+        with CONTROL_LOCK:
+            per = CONTROL["restores"].setdefault(bucket_name, {})
+            per[key_name] = per.get(key_name, 0) + 1
+            delay = CONTROL["restore_delay"].get(bucket_name, 0)
+        if key is not None and not ready(key):
+            raise RestoreAlreadyInProgress()
+        result = original_restore(self, bucket_name, key_name, days, type_)
+        if key is not None and delay > 0:
+            key._vl_ready_at = time.time() + delay
+        return result
+
+    S3Backend.restore_object = restore_object
+
+    original_dict = FakeKey.response_dict.fget
+
+    def response_dict(self):
+        res = original_dict(self)
+        if "x-amz-restore" in res and not ready(self):
+            res["x-amz-restore"] = 'ongoing-request="true"'
+        return res
+
+    FakeKey.response_dict = property(response_dict)
+
+
+def with_controls(app):
+    """Counts GET response bytes per bucket (path-style requests) and
+    serves /__vaultline/stats?bucket=B and /__vaultline/restore-delay."""
+    import json
+    from urllib.parse import parse_qs
+
+    def wrapped(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/__vaultline/"):
+            q = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+            bucket = q.get("bucket", "")
+            with CONTROL_LOCK:
+                if path == "/__vaultline/restore-delay":
+                    CONTROL["restore_delay"][bucket] = float(q.get("secs", "0"))
+                    body = {"ok": True}
+                else:
+                    body = {
+                        "get_bytes": CONTROL["get_bytes"].get(bucket, 0),
+                        "gets": CONTROL["gets"].get(bucket, 0),
+                        "restores": CONTROL["restores"].get(bucket, {}),
+                    }
+            data = json.dumps(body).encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+            return [data]
+        if environ.get("REQUEST_METHOD") != "GET" or environ.get("QUERY_STRING"):
+            return app(environ, start_response)
+        parts = path.lstrip("/").split("/", 1)
+        if len(parts) < 2 or not parts[1]:
+            return app(environ, start_response)
+        bucket = parts[0]
+
+        def counted(body):
+            try:
+                for piece in body:
+                    with CONTROL_LOCK:
+                        CONTROL["get_bytes"][bucket] = CONTROL["get_bytes"].get(bucket, 0) + len(piece)
+                    yield piece
+            finally:
+                if hasattr(body, "close"):
+                    body.close()
+
+        with CONTROL_LOCK:
+            CONTROL["gets"][bucket] = CONTROL["gets"].get(bucket, 0) + 1
+        return counted(app(environ, start_response))
+
+    return wrapped
+
+
 def exit_with_parent():
     parent = os.getppid()
     while True:
@@ -197,6 +297,7 @@ def main():
     evaluate_secure_transport()
     enforce_key_state()
     fix_s3_root_elements()
+    slow_glacier_restores()
     from moto.moto_server.werkzeug_app import (
         DomainDispatcherApplication,
         MotoRequestHandler,
@@ -204,7 +305,7 @@ def main():
     )
     from werkzeug.serving import make_server
 
-    app = DomainDispatcherApplication(create_backend_app)
+    app = with_controls(DomainDispatcherApplication(create_backend_app))
     server = make_server(
         "127.0.0.1",
         0,

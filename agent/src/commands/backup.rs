@@ -171,7 +171,12 @@ fn run_jobs(
             let _lock = JobLock::acquire(&app.config.agent.state_dir, &job.name, !args.no_wait)?;
             let total = app.out.interactive().then(|| estimate(job, &own));
             let progress = app.out.progress(&format!("backing up {}", job.name), total);
-            let report = backup::run(&app.repo, keys.as_ref(), host, job, &own, &progress)?;
+            let opts = backup::RunOptions {
+                own: &own,
+                state_dir: &app.config.agent.state_dir,
+                force_full: args.full,
+            };
+            let report = backup::run(&app.repo, keys.as_ref(), host, job, &opts, &progress)?;
             progress.finish();
             Ok(report)
         })();

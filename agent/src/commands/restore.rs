@@ -1,5 +1,8 @@
-//! `vaultline restore SNAPSHOT|latest --target DIR`: write a snapshot (or the
-//! entries matching `--include`) below DIR. See `extract` for the safety
+//! `vaultline restore SNAPSHOT|latest [PATH…] --target DIR`: write a
+//! snapshot, or the entries selected by paths, `--include` and `--exclude`,
+//! below DIR. Only the archives (and within them, the frames) that hold the
+//! selected files are fetched; archives in a Glacier class are thawed first
+//! (`thaw`). See `extract` for the safety
 //! rules. Entries refused as unsafe make the command fail with the integrity
 //! exit code (vaultline never archives such entries, so the archive is not
 //! what vaultline wrote); existing files left alone make it fail with the
@@ -55,35 +58,47 @@ pub fn run(app: &App, args: &RestoreArgs) -> Result<()> {
 }
 
 fn restore(app: &App, args: &RestoreArgs, keys: &crate::app::Keys) -> Result<()> {
-    let include = include_set(&args.include)?;
+    let selection = Selection::new(&args.paths, &args.include, &args.exclude)?;
     app.repo.check_key(keys.as_ref())?;
     let host = app.host(&args.host);
     let configured: Vec<String> = app.config.jobs.iter().map(|j| j.name.clone()).collect();
     let snap = resolve(&app.repo, host, args.job.as_deref(), &configured, &args.snapshot)?;
 
-    let total = if app.out.interactive() {
-        Some(
-            SnapshotReader::open(&app.repo, keys.as_ref(), snap.clone())?
-                .summary()?
-                .1
-                .bytes,
-        )
-    } else {
-        None
-    };
-    let progress = app.out.progress(&format!("restoring {}", snap.id), total);
     let reader = SnapshotReader::open(&app.repo, keys.as_ref(), snap.clone())?;
+    let mut select = |e: &Entry| selection.selects(&e.path.0);
+    let plan = reader.plan(&mut select)?;
+    if plan.entries == 0 && !selection.is_all() {
+        return Err(UsageError(format!(
+            "nothing in snapshot {} matches the paths and patterns given",
+            snap.id
+        ))
+        .into());
+    }
+    let fetch: u64 = plan
+        .archives
+        .iter()
+        .map(|(_, p)| p.fetch_bytes(reader.chunk_size()))
+        .sum();
+    tracing::info!(
+        "snapshot {}: {} entries selected, {} of content, from {} archive(s); fetching {}",
+        snap.id,
+        plan.entries,
+        human_bytes(plan.bytes),
+        plan.archives.len(),
+        human_bytes(fetch)
+    );
+    crate::thaw::ensure_readable(app, &plan, args.request_only)?;
+
+    let progress = app
+        .out
+        .progress(&format!("restoring {}", snap.id), Some(plan.bytes));
     let mut extractor = Extractor::new(&args.target, args.overwrite)?;
-    let mut entries = 0u64;
-    reader.walk(|entry: &Entry, data: Option<&mut dyn Read>| {
-        if !is_included(include.as_ref(), &entry.path.0) {
-            return Ok(());
-        }
-        entries += 1;
+    let walked = reader.read(&plan, &mut select, &mut |entry: &Entry, data: Option<&mut dyn Read>| {
         extractor.place(entry, data)?;
         progress.add(entry.size, 1);
         Ok(())
     })?;
+    let entries = walked.entries;
     progress.finish();
     let extracted = extractor.finish()?;
 
@@ -142,7 +157,51 @@ fn restore(app: &App, args: &RestoreArgs, keys: &crate::app::Keys) -> Result<()>
     Ok(())
 }
 
-fn include_set(patterns: &[String]) -> Result<Option<GlobSet>> {
+/// Which entries a restore takes: those matching a given path or include
+/// glob (all when none is given), minus those matching an exclude glob. A
+/// matching directory brings (or keeps out) everything below it.
+struct Selection {
+    paths: Vec<Vec<u8>>,
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+}
+
+impl Selection {
+    fn new(paths: &[String], include: &[String], exclude: &[String]) -> Result<Self> {
+        let paths = paths
+            .iter()
+            .map(|p| {
+                let trimmed = p.trim_start_matches('/').trim_end_matches('/');
+                if trimmed.is_empty() {
+                    Err(UsageError(format!("{p:?} is not a path inside a snapshot")).into())
+                } else {
+                    Ok(trimmed.as_bytes().to_vec())
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Selection {
+            paths,
+            include: glob_set("--include", include)?,
+            exclude: glob_set("--exclude", exclude)?,
+        })
+    }
+
+    fn is_all(&self) -> bool {
+        self.paths.is_empty() && self.include.is_none() && self.exclude.is_none()
+    }
+
+    fn selects(&self, path: &[u8]) -> bool {
+        let wanted = (self.paths.is_empty() && self.include.is_none())
+            || self
+                .paths
+                .iter()
+                .any(|p| path == &p[..] || (path.starts_with(p) && path.get(p.len()) == Some(&b'/')))
+            || self.include.as_ref().is_some_and(|set| matches(set, path));
+        wanted && !self.exclude.as_ref().is_some_and(|set| matches(set, path))
+    }
+}
+
+fn glob_set(flag: &str, patterns: &[String]) -> Result<Option<GlobSet>> {
     if patterns.is_empty() {
         return Ok(None);
     }
@@ -152,18 +211,16 @@ fn include_set(patterns: &[String]) -> Result<Option<GlobSet>> {
             .literal_separator(true)
             .backslash_escape(true)
             .build()
-            .map_err(|e| UsageError(format!("--include {p:?}: invalid glob: {}", e.kind())))?;
+            .map_err(|e| UsageError(format!("{flag} {p:?}: invalid glob: {}", e.kind())))?;
         set.add(glob);
     }
     Ok(Some(
-        set.build().map_err(|e| UsageError(format!("--include: {e}")))?,
+        set.build().map_err(|e| UsageError(format!("{flag}: {e}")))?,
     ))
 }
 
-/// An entry is included when it or one of its parent directories matches, so
-/// `--include etc/ssh` restores the directory and all it contains.
-fn is_included(set: Option<&GlobSet>, path: &[u8]) -> bool {
-    let Some(set) = set else { return true };
+/// True when `path` or one of its parent directories matches.
+fn matches(set: &GlobSet, path: &[u8]) -> bool {
     let text = String::from_utf8_lossy(path);
     let mut candidate: &str = &text;
     loop {
@@ -183,12 +240,26 @@ mod tests {
 
     #[test]
     fn includes_match_entries_and_everything_below_a_matching_directory() {
-        let set = include_set(&["/etc/ssh".into(), "**/*.conf".into()]).unwrap();
-        assert!(is_included(set.as_ref(), b"etc/ssh"));
-        assert!(is_included(set.as_ref(), b"etc/ssh/sshd_config"));
-        assert!(is_included(set.as_ref(), b"var/app/x.conf"));
-        assert!(!is_included(set.as_ref(), b"etc/sshd"));
-        assert!(!is_included(set.as_ref(), b"etc/hosts"));
-        assert!(is_included(None, b"anything"));
+        let s = Selection::new(&[], &["/etc/ssh".into(), "**/*.conf".into()], &[]).unwrap();
+        assert!(s.selects(b"etc/ssh"));
+        assert!(s.selects(b"etc/ssh/sshd_config"));
+        assert!(s.selects(b"var/app/x.conf"));
+        assert!(!s.selects(b"etc/sshd"));
+        assert!(!s.selects(b"etc/hosts"));
+        assert!(Selection::new(&[], &[], &[]).unwrap().selects(b"anything"));
+    }
+
+    #[test]
+    fn paths_select_exactly_and_excludes_win() {
+        let s = Selection::new(&["/etc/ssh/".into()], &[], &["**/*.key".into(), "etc/ssh/keys".into()]).unwrap();
+        assert!(s.selects(b"etc/ssh"));
+        assert!(s.selects(b"etc/ssh/sshd_config"));
+        assert!(!s.selects(b"etc/ssh-old"));
+        assert!(!s.selects(b"etc/ssh/host.key"));
+        assert!(!s.selects(b"etc/ssh/keys/a"));
+        let only_exclude = Selection::new(&[], &[], &["tmp".into()]).unwrap();
+        assert!(only_exclude.selects(b"etc/hosts"));
+        assert!(!only_exclude.selects(b"tmp/x"));
+        assert!(Selection::new(&["/".into()], &[], &[]).is_err());
     }
 }

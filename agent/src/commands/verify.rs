@@ -1,6 +1,7 @@
 //! `vaultline verify [SNAPSHOT|--all]`: read every byte of snapshots back,
-//! authenticate and decompress it, and check every archive entry against the
-//! manifest. With no argument, the latest snapshot of each job. Every chosen
+//! authenticate and decompress it, and check every file entry against the
+//! archive that holds it (in an incremental snapshot, archives of earlier
+//! snapshots of the chain too; only the frames the snapshot uses). With no argument, the latest snapshot of each job. Every chosen
 //! snapshot is checked even after a failure; the exit code is 5 if any failed
 //! authentication or did not match its manifest.
 
@@ -54,7 +55,8 @@ pub fn run(app: &App, args: &VerifyArgs) -> Result<()> {
     let mut worst: Option<anyhow::Error> = None;
     for snap in chosen {
         let outcome = SnapshotReader::open(&app.repo, keys.as_ref(), snap.clone()).and_then(|r| {
-            r.walk(|_entry: &Entry, data: Option<&mut dyn Read>| {
+            let plan = r.plan(&mut |_| true)?;
+            r.read(&plan, &mut |_| true, &mut |_entry: &Entry, data: Option<&mut dyn Read>| {
                 if let Some(data) = data {
                     io::copy(data, &mut io::sink())?;
                 }

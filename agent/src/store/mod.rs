@@ -141,6 +141,21 @@ pub trait ObjectStore: Send + Sync {
     /// atomically: readers see the old or the new object, never a mix.
     fn replace(&self, name: &str, bytes: &[u8]) -> io::Result<ObjectInfo>;
 
+    /// Whether objects can be locked (S3 Object Lock on the bucket).
+    fn object_lock_enabled(&self) -> io::Result<bool> {
+        Ok(false)
+    }
+
+    /// Extends the Object Lock retention of an existing object to
+    /// `retention` (never shortens it).
+    fn extend_retention(&self, name: &str, retention: &Retention) -> io::Result<()> {
+        let _ = retention;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{}: {name} cannot be locked: this store has no Object Lock", self.describe()),
+        ))
+    }
+
     /// Asks for an archived object to be made readable for `days` days at
     /// retrieval `tier` (`Standard`, `Bulk`, `Expedited`).
     fn request_restore(&self, name: &str, days: u32, tier: &str) -> io::Result<RestoreRequest> {

@@ -286,6 +286,47 @@ impl ObjectStore for S3Store {
         })
     }
 
+    fn object_lock_enabled(&self) -> io::Result<bool> {
+        let inner = &self.inner;
+        let req = inner.client.get_object_lock_configuration().bucket(&inner.bucket);
+        match block_on(req.send()).map_err(io_err)? {
+            Ok(out) => Ok(out
+                .object_lock_configuration()
+                .and_then(|c| c.object_lock_enabled())
+                .is_some_and(|e| e.as_str() == "Enabled")),
+            Err(e) if error_code(&e).as_deref() == Some("ObjectLockConfigurationNotFoundError") => Ok(false),
+            Err(e) => Err(io::Error::other(format!(
+                "GetObjectLockConfiguration s3://{}: {}",
+                inner.bucket,
+                describe(&e)
+            ))),
+        }
+    }
+
+    fn extend_retention(&self, name: &str, retention: &Retention) -> io::Result<()> {
+        use aws_sdk_s3::types::{ObjectLockRetention, ObjectLockRetentionMode};
+        let current = self.head(name)?.retention;
+        if current.as_ref().is_some_and(|c| c.until >= retention.until) {
+            return Ok(());
+        }
+        let inner = &self.inner;
+        let req = inner
+            .client
+            .put_object_retention()
+            .bucket(&inner.bucket)
+            .key(name)
+            .retention(
+                ObjectLockRetention::builder()
+                    .mode(ObjectLockRetentionMode::from(retention.mode.as_str()))
+                    .retain_until_date(aws_smithy_types::DateTime::from_secs(retention.until.as_second()))
+                    .build(),
+            );
+        block_on(req.send()).map_err(io_err)?.map_err(|e| {
+            io::Error::other(format!("PutObjectRetention {}: {}", inner.url(name), describe(&e)))
+        })?;
+        Ok(())
+    }
+
     fn request_restore(&self, name: &str, days: u32, tier: &str) -> io::Result<RestoreRequest> {
         use aws_sdk_s3::types::{GlacierJobParameters, RestoreRequest as S3Restore, Tier};
         let inner = &self.inner;
