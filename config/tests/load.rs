@@ -120,7 +120,7 @@ fn each_mistake_has_its_exact_message() {
         (
             &format!("{MINIMAL}schedul = '0 3 * * *'\n"),
             "config.toml:9:1: jobs[0].schedul: unknown field `schedul`, expected one of `name`, `paths`, `exclude`, \
-             `one-file-system`, `compression-level`, `compression-threads`, `schedule`, `watch`, `on-change`, `catch-up`, `on-failure`, `on-failure-sns`, `retention`",
+             `one-file-system`, `compression-level`, `compression-threads`, `schedule`, `watch`, `on-change`, `catch-up`, `on-failure`, `on-failure-sns`, `retention`, `full-every-runs`, `full-every-days`, `object-lock`",
         ),
         // 3. a value of the wrong type
         (

@@ -113,7 +113,7 @@ fn unknown_key() {
         &f,
         &text,
         "15:1: jobs[0].schedul: unknown field `schedul`, expected one of `name`, `paths`, `exclude`, \
-         `one-file-system`, `compression-level`, `compression-threads`, `schedule`, `watch`, `on-change`, `catch-up`, `on-failure`, `on-failure-sns`, `retention`",
+         `one-file-system`, `compression-level`, `compression-threads`, `schedule`, `watch`, `on-change`, `catch-up`, `on-failure`, `on-failure-sns`, `retention`, `full-every-runs`, `full-every-days`, `object-lock`",
     );
 }
 

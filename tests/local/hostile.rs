@@ -135,9 +135,11 @@ fn raw_header(item: &Item, uid: u32, gid: u32) -> [u8; 512] {
 
 /// The tar stream: each header, its content padded to 512 bytes, then the
 /// two zero blocks that end an archive.
-fn raw_tar(items: &[Item], uid: u32, gid: u32) -> Vec<u8> {
+fn raw_tar(items: &[Item], uid: u32, gid: u32) -> (Vec<u8>, Vec<u64>) {
     let mut out = Vec::new();
+    let mut offsets = Vec::new();
     for item in items {
+        offsets.push(out.len() as u64);
         out.extend_from_slice(&raw_header(item, uid, gid));
         out.extend_from_slice(&item.content);
         out.resize(out.len().next_multiple_of(512), 0);
@@ -163,7 +165,7 @@ fn raw_tar(items: &[Item], uid: u32, gid: u32) -> Vec<u8> {
         })
         .collect();
     assert_eq!(read, want, "the hand-built tar does not read back as built");
-    out
+    (out, offsets)
 }
 
 /// The encryption context `Repo::context` builds.
@@ -214,30 +216,24 @@ fn write_snapshot(f: &Fixture, items: &[Item]) {
     let archive_name = format!("{PREFIX}/{HOST}/{JOB}/archives/{SNAPSHOT}/0.archive");
     let manifest_name = format!("{PREFIX}/{HOST}/{JOB}/snapshots/{SNAPSHOT}.manifest");
 
-    let tar = raw_tar(items, uid, gid);
+    let (tar, offsets) = raw_tar(items, uid, gid);
+    // One zstd frame (the tar is far below the 4 MiB frame size).
     let compressed = zstd::encode_all(tar.as_slice(), 3).unwrap();
     let (archive, archive_env) = seal(&keys, &context("archive", &archive_name), &compressed);
 
     let mut lines = vec![json!({
-        "vaultline_manifest": 1,
+        "vaultline_manifest": 2,
         "snapshot": SNAPSHOT,
         "host": HOST,
         "job": JOB,
         "parent": null,
+        "chain": 0,
+        "full_started": "2026-01-01T00:00:00Z",
         "started": "2026-01-01T00:00:00Z",
         "paths": [f.path().join("src").display().to_string()],
-        "archives": [{
-            "object": archive_name,
-            "snapshot": SNAPSHOT,
-            "envelope": {
-                "provider": archive_env.provider,
-                "key_id": archive_env.key_id,
-                "wrapped": hex::encode(&archive_env.wrapped),
-            },
-        }],
     })];
     let (mut files, mut symlinks, mut bytes) = (0u64, 0u64, 0u64);
-    for item in items {
+    for (item, offset) in items.iter().zip(&offsets) {
         let mut entry = json!({
             "path": item.path,
             "type": item.kind,
@@ -245,9 +241,10 @@ fn write_snapshot(f: &Fixture, items: &[Item]) {
             "uid": uid,
             "gid": gid,
             "mtime": MTIME,
-            "archive": 0,
         });
         if item.kind == "file" {
+            entry["archive"] = json!(0);
+            entry["offset"] = json!(offset);
             files += 1;
             bytes += item.content.len() as u64;
             if !item.content.is_empty() {
@@ -261,6 +258,19 @@ fn write_snapshot(f: &Fixture, items: &[Item]) {
         }
         lines.push(entry);
     }
+    lines.push(json!({"archives": [{
+        "object": archive_name,
+        "snapshot": SNAPSHOT,
+        "envelope": {
+            "provider": archive_env.provider,
+            "key_id": archive_env.key_id,
+            "wrapped": hex::encode(&archive_env.wrapped),
+        },
+        "size": archive.len(),
+        "plain_size": tar.len(),
+        "frame_size": 4 << 20,
+        "frames": [compressed.len()],
+    }]}));
     lines.push(json!({"end": {
         "finished": "2026-01-01T00:00:01Z",
         "files": files,
@@ -269,7 +279,10 @@ fn write_snapshot(f: &Fixture, items: &[Item]) {
         "hardlinks": 0,
         "bytes": bytes,
         "skipped": 0,
-        "archive_sizes": [archive.len()],
+        "archived_files": files,
+        "archived_bytes": bytes,
+        "reused": 0,
+        "deleted": 0,
     }}));
     let mut text = String::new();
     for line in &lines {

@@ -51,7 +51,7 @@ impl World {
 
     /// Backs up now; returns the new snapshot's id.
     fn backup(&self) -> String {
-        let run = self.f.run(&["--json", "backup", "now"]).ok();
+        let run = self.f.run(&["--json", "backup", "now", "--full"]).ok();
         let id = run.json()[0]["snapshot"].as_str().unwrap().to_string();
         assert_eq!(id.len(), 25, "{}", run.stdout);
         id
