@@ -71,6 +71,14 @@ pub enum Command {
     /// Download, decrypt and check snapshots against their manifests.
     Verify(VerifyArgs),
 
+    /// Apply the jobs' retention policies: forget old snapshots, delete the
+    /// archives no kept snapshot needs and those crashed runs left.
+    Forget(ForgetArgs),
+
+    /// Re-wrap every data key under another KMS key, rewriting only the
+    /// small STANDARD objects (archives are neither read nor rewritten).
+    Rewrap(RewrapArgs),
+
     /// Last runs per job, next scheduled runs, hardening results.
     Status,
 
@@ -223,6 +231,35 @@ pub struct RestoreArgs {
     /// directory with a file).
     #[arg(long)]
     pub overwrite: bool,
+}
+
+/// `forget`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["dry_run", "apply"])))]
+pub struct ForgetArgs {
+    /// Only this job [default: every job in the configuration].
+    #[arg(value_name = "JOB")]
+    pub job: Option<String>,
+
+    /// Snapshots made by this host [default: agent.host from the configuration].
+    #[arg(long)]
+    pub host: Option<String>,
+
+    /// Print what would be kept and removed, and why; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Remove what the plan says.
+    #[arg(long)]
+    pub apply: bool,
+}
+
+/// `rewrap`.
+#[derive(Debug, Args)]
+pub struct RewrapArgs {
+    /// The KMS key to wrap every data key under: key id, alias or ARN.
+    #[arg(long, value_name = "KEY")]
+    pub to_key: String,
 }
 
 /// `verify`.

@@ -31,6 +31,7 @@ mod manifest;
 mod output;
 mod pipe;
 mod repo;
+mod retention;
 mod service;
 mod snapshot;
 mod status;
@@ -87,6 +88,8 @@ fn run(cli: &Cli, out: Output) -> anyhow::Result<()> {
         Command::Snapshots(args) => commands::snapshots::run(&app, args),
         Command::Restore(args) => commands::restore::run(&app, args),
         Command::Verify(args) => commands::verify::run(&app, args),
+        Command::Forget(args) => commands::forget::run(&app, args),
+        Command::Rewrap(args) => commands::rewrap::run(&app, args),
         Command::Policy(PolicyCommand::Iam { role }) => commands::policy::run(&app, *role),
         Command::Audit => commands::audit::run(&app),
         Command::Status => commands::status::run(&app),

@@ -269,15 +269,15 @@ struct ArchivesLine {
     archives: Vec<Option<ArchiveRef>>,
 }
 
-/// Writes a manifest into a pending object.
-pub struct ManifestWriter {
-    out: BufWriter<zstd::stream::write::Encoder<'static, SealedWriter<Box<dyn PendingObject>>>>,
+/// Writes a manifest into a pending object (or, for `rewrap`, any writer).
+pub struct ManifestWriter<W: Write = Box<dyn PendingObject>> {
+    out: BufWriter<zstd::stream::write::Encoder<'static, SealedWriter<W>>>,
 }
 
-impl ManifestWriter {
+impl<W: Write> ManifestWriter<W> {
     /// Starts the manifest: seals into `object` and writes the header line.
     pub fn new(
-        object: Box<dyn PendingObject>,
+        object: W,
         key: &DataKey,
         envelope: KeyEnvelope,
         context: EncryptionContext,
@@ -312,11 +312,7 @@ impl ManifestWriter {
 
     /// Writes the archive table and the end record and closes the stream;
     /// the caller commits the returned object after the archives.
-    pub fn finish(
-        mut self,
-        archives: Vec<Option<ArchiveRef>>,
-        end: ManifestEnd,
-    ) -> Result<Box<dyn PendingObject>> {
+    pub fn finish(mut self, archives: Vec<Option<ArchiveRef>>, end: ManifestEnd) -> Result<W> {
         self.line(&ArchivesLine { archives })?;
         self.line(&EndLine { end })?;
         let encoder = self.out.into_inner().map_err(|e| e.into_error())?;

@@ -11,7 +11,7 @@ use crate::util::moto::moto;
 fn a_wrapped_key_presented_under_another_context_is_refused() {
     let m = moto();
     let (fx, _src, bucket, _key) = backed_up("context", &[("f", b"first".as_slice())]);
-    fx.run(&["backup", "now"]).ok();
+    fx.run(&["backup", "now", "--full"]).ok();
     let snaps = fx.run(&["snapshots", "--json"]).ok().json();
     let ids: Vec<String> = snaps
         .as_array()

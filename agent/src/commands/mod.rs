@@ -4,11 +4,13 @@
 
 pub mod audit;
 pub mod backup;
+pub mod forget;
 pub mod generate;
 pub mod harden;
 pub mod init;
 pub mod policy;
 pub mod restore;
+pub mod rewrap;
 pub mod snapshots;
 pub mod status;
 pub mod verify;

@@ -113,7 +113,7 @@ impl ObjectStore for LocalStore {
         Ok(())
     }
 
-    fn replace(&self, name: &str, bytes: &[u8]) -> io::Result<ObjectInfo> {
+    fn replace(&self, name: &str, bytes: &[u8], _retention: Option<&Retention>) -> io::Result<ObjectInfo> {
         let mut pending = self.pending(name)?;
         pending.write_all(bytes)?;
         pending.replace = true;

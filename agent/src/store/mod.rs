@@ -138,8 +138,10 @@ pub trait ObjectStore: Send + Sync {
     fn delete(&self, name: &str) -> io::Result<()>;
 
     /// Replaces a small control object (a re-wrapped manifest, the marker),
-    /// atomically: readers see the old or the new object, never a mix.
-    fn replace(&self, name: &str, bytes: &[u8]) -> io::Result<ObjectInfo>;
+    /// atomically: readers see the old or the new object, never a mix. In a
+    /// versioned bucket the old one stays as a noncurrent version; the new
+    /// one gets `retention` when given.
+    fn replace(&self, name: &str, bytes: &[u8], retention: Option<&Retention>) -> io::Result<ObjectInfo>;
 
     /// Whether objects can be locked (S3 Object Lock on the bucket).
     fn object_lock_enabled(&self) -> io::Result<bool> {

@@ -265,9 +265,9 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
-    fn replace(&self, name: &str, bytes: &[u8]) -> io::Result<ObjectInfo> {
+    fn replace(&self, name: &str, bytes: &[u8], retention: Option<&Retention>) -> io::Result<ObjectInfo> {
         let inner = &self.inner;
-        let req = inner
+        let mut req = inner
             .client
             .put_object()
             .bucket(&inner.bucket)
@@ -277,6 +277,11 @@ impl ObjectStore for S3Store {
             .checksum_sha256(sha256_b64(bytes))
             .storage_class(StorageClass::Standard)
             .body(ByteStream::from(bytes.to_vec()));
+        if let Some(r) = retention {
+            req = req
+                .object_lock_mode(ObjectLockMode::from(r.mode.as_str()))
+                .object_lock_retain_until_date(aws_smithy_types::DateTime::from_secs(r.until.as_second()));
+        }
         block_on(req.send()).map_err(io_err)?.map_err(|e| {
             io::Error::other(format!("PutObject {}: {}", inner.url(name), describe(&e)))
         })?;
