@@ -64,6 +64,8 @@ pub struct BackupReport {
     pub snapshot: String,
     /// The snapshot it builds on (None: a full snapshot).
     pub parent: Option<String>,
+    /// The archive object it wrote (None: nothing changed).
+    pub archive: Option<String>,
     /// Why the run was full, when it was.
     pub full_reason: Option<String>,
     /// Regular files archived.
@@ -124,7 +126,14 @@ enum Base {
 /// Decides between an incremental and a full run, from the local record
 /// and a listing of the repository (no object is read: this works on a
 /// write-only host).
-fn choose_base(repo: &Repo, host: &str, job: &Job, opts: &RunOptions<'_>, now: jiff::Timestamp) -> Result<Base> {
+fn choose_base(
+    repo: &Repo,
+    keys: &dyn KeyWrap,
+    host: &str,
+    job: &Job,
+    opts: &RunOptions<'_>,
+    now: jiff::Timestamp,
+) -> Result<Base> {
     if opts.force_full {
         return Ok(Base::Full("a full snapshot was asked for (--full)".into()));
     }
@@ -168,6 +177,18 @@ fn choose_base(repo: &Repo, host: &str, job: &Job, opts: &RunOptions<'_>, now: j
         return Ok(Base::Full(format!(
             "the last full snapshot started {} (full-every-days = {})",
             h.full_started, job.full_every_days
+        )));
+    }
+    if let Some(a) = h
+        .archives
+        .iter()
+        .flatten()
+        .find(|a| a.envelope.provider != keys.provider_id() || a.envelope.key_id != keys.key_id())
+    {
+        return Ok(Base::Full(format!(
+            "the local record holds data keys wrapped by {} key {}, not the configured key (the repository \
+             was re-wrapped to a new key; this host cannot read the new envelopes, by design)",
+            a.envelope.provider, a.envelope.key_id
         )));
     }
     let present: HashMap<String, u64> = repo
@@ -294,7 +315,7 @@ pub fn run(
         None => None,
     };
 
-    let base = choose_base(repo, host, job, opts, started_at)?;
+    let base = choose_base(repo, keys, host, job, opts, started_at)?;
     let id = new_snapshot_id()?;
     let manifest_name = repo.manifest_name(host, &job.name, &id);
     let manifest_ctx = repo.context(host, &job.name, &id, Kind::Manifest, &manifest_name)?;
@@ -339,6 +360,7 @@ pub fn run(
         job: job.name.clone(),
         snapshot: id.clone(),
         parent,
+        archive: None,
         full_reason,
         files: 0,
         dirs: 0,
@@ -388,6 +410,7 @@ pub fn run(
             .commit()
             .with_context(|| format!("committing archive {}", out.name))?;
         archive_size = info.size;
+        report.archive = Some(out.name.clone());
         table.push(Some(ArchiveRef {
             object: out.name,
             snapshot: id.clone(),

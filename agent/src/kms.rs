@@ -77,6 +77,76 @@ impl KmsKeyWrap {
         Ok(KmsKeyWrap { client, arn })
     }
 
+    /// Moves a data key from the KMS key its envelope names to `to`'s key
+    /// with `ReEncrypt` (for `vaultline rewrap`): the plaintext data key never
+    /// leaves KMS. The source key is pinned to the envelope's key ARN, and
+    /// both the source and the destination encryption context are the
+    /// object's full context, so the new blob is bound to the same object.
+    pub fn reencrypt(
+        &self,
+        envelope: &KeyEnvelope,
+        context: &EncryptionContext,
+        to: &KmsKeyWrap,
+    ) -> vaultline_crypto::Result<KeyEnvelope> {
+        if envelope.provider != PROVIDER {
+            return Err(CryptoError::ProviderMismatch {
+                expected: PROVIDER.to_string(),
+                found: envelope.provider.clone(),
+            });
+        }
+        let req = self
+            .client
+            .re_encrypt()
+            .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(envelope.wrapped.clone()))
+            .source_key_id(&envelope.key_id)
+            .set_source_encryption_context(Some(kms_context(context)))
+            .destination_key_id(&to.arn)
+            .set_destination_encryption_context(Some(kms_context(context)));
+        let out = block_on(req.send())
+            .map_err(|e| self.error("ReEncrypt", &envelope.key_id, context, format!("to key {}: {e:#}", to.arn)))?
+            .map_err(|e| {
+                let code = error_code(&e);
+                let code = code.as_deref();
+                let hint = match code {
+                    Some("AccessDeniedException" | "AccessDenied") => {
+                        " — rewrap needs kms:ReEncryptFrom on the source key and kms:ReEncryptTo on the \
+                         destination key for this encryption context (docs/key-rotation.md)"
+                    }
+                    other => explain(other),
+                };
+                let why = format!("{}{hint}", describe(&e));
+                match code {
+                    // The wrapped key and its context do not belong together:
+                    // stored data that is not what we wrote.
+                    Some("InvalidCiphertextException" | "IncorrectKeyException") => CryptoError::UnwrapFailed {
+                        key_id: envelope.key_id.clone(),
+                        reason: format!(
+                            "KMS ReEncrypt refused it for object {}: {why}",
+                            context.get("object").unwrap_or("?")
+                        ),
+                    },
+                    _ => self.error("ReEncrypt", &envelope.key_id, context, format!("to key {}: {why}", to.arn)),
+                }
+            })?;
+        let wrapped = out
+            .ciphertext_blob()
+            .map(|b| b.as_ref().to_vec())
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| {
+                self.error(
+                    "ReEncrypt",
+                    &envelope.key_id,
+                    context,
+                    format!("to key {}: no ciphertext in the response", to.arn),
+                )
+            })?;
+        Ok(KeyEnvelope {
+            provider: PROVIDER.to_string(),
+            key_id: out.key_id().unwrap_or(&to.arn).to_string(),
+            wrapped,
+        })
+    }
+
     fn error(
         &self,
         operation: &'static str,

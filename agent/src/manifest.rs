@@ -269,6 +269,15 @@ struct ArchivesLine {
     archives: Vec<Option<ArchiveRef>>,
 }
 
+/// One item of a manifest's body, as [`ManifestReader::next_item`] yields it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestItem {
+    /// An entry.
+    Entry(Entry),
+    /// A path of the parent that this snapshot no longer has.
+    Deleted(EncodedPath),
+}
+
 /// Writes a manifest into a pending object (or, for `rewrap`, any writer).
 pub struct ManifestWriter<W: Write = Box<dyn PendingObject>> {
     out: BufWriter<zstd::stream::write::Encoder<'static, SealedWriter<W>>>,
@@ -373,6 +382,18 @@ impl<R: Read> ManifestReader<R> {
     /// entries are checked against the table when it arrives.
     pub fn next_entry(&mut self) -> Result<Option<Entry>> {
         loop {
+            match self.next_item()? {
+                Some(ManifestItem::Entry(e)) => return Ok(Some(e)),
+                Some(ManifestItem::Deleted(_)) => {}
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Like [`next_entry`](Self::next_entry), but also yields the deleted
+    /// paths, in manifest order (for `rewrap`, which copies a manifest).
+    pub fn next_item(&mut self) -> Result<Option<ManifestItem>> {
+        loop {
             if self.end.is_some() {
                 return Ok(None);
             }
@@ -387,10 +408,10 @@ impl<R: Read> ManifestReader<R> {
                 IntegrityError(format!("manifest {}: line {line}: invalid {what}: {e}", self.name)).into()
             };
             if line.starts_with(b"{\"deleted\"") {
-                let _: DeletedLine =
+                let d: DeletedLine =
                     serde_json::from_slice(&line).map_err(|e| bad("deleted path", e, self.line))?;
                 self.deleted += 1;
-                continue;
+                return Ok(Some(ManifestItem::Deleted(d.deleted)));
             }
             if line.starts_with(b"{\"archives\"") {
                 let a: ArchivesLine =
@@ -449,7 +470,7 @@ impl<R: Read> ManifestReader<R> {
                     .into());
                 }
             }
-            return Ok(Some(entry));
+            return Ok(Some(ManifestItem::Entry(entry)));
         }
     }
 

@@ -249,6 +249,12 @@ impl<'a> SnapshotReader<'a> {
         ManifestReader::new(sealed, &self.manifest_name).with_context(|| format!("snapshot {}", self.snapshot.id))
     }
 
+    /// A fresh pass over the manifest's lines, entries and deleted paths
+    /// (`ManifestReader::next_item`), e.g. to copy the manifest (`rewrap`).
+    pub fn manifest_pass(&self) -> Result<ManifestPass> {
+        self.pass()
+    }
+
     /// The manifest's header.
     pub fn header(&self) -> &ManifestHeader {
         &self.manifest

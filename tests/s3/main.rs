@@ -12,5 +12,6 @@ mod agent;
 mod faults;
 mod hardening;
 mod iam;
+mod incremental;
 mod kms;
 mod roundtrip;

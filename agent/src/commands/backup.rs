@@ -198,10 +198,13 @@ fn run_jobs(
                     serde_json::json!({
                         "job": report.job,
                         "snapshot": report.snapshot,
-                        "objects": [
-                            app.repo.archive_name(host, &report.job, &report.snapshot, 0),
-                            app.repo.manifest_name(host, &report.job, &report.snapshot),
-                        ],
+                        "objects": report
+                            .archive
+                            .iter()
+                            .cloned()
+                            .chain([app.repo.manifest_name(host, &report.job, &report.snapshot)])
+                            .collect::<Vec<_>>(),
+                        "parent": report.parent,
                         "files": report.files,
                         "bytes_read": report.bytes_read,
                         "bytes_stored": report.bytes_stored,
@@ -305,6 +308,17 @@ fn describe(r: &BackupReport) -> String {
         r.duration_secs,
         human_bytes(rate),
     );
+    match (&r.parent, &r.full_reason) {
+        (Some(parent), _) => t.push_str(&format!(
+            "\n  incremental on {parent}: archived {} new or changed file(s) ({}), {} entries unchanged, {} deleted",
+            r.archived_files,
+            human_bytes(r.archived_bytes),
+            r.reused,
+            r.deleted
+        )),
+        (None, Some(why)) => t.push_str(&format!("\n  full snapshot: {why}")),
+        (None, None) => t.push_str("\n  full snapshot"),
+    }
     if !r.skipped.is_empty() {
         t.push_str(&format!(
             "\n  skipped {} special or vanished path(s)",
