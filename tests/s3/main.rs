@@ -10,6 +10,7 @@ mod util;
 
 mod agent;
 mod faults;
+mod glacier;
 mod hardening;
 mod iam;
 mod incremental;

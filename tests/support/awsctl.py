@@ -301,7 +301,10 @@ def objects(bucket):
     out = []
     for o in all_objects(s3, bucket):
         head = s3.head_object(Bucket=bucket, Key=o["Key"])
-        tags = s3.get_object_tagging(Bucket=bucket, Key=o["Key"])["TagSet"]
+        try:
+            tags = s3.get_object_tagging(Bucket=bucket, Key=o["Key"])["TagSet"]
+        except s3.exceptions.ClientError:
+            tags = []  # the test server refuses tagging reads of GLACIER objects
         out.append(
             {
                 "key": o["Key"],
