@@ -307,9 +307,7 @@ impl<'a> Walker<'a> {
         // Roots in walk order too, so the whole walk is in the order
         // `changes::walk_order` defines (incremental runs join on it).
         let mut roots: Vec<&PathBuf> = self.job.paths.iter().collect();
-        roots.sort_by(|a, b| {
-            crate::changes::walk_order(a.as_os_str().as_bytes(), b.as_os_str().as_bytes())
-        });
+        roots.sort_by(|a, b| crate::changes::walk_order(a.as_os_str().as_bytes(), b.as_os_str().as_bytes()));
         for root in roots {
             let walk = walkdir::WalkDir::new(root)
                 .follow_links(false)

@@ -119,7 +119,7 @@ pub struct RunOptions<'a> {
 
 /// The parent an incremental run builds on, or why the run is full.
 enum Base {
-    Incremental(Record),
+    Incremental(Box<Record>),
     Full(String),
 }
 
@@ -205,7 +205,7 @@ fn choose_base(
             )));
         }
     }
-    Ok(Base::Incremental(record))
+    Ok(Base::Incremental(Box::new(record)))
 }
 
 /// What the change-detection record says the repository is.
@@ -324,7 +324,7 @@ pub fn run(
         .context("generating the manifest's data key")?;
 
     let (mut record, full_reason) = match base {
-        Base::Incremental(r) => (Some(r), None),
+        Base::Incremental(r) => (Some(*r), None),
         Base::Full(why) => (None, Some(why)),
     };
     if let Some(why) = &full_reason {

@@ -162,7 +162,10 @@ impl<W: Write> FrameWriter<W> {
     }
 
     fn submit(&mut self) -> io::Result<()> {
-        let next = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(FRAME_SIZE as usize));
+        let next = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(FRAME_SIZE as usize));
         let plain = std::mem::replace(&mut self.buf, next);
         match self.pool.is_some() {
             false => {
@@ -179,7 +182,8 @@ impl<W: Write> FrameWriter<W> {
                 let jobs = self
                     .pool
                     .as_ref()
-                    .and_then(|p| p.jobs.as_ref()).ok_or_else(|| io::Error::other("compression pool closed"))?;
+                    .and_then(|p| p.jobs.as_ref())
+                    .ok_or_else(|| io::Error::other("compression pool closed"))?;
                 jobs.send((self.submitted, plain))
                     .map_err(|_| io::Error::other("the compression workers stopped unexpectedly"))?;
                 self.submitted += 1;

@@ -405,7 +405,11 @@ impl<R: Read> ManifestReader<R> {
             let line = line.with_context(|| format!("manifest {}", self.name))?;
             self.line += 1;
             let bad = |what: &str, e: serde_json::Error, line: u64| -> anyhow::Error {
-                IntegrityError(format!("manifest {}: line {line}: invalid {what}: {e}", self.name)).into()
+                IntegrityError(format!(
+                    "manifest {}: line {line}: invalid {what}: {e}",
+                    self.name
+                ))
+                .into()
             };
             if line.starts_with(b"{\"deleted\"") {
                 let d: DeletedLine =
@@ -421,16 +425,19 @@ impl<R: Read> ManifestReader<R> {
                 continue;
             }
             if line.starts_with(b"{\"end\"") {
-                let end: EndLine = serde_json::from_slice(&line).map_err(|e| bad("end record", e, self.line))?;
+                let end: EndLine =
+                    serde_json::from_slice(&line).map_err(|e| bad("end record", e, self.line))?;
                 if self.lines.next().is_some() {
                     return Err(
                         IntegrityError(format!("manifest {}: data after the end record", self.name)).into(),
                     );
                 }
                 if self.archives.is_none() {
-                    return Err(
-                        IntegrityError(format!("manifest {}: no archive table before the end", self.name)).into(),
-                    );
+                    return Err(IntegrityError(format!(
+                        "manifest {}: no archive table before the end",
+                        self.name
+                    ))
+                    .into());
                 }
                 self.end = Some(end.end);
                 return Ok(None);

@@ -241,8 +241,7 @@ impl Repo {
         expected: &EncryptionContext,
         envelope: Option<&KeyEnvelope>,
     ) -> Result<(Header, DataKey)> {
-        let header =
-            Header::read_from(input).with_context(|| format!("object {name}: unreadable header"))?;
+        let header = Header::read_from(input).with_context(|| format!("object {name}: unreadable header"))?;
         if header.context() != expected {
             return Err(IntegrityError(format!(
                 "object {name} is not what its name says: it was sealed as [{}], expected [{expected}] \

@@ -31,7 +31,8 @@ pub struct Decision {
 pub fn apply(policy: &Retention, ids: &[String]) -> Vec<Decision> {
     let mut sorted: Vec<&String> = ids.iter().collect();
     sorted.sort_unstable_by(|a, b| b.cmp(a));
-    let mut reasons: BTreeMap<&str, Vec<String>> = sorted.iter().map(|id| (id.as_str(), Vec::new())).collect();
+    let mut reasons: BTreeMap<&str, Vec<String>> =
+        sorted.iter().map(|id| (id.as_str(), Vec::new())).collect();
     let everything = *policy == Retention::default();
     if let Some(newest) = sorted.first() {
         reasons
@@ -55,11 +56,16 @@ pub fn apply(policy: &Retention, ids: &[String]) -> Vec<Decision> {
                 .push(format!("last {}", i + 1));
         }
     }
-    let rules: [(&str, u32, fn(&str) -> String); 5] = [
-        ("hourly", policy.keep_hourly, |id| format!("{}T{}", day(id), &id[9..11])),
+    type Bucket = fn(&str) -> String;
+    let rules: [(&str, u32, Bucket); 5] = [
+        ("hourly", policy.keep_hourly, |id| {
+            format!("{}T{}", day(id), &id[9..11])
+        }),
         ("daily", policy.keep_daily, day),
         ("weekly", policy.keep_weekly, week),
-        ("monthly", policy.keep_monthly, |id| format!("{}-{}", &id[0..4], &id[4..6])),
+        ("monthly", policy.keep_monthly, |id| {
+            format!("{}-{}", &id[0..4], &id[4..6])
+        }),
         ("yearly", policy.keep_yearly, |id| id[0..4].to_string()),
     ];
     for (name, count, bucket_of) in rules {
@@ -114,7 +120,10 @@ mod tests {
     }
 
     fn kept(d: &[Decision]) -> Vec<&str> {
-        d.iter().filter(|d| !d.reasons.is_empty()).map(|d| d.id.as_str()).collect()
+        d.iter()
+            .filter(|d| !d.reasons.is_empty())
+            .map(|d| d.id.as_str())
+            .collect()
     }
 
     #[test]
@@ -132,10 +141,16 @@ mod tests {
             ..Retention::default()
         };
         let d = apply(&policy, &all);
-        assert_eq!(kept(&d), ["20261122T090000Z-00000005", "20261121T120000Z-00000003"]);
+        assert_eq!(
+            kept(&d),
+            ["20261122T090000Z-00000005", "20261121T120000Z-00000003"]
+        );
         let newest = &d[0];
         assert!(newest.reasons.contains(&"last 1".to_string()), "{newest:?}");
-        assert!(newest.reasons.contains(&"daily 2026-11-22".to_string()), "{newest:?}");
+        assert!(
+            newest.reasons.contains(&"daily 2026-11-22".to_string()),
+            "{newest:?}"
+        );
     }
 
     #[test]
@@ -147,13 +162,32 @@ mod tests {
             "20260110T000000Z-00000004",
             "20260201T000000Z-00000005",
         ]);
-        let weekly = apply(&Retention { keep_weekly: 2, ..Retention::default() }, &all);
+        let weekly = apply(
+            &Retention {
+                keep_weekly: 2,
+                ..Retention::default()
+            },
+            &all,
+        );
         // 2026-02-01 is in 2026-W05; 2026-01-10 in W02 (2026-01-05 too: older, same week).
-        assert_eq!(kept(&weekly), ["20260201T000000Z-00000005", "20260110T000000Z-00000004"]);
-        let yearly = apply(&Retention { keep_yearly: 3, ..Retention::default() }, &all);
+        assert_eq!(
+            kept(&weekly),
+            ["20260201T000000Z-00000005", "20260110T000000Z-00000004"]
+        );
+        let yearly = apply(
+            &Retention {
+                keep_yearly: 3,
+                ..Retention::default()
+            },
+            &all,
+        );
         assert_eq!(
             kept(&yearly),
-            ["20260201T000000Z-00000005", "20251230T000000Z-00000002", "20241231T000000Z-00000001"]
+            [
+                "20260201T000000Z-00000005",
+                "20251230T000000Z-00000002",
+                "20241231T000000Z-00000001"
+            ]
         );
         // 2025-12-30 is in ISO week 2026-W01.
         assert_eq!(week("20251230T000000Z-00000002"), "2026-W01");
@@ -163,9 +197,22 @@ mod tests {
     fn no_policy_keeps_everything_and_the_newest_is_always_kept() {
         let all = ids(&["20261120T010000Z-00000001", "20261121T010000Z-00000002"]);
         assert_eq!(kept(&apply(&Retention::default(), &all)).len(), 2);
-        let hourly = apply(&Retention { keep_hourly: 0, keep_yearly: 0, keep_monthly: 0, keep_last: 0, keep_daily: 0, keep_weekly: 0 }, &all);
+        let hourly = apply(
+            &Retention {
+                keep_hourly: 0,
+                keep_yearly: 0,
+                keep_monthly: 0,
+                keep_last: 0,
+                keep_daily: 0,
+                keep_weekly: 0,
+            },
+            &all,
+        );
         assert_eq!(kept(&hourly).len(), 2);
-        let one_day = Retention { keep_daily: 1, ..Retention::default() };
+        let one_day = Retention {
+            keep_daily: 1,
+            ..Retention::default()
+        };
         let d = apply(&one_day, &all);
         assert_eq!(kept(&d), ["20261121T010000Z-00000002"]);
     }

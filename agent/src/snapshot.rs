@@ -37,6 +37,10 @@ use crate::repo::{Kind, READ_BUFFER, Repo, SnapshotRef};
 
 type ManifestPass = ManifestReader<SealedReader<BufReader<File>>>;
 
+/// What a read calls for each selected entry: files with a reader of
+/// exactly their content, other entries with none.
+pub type Visit<'v> = dyn FnMut(&Entry, Option<&mut dyn Read>) -> Result<()> + 'v;
+
 /// Bytes past a file's offset and size that its tar headers can take at
 /// most (a PAX header with a path and a link target of PATH_MAX each).
 const TAR_SLACK: u64 = 16 << 10;
@@ -196,7 +200,8 @@ impl<'a> SnapshotReader<'a> {
                 .store()
                 .open(&name)
                 .with_context(|| format!("snapshot {}: cannot open {name}", snapshot.id))?;
-            io::copy(&mut raw, &mut spool).with_context(|| format!("snapshot {}: reading {name}", snapshot.id))?;
+            io::copy(&mut raw, &mut spool)
+                .with_context(|| format!("snapshot {}: reading {name}", snapshot.id))?;
         }
         spool.seek(SeekFrom::Start(0))?;
         let (header, key) = repo
@@ -225,9 +230,12 @@ impl<'a> SnapshotReader<'a> {
             end: ManifestEnd::default(),
         };
         let mut pass = reader.pass()?;
-        let end = pass.read_to_end().with_context(|| format!("snapshot {}", reader.snapshot.id))?;
+        let end = pass
+            .read_to_end()
+            .with_context(|| format!("snapshot {}", reader.snapshot.id))?;
         let h = pass.header().clone();
-        if h.snapshot != reader.snapshot.id || h.job != reader.snapshot.job || h.host != reader.snapshot.host {
+        if h.snapshot != reader.snapshot.id || h.job != reader.snapshot.job || h.host != reader.snapshot.host
+        {
             return Err(IntegrityError(format!(
                 "manifest {} describes snapshot {} of {}/{}",
                 reader.manifest_name, h.snapshot, h.host, h.job
@@ -244,9 +252,14 @@ impl<'a> SnapshotReader<'a> {
     fn pass(&self) -> Result<ManifestPass> {
         let mut file = self.spool.try_clone()?;
         file.seek(SeekFrom::Start(self.header.encoded_len() as u64))?;
-        let sealed = SealedReader::new(BufReader::with_capacity(READ_BUFFER, file), &self.header, &self.key)
-            .with_context(|| format!("snapshot {}: object {}", self.snapshot.id, self.manifest_name))?;
-        ManifestReader::new(sealed, &self.manifest_name).with_context(|| format!("snapshot {}", self.snapshot.id))
+        let sealed = SealedReader::new(
+            BufReader::with_capacity(READ_BUFFER, file),
+            &self.header,
+            &self.key,
+        )
+        .with_context(|| format!("snapshot {}: object {}", self.snapshot.id, self.manifest_name))?;
+        ManifestReader::new(sealed, &self.manifest_name)
+            .with_context(|| format!("snapshot {}", self.snapshot.id))
     }
 
     /// A fresh pass over the manifest's lines, entries and deleted paths
@@ -337,11 +350,15 @@ impl<'a> SnapshotReader<'a> {
         &self,
         plan: &Plan,
         select: &mut dyn FnMut(&Entry) -> bool,
-        visit: &mut dyn FnMut(&Entry, Option<&mut dyn Read>) -> Result<()>,
+        visit: &mut Visit<'_>,
     ) -> Result<Walked> {
         let id = self.snapshot.id.clone();
         let mut walked = Walked::default();
-        let block = if plan.archives.len() <= 4 { 1 << 20 } else { 256 << 10 };
+        let block = if plan.archives.len() <= 4 {
+            1 << 20
+        } else {
+            256 << 10
+        };
         thread::scope(|scope| -> Result<()> {
             let mut cursors: HashMap<u32, Cursor<'_>> = HashMap::new();
             for (index, p) in &plan.archives {
@@ -369,12 +386,12 @@ impl<'a> SnapshotReader<'a> {
             // Finish whole reads (their end authenticates), stop the rest.
             let mut failure: Option<anyhow::Error> = consumed.err();
             for (_, mut c) in cursors {
-                if failure.is_none() && c.whole {
-                    if let Some(r) = c.reader.as_mut()
-                        && let Err(e) = io::copy(r, &mut io::sink())
-                    {
-                        failure = Some(e.into());
-                    }
+                if failure.is_none()
+                    && c.whole
+                    && let Some(r) = c.reader.as_mut()
+                    && let Err(e) = io::copy(r, &mut io::sink())
+                {
+                    failure = Some(e.into());
                 }
                 c.reader = None;
                 let produced = c
@@ -415,7 +432,7 @@ impl<'a> SnapshotReader<'a> {
     fn consume(
         &self,
         select: &mut dyn FnMut(&Entry) -> bool,
-        visit: &mut dyn FnMut(&Entry, Option<&mut dyn Read>) -> Result<()>,
+        visit: &mut Visit<'_>,
         cursors: &mut HashMap<u32, Cursor<'_>>,
         walked: &mut Walked,
     ) -> Result<()> {
@@ -454,7 +471,12 @@ fn plain_runs(p: &ArchivePlan) -> Vec<(u64, u64)> {
     let fs = p.archive.frame_size;
     p.runs()
         .iter()
-        .map(|&(first, last)| (first as u64 * fs, ((last as u64 + 1) * fs).min(p.archive.plain_size)))
+        .map(|&(first, last)| {
+            (
+                first as u64 * fs,
+                ((last as u64 + 1) * fs).min(p.archive.plain_size),
+            )
+        })
         .collect()
 }
 
@@ -507,7 +529,10 @@ impl Cursor<'_> {
                     self.pos
                 )));
             }
-            let reader = self.reader.as_mut().ok_or_else(|| anyhow!("archive reader closed"))?;
+            let reader = self
+                .reader
+                .as_mut()
+                .ok_or_else(|| anyhow!("archive reader closed"))?;
             let target = offset.min(end);
             let skip = target - self.pos;
             let skipped = io::copy(&mut reader.take(skip), &mut io::sink())?;
@@ -534,19 +559,25 @@ impl Cursor<'_> {
         &mut self,
         expected: &Entry,
         offset: u64,
-        visit: &mut dyn FnMut(&Entry, Option<&mut dyn Read>) -> Result<()>,
+        visit: &mut Visit<'_>,
     ) -> Result<()> {
         self.seek(offset)?;
         let mut count = 0u64;
         let result = {
-            let reader = self.reader.as_mut().ok_or_else(|| anyhow!("archive reader closed"))?;
+            let reader = self
+                .reader
+                .as_mut()
+                .ok_or_else(|| anyhow!("archive reader closed"))?;
             let mut archive = tar::Archive::new(Counted {
                 inner: reader,
                 count: &mut count,
             });
             let mut entries = archive.entries()?;
             match entries.next().transpose()? {
-                None => Err(format!("no entry at offset {offset}, where {} should be", expected.path.display())),
+                None => Err(format!(
+                    "no entry at offset {offset}, where {} should be",
+                    expected.path.display()
+                )),
                 Some(mut t) => {
                     let path = t.path_bytes().into_owned();
                     if path != expected.path.0
@@ -617,8 +648,14 @@ fn produce(
         let raw = store
             .open_range(&a.object, header.chunk_offset(k0), end)
             .with_context(|| format!("cannot open {}", a.object))?;
-        let mut sealed = SealedReader::at_chunk(BufReader::with_capacity(READ_BUFFER, raw), &header, &key, k0, limit)
-            .with_context(|| format!("object {}", a.object))?;
+        let mut sealed = SealedReader::at_chunk(
+            BufReader::with_capacity(READ_BUFFER, raw),
+            &header,
+            &key,
+            k0,
+            limit,
+        )
+        .with_context(|| format!("object {}", a.object))?;
         let skip = c_lo - k0 * chunk;
         io::copy(&mut (&mut sealed).take(skip), &mut io::sink())?;
         let mut decoder = zstd::stream::read::Decoder::new(BufReader::new(sealed.take(c_hi - c_lo)))?;

@@ -62,7 +62,9 @@ pub fn ensure_readable(app: &App, plan: &Plan, request_only: bool) -> Result<()>
     let mut waiting = Vec::new();
     for (_, p) in &plan.archives {
         let name = &p.archive.object;
-        let meta = store.head(name).with_context(|| format!("cannot look up {name}"))?;
+        let meta = store
+            .head(name)
+            .with_context(|| format!("cannot look up {name}"))?;
         let class = meta.storage_class.clone().unwrap_or_default();
         let state = match meta.thaw {
             Thaw::Readable => continue,

@@ -197,7 +197,8 @@ impl Header {
     /// Offset from the start of the object of chunk `index`'s frame word:
     /// every chunk before it is full (FORMAT.md §5.3).
     pub fn chunk_offset(&self, index: u64) -> u64 {
-        let sealed_chunk = (crate::stream::FRAME_SIZE + self.chunk_size as usize + crate::stream::TAG_SIZE) as u64;
+        let sealed_chunk =
+            (crate::stream::FRAME_SIZE + self.chunk_size as usize + crate::stream::TAG_SIZE) as u64;
         self.payload_offset() + index * sealed_chunk
     }
 

@@ -312,7 +312,14 @@ fn ranged_reads_yield_exactly_their_chunks_and_nothing_else() {
     let mut r = SealedReader::at_chunk(&sealed[at(2)..at(3)], &header, &key, 1, Some(2)).unwrap();
     let err = into_error(r.read_to_end(&mut Vec::new()).unwrap_err());
     assert!(
-        matches!(err, Error::ChunkOutOfOrder { index: 1, sealed_as: 2, .. }),
+        matches!(
+            err,
+            Error::ChunkOutOfOrder {
+                index: 1,
+                sealed_as: 2,
+                ..
+            }
+        ),
         "{err:?}"
     );
     // The range to the end, cut short by one chunk: the last chunk read is

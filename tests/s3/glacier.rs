@@ -32,7 +32,8 @@ fn glacier_archives_are_thawed_once_and_a_rerun_continues() {
     fs::write(&fx.config, text).unwrap();
     fx.init();
     fx.run(&["backup", "now"]).ok();
-    let archives: Vec<serde_json::Value> = m.ctl(&["objects", &bucket])
+    let archives: Vec<serde_json::Value> = m
+        .ctl(&["objects", &bucket])
         .as_array()
         .unwrap()
         .iter()
@@ -47,22 +48,49 @@ fn glacier_archives_are_thawed_once_and_a_rerun_continues() {
     m.ctl(&["restore-delay", &bucket, "4"]);
     let target = fx.path().join("t");
     let t = target.to_str().unwrap();
-    let first = fx.run(&["restore", "latest", "--target", t, "--request-only"]).code(7);
-    assert!(first.stderr.contains(&format!("{archive}: GLACIER")), "{}", first.stderr);
-    assert!(first.stderr.contains("restore requested now (Bulk tier, kept 2 day(s))"), "{}", first.stderr);
-    assert!(first.stderr.contains("run the same command again"), "{}", first.stderr);
+    let first = fx
+        .run(&["restore", "latest", "--target", t, "--request-only"])
+        .code(7);
+    assert!(
+        first.stderr.contains(&format!("{archive}: GLACIER")),
+        "{}",
+        first.stderr
+    );
+    assert!(
+        first
+            .stderr
+            .contains("restore requested now (Bulk tier, kept 2 day(s))"),
+        "{}",
+        first.stderr
+    );
+    assert!(
+        first.stderr.contains("run the same command again"),
+        "{}",
+        first.stderr
+    );
     assert!(first.stderr.contains("5–12 hours"), "{}", first.stderr);
     assert_eq!(restores(m, &bucket), 1);
     assert!(files_under(&target).is_empty(), "nothing restored yet");
 
     // Still thawing: the rerun sees the restore in progress and does not ask again.
-    let second = fx.run(&["restore", "latest", "--target", t, "--request-only"]).code(7);
-    assert!(second.stderr.contains("restore in progress (requested earlier)"), "{}", second.stderr);
-    assert_eq!(restores(m, &bucket), 1, "a restore in progress is never requested again");
+    let second = fx
+        .run(&["restore", "latest", "--target", t, "--request-only"])
+        .code(7);
+    assert!(
+        second.stderr.contains("restore in progress (requested earlier)"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(
+        restores(m, &bucket),
+        1,
+        "a restore in progress is never requested again"
+    );
 
     // Once thawed, the rerun restores.
     std::thread::sleep(std::time::Duration::from_secs(5));
-    fx.run(&["restore", "latest", "--target", t, "--request-only"]).ok();
+    fx.run(&["restore", "latest", "--target", t, "--request-only"])
+        .ok();
     assert_eq!(restores(m, &bucket), 1);
     assert_same_tree(src.path(), &restored(&target, src.path()));
 

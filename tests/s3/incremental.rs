@@ -24,7 +24,12 @@ fn objects(m: &Moto, bucket: &str) -> BTreeMap<String, u64> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|o| (o["key"].as_str().unwrap().to_string(), o["size"].as_u64().unwrap()))
+        .map(|o| {
+            (
+                o["key"].as_str().unwrap().to_string(),
+                o["size"].as_u64().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -74,10 +79,16 @@ fn a_chain_of_incrementals_restores_every_snapshot_exactly() {
 
     let full = backup(&fx);
     assert!(full["parent"].is_null(), "{full}");
-    assert!(full["full_reason"].as_str().unwrap().contains("no local record"), "{full}");
+    assert!(
+        full["full_reason"].as_str().unwrap().contains("no local record"),
+        "{full}"
+    );
     copy_of(&src, &work.path().join("at0"));
 
-    let mut states = vec![(full["snapshot"].as_str().unwrap().to_string(), work.path().join("at0"))];
+    let mut states = vec![(
+        full["snapshot"].as_str().unwrap().to_string(),
+        work.path().join("at0"),
+    )];
     for (round, seed) in [(1, 21), (2, 22)] {
         let before = objects(m, &bucket);
         mutate_corpus(&src, 5, seed);
@@ -85,8 +96,14 @@ fn a_chain_of_incrementals_restores_every_snapshot_exactly() {
         let r = backup(&fx);
         let id = r["snapshot"].as_str().unwrap().to_string();
         assert_eq!(r["parent"], states.last().unwrap().0.as_str(), "{r}");
-        assert!(r["deleted"].as_u64().unwrap() > 0, "the mutation deletes files: {r}");
-        assert!(r["reused"].as_u64().unwrap() > r["archived_files"].as_u64().unwrap() * 5, "{r}");
+        assert!(
+            r["deleted"].as_u64().unwrap() > 0,
+            "the mutation deletes files: {r}"
+        );
+        assert!(
+            r["reused"].as_u64().unwrap() > r["archived_files"].as_u64().unwrap() * 5,
+            "{r}"
+        );
         // What this run uploaded: exactly one new archive and one manifest.
         let after = objects(m, &bucket);
         let new: Vec<(&String, &u64)> = after
@@ -94,7 +111,11 @@ fn a_chain_of_incrementals_restores_every_snapshot_exactly() {
             .filter(|(k, _)| !before.contains_key(*k) && !k.contains("/audit/"))
             .collect();
         assert_eq!(new.len(), 2, "{new:?}");
-        let archive_bytes: u64 = new.iter().filter(|(k, _)| k.ends_with(".archive")).map(|(_, s)| **s).sum();
+        let archive_bytes: u64 = new
+            .iter()
+            .filter(|(k, _)| k.ends_with(".archive"))
+            .map(|(_, s)| **s)
+            .sum();
         let compressed = zstd::encode_all(&changed_content[..], 3).unwrap().len() as u64;
         assert!(
             archive_bytes <= compressed * 2 + (256 << 10),
@@ -125,7 +146,12 @@ fn a_chain_of_incrementals_restores_every_snapshot_exactly() {
     }
     fx.run(&["verify", "--all"]).ok();
     let listed = fx.run(&["--json", "snapshots"]).ok().json();
-    let kinds: Vec<&str> = listed.as_array().unwrap().iter().map(|s| s["kind"].as_str().unwrap()).collect();
+    let kinds: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(kinds, ["full", "incremental", "incremental", "incremental"]);
 }
 
@@ -145,7 +171,10 @@ fn a_missing_local_record_makes_a_full_run_that_says_why() {
     let third = backup(&fx);
     assert!(third["parent"].is_null(), "{third}");
     assert!(
-        third["full_reason"].as_str().unwrap().contains("there is no local record of an earlier run of job data"),
+        third["full_reason"]
+            .as_str()
+            .unwrap()
+            .contains("there is no local record of an earlier run of job data"),
         "{third}"
     );
     let forced = fx.run(&["--json", "backup", "now", "--full"]).ok().json()[0].clone();
@@ -214,7 +243,13 @@ fn a_single_file_restore_fetches_a_small_part_of_a_large_archive() {
         .collect();
     assert_eq!(names.len(), 9, "{names:?}");
     assert!(!names.contains(&"bulk-00".to_string()), "{names:?}");
-    let none = fx.run(&["restore", "latest", "--target", t2.path().to_str().unwrap(), "/no/such/path"]);
+    let none = fx.run(&[
+        "restore",
+        "latest",
+        "--target",
+        t2.path().to_str().unwrap(),
+        "/no/such/path",
+    ]);
     let none = none.code(2);
     assert!(none.stderr.contains("nothing in snapshot"), "{}", none.stderr);
 }
@@ -280,14 +315,21 @@ fn forget_keeps_archives_kept_snapshots_need_and_removes_orphans() {
     assert_eq!(kept_full["action"], "keep", "{plan}");
     assert!(kept_full["why"].as_str().unwrap().contains(&last), "{kept_full}");
     assert_eq!(decision(orphan)["action"], "delete", "{plan}");
-    assert!(decision(orphan)["why"].as_str().unwrap().starts_with("orphan"), "{plan}");
+    assert!(
+        decision(orphan)["why"].as_str().unwrap().starts_with("orphan"),
+        "{plan}"
+    );
     // The middle run archived file 3 only, which the last snapshot still uses.
     assert_eq!(decision(&archive_of(&mid))["action"], "keep", "{plan}");
     // A dry run changes nothing.
     assert!(objects(m, &bucket).contains_key(orphan));
 
     let text = fx.run(&["forget", "--apply"]).ok();
-    assert!(text.stdout.contains("removed 2 snapshot(s) and 1 archive(s)"), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("removed 2 snapshot(s) and 1 archive(s)"),
+        "{}",
+        text.stdout
+    );
     let left = objects(m, &bucket);
     assert!(!left.contains_key(orphan), "{left:?}");
     assert!(left.contains_key(&archive_of(&full)), "{left:?}");
@@ -298,7 +340,11 @@ fn forget_keeps_archives_kept_snapshots_need_and_removes_orphans() {
     assert_same_tree(&src, &restored(&target, &src));
     // Nothing more to do.
     let again = fx.run(&["forget", "--apply"]).ok();
-    assert!(again.stdout.contains("removed 0 snapshot(s) and 0 archive(s)"), "{}", again.stdout);
+    assert!(
+        again.stdout.contains("removed 0 snapshot(s) and 0 archive(s)"),
+        "{}",
+        again.stdout
+    );
 
     // Neither flag: a usage error.
     fx.run(&["forget"]).code(2);
@@ -351,8 +397,29 @@ fn forget_reports_objects_under_object_lock_and_leaves_them() {
         .unwrap()
         .clone();
     assert_eq!(snap["action"], "keep", "{snap}");
-    assert!(snap["reasons"][0].as_str().unwrap().contains("Object Lock (GOVERNANCE)"), "{snap}");
+    assert!(
+        snap["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("Object Lock (GOVERNANCE)"),
+        "{snap}"
+    );
     assert!(objects(m, &bucket).contains_key(&manifest));
+
+    // An incremental run reuses the newest archive: its lock is extended
+    // to the new snapshot's (every object a snapshot needs is locked as
+    // long as the snapshot).
+    let reused = objects(m, &bucket)
+        .into_keys()
+        .filter(|k| k.ends_with(".archive"))
+        .max()
+        .unwrap();
+    let before = m.ctl(&["retention", &bucket, &reused])["until"].as_str().unwrap().to_string();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let incr = fx.run(&["--json", "backup", "now"]).ok().json()[0].clone();
+    assert!(incr["archive"].is_null(), "{incr}");
+    let after = m.ctl(&["retention", &bucket, &reused])["until"].as_str().unwrap().to_string();
+    assert!(after > before, "{before} -> {after}");
 
     // A job asking for a lock on a bucket without Object Lock is refused.
     let (plain, key2) = m.bucket_and_key("unlocked");
@@ -360,9 +427,16 @@ fn forget_reports_objects_under_object_lock_and_leaves_them() {
         m,
         &plain,
         &key2,
-        &format!("{}\n[jobs.object-lock]\nmode = \"COMPLIANCE\"\ndays = 1\n", job("data", &[src.path()])),
+        &format!(
+            "{}\n[jobs.object-lock]\nmode = \"COMPLIANCE\"\ndays = 1\n",
+            job("data", &[src.path()])
+        ),
     );
     fx2.init();
     let refused = fx2.run(&["backup", "now"]).code(2);
-    assert!(refused.stderr.contains("does not have Object Lock enabled"), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("does not have Object Lock enabled"),
+        "{}",
+        refused.stderr
+    );
 }

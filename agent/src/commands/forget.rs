@@ -124,7 +124,12 @@ fn policy_text(r: &vaultline_config::Retention) -> String {
     }
 }
 
-fn plan_job(app: &App, keys: &(dyn vaultline_crypto::KeyWrap + Sync), host: &str, job: &vaultline_config::Job) -> Result<JobPlan> {
+fn plan_job(
+    app: &App,
+    keys: &(dyn vaultline_crypto::KeyWrap + Sync),
+    host: &str,
+    job: &vaultline_config::Job,
+) -> Result<JobPlan> {
     let store = app.repo.store();
     let snaps = app.repo.list_snapshots(host, Some(&job.name))?;
     let ids: Vec<String> = snaps.iter().map(|s| s.id.clone()).collect();
@@ -136,7 +141,12 @@ fn plan_job(app: &App, keys: &(dyn vaultline_crypto::KeyWrap + Sync), host: &str
     let mut tables: BTreeMap<String, (Vec<String>, bool)> = BTreeMap::new();
     for s in &snaps {
         let reader = SnapshotReader::open(&app.repo, keys, s.clone())?;
-        let objects = reader.archives().iter().flatten().map(|a| a.object.clone()).collect();
+        let objects = reader
+            .archives()
+            .iter()
+            .flatten()
+            .map(|a| a.object.clone())
+            .collect();
         let full = reader.header().parent.is_none();
         tables.insert(s.id.clone(), (objects, full));
     }
@@ -149,7 +159,10 @@ fn plan_job(app: &App, keys: &(dyn vaultline_crypto::KeyWrap + Sync), host: &str
         if reasons.is_empty() {
             let name = app.repo.manifest_name(host, &job.name, &d.id);
             if let Some(r) = store.head(&name)?.retention.filter(|r| r.until > now) {
-                reasons.push(format!("its manifest is under Object Lock ({}) until {}", r.mode, r.until));
+                reasons.push(format!(
+                    "its manifest is under Object Lock ({}) until {}",
+                    r.mode, r.until
+                ));
                 locked.push(ObjectAction {
                     object: name,
                     size: 0,
@@ -179,7 +192,9 @@ fn plan_job(app: &App, keys: &(dyn vaultline_crypto::KeyWrap + Sync), host: &str
             if kept.contains(id) {
                 needed_by.entry(o.clone()).or_default().push(id.clone());
             } else {
-                referenced_by_forgotten.entry(o.clone()).or_insert_with(|| id.clone());
+                referenced_by_forgotten
+                    .entry(o.clone())
+                    .or_insert_with(|| id.clone());
             }
         }
     }
@@ -188,9 +203,13 @@ fn plan_job(app: &App, keys: &(dyn vaultline_crypto::KeyWrap + Sync), host: &str
     let mut archives = Vec::new();
     let mut freed = 0;
     for o in store.list(&archives_prefix)? {
-        let snapshot = o.name[archives_prefix.len()..].split('/').next().unwrap_or("").to_string();
+        let snapshot = o.name[archives_prefix.len()..]
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_string();
         let (action, why) = if let Some(by) = needed_by.get(&o.name) {
-            let own = by.iter().any(|k| *k == snapshot);
+            let own = by.contains(&snapshot);
             let why = if own && by.len() == 1 {
                 format!("snapshot {snapshot} is kept")
             } else {
@@ -203,7 +222,10 @@ fn plan_job(app: &App, keys: &(dyn vaultline_crypto::KeyWrap + Sync), host: &str
                 "newer than every snapshot: a run may be writing it".to_string(),
             )
         } else if let Some(by) = referenced_by_forgotten.get(&o.name) {
-            ("delete", format!("only forgotten snapshots refer to it ({by}, …)"))
+            (
+                "delete",
+                format!("only forgotten snapshots refer to it ({by}, …)"),
+            )
         } else {
             (
                 "delete",
@@ -319,7 +341,10 @@ fn render(plans: &[JobPlan], applied: bool) -> String {
             if p.locked.is_empty() {
                 String::new()
             } else {
-                format!("; {} object(s) locked or refused deletion, left in place", p.locked.len())
+                format!(
+                    "; {} object(s) locked or refused deletion, left in place",
+                    p.locked.len()
+                )
             }
         ));
     }

@@ -148,6 +148,17 @@ pub fn iam_policy(config: &Config, role: PolicyRole, key_arn: Option<&str>) -> R
                     "StringEquals": { format!("s3:RequestObjectTag/{}", tier.key): tier.value.as_str() }
                 }
             }));
+            // Object Lock: new objects carry their retention in the upload;
+            // the archives a snapshot reuses from its chain get theirs
+            // extended to the snapshot's (never shortened).
+            if config.jobs.iter().any(|j| j.object_lock.is_some()) {
+                statements.push(json!({
+                    "Sid": "ExtendLocksOfOwnArchives",
+                    "Effect": "Allow",
+                    "Action": ["s3:GetObjectRetention", "s3:PutObjectRetention"],
+                    "Resource": format!("{bucket}/{base}{host}/*/archives/*")
+                }));
+            }
             let topics: Vec<&str> = config
                 .jobs
                 .iter()
@@ -178,7 +189,14 @@ pub fn iam_policy(config: &Config, role: PolicyRole, key_arn: Option<&str>) -> R
                 "Sid": "ReadOwnSnapshots",
                 "Effect": "Allow",
                 "Action": ["s3:GetObject"],
-                "Resource": [marker, host_objects]
+                "Resource": [marker, host_objects.clone()]
+            }));
+            // Thawing archives that are in GLACIER or DEEP_ARCHIVE.
+            statements.push(json!({
+                "Sid": "ThawOwnArchives",
+                "Effect": "Allow",
+                "Action": ["s3:RestoreObject"],
+                "Resource": format!("{bucket}/{base}{host}/*/archives/*")
             }));
             if let Some(key) = key_arn {
                 statements.push(json!({
@@ -209,6 +227,8 @@ pub fn iam_policy(config: &Config, role: PolicyRole, key_arn: Option<&str>) -> R
                     "s3:PutObjectTagging",
                     "s3:DeleteObject",
                     "s3:AbortMultipartUpload",
+                    "s3:GetObjectRetention",
+                    "s3:PutObjectRetention",
                     "s3:RestoreObject"
                 ],
                 "Resource": all_objects

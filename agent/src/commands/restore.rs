@@ -93,11 +93,15 @@ fn restore(app: &App, args: &RestoreArgs, keys: &crate::app::Keys) -> Result<()>
         .out
         .progress(&format!("restoring {}", snap.id), Some(plan.bytes));
     let mut extractor = Extractor::new(&args.target, args.overwrite)?;
-    let walked = reader.read(&plan, &mut select, &mut |entry: &Entry, data: Option<&mut dyn Read>| {
-        extractor.place(entry, data)?;
-        progress.add(entry.size, 1);
-        Ok(())
-    })?;
+    let walked = reader.read(
+        &plan,
+        &mut select,
+        &mut |entry: &Entry, data: Option<&mut dyn Read>| {
+            extractor.place(entry, data)?;
+            progress.add(entry.size, 1);
+            Ok(())
+        },
+    )?;
     let entries = walked.entries;
     progress.finish();
     let extracted = extractor.finish()?;
@@ -214,9 +218,7 @@ fn glob_set(flag: &str, patterns: &[String]) -> Result<Option<GlobSet>> {
             .map_err(|e| UsageError(format!("{flag} {p:?}: invalid glob: {}", e.kind())))?;
         set.add(glob);
     }
-    Ok(Some(
-        set.build().map_err(|e| UsageError(format!("{flag}: {e}")))?,
-    ))
+    Ok(Some(set.build().map_err(|e| UsageError(format!("{flag}: {e}")))?))
 }
 
 /// True when `path` or one of its parent directories matches.
@@ -251,7 +253,12 @@ mod tests {
 
     #[test]
     fn paths_select_exactly_and_excludes_win() {
-        let s = Selection::new(&["/etc/ssh/".into()], &[], &["**/*.key".into(), "etc/ssh/keys".into()]).unwrap();
+        let s = Selection::new(
+            &["/etc/ssh/".into()],
+            &[],
+            &["**/*.key".into(), "etc/ssh/keys".into()],
+        )
+        .unwrap();
         assert!(s.selects(b"etc/ssh"));
         assert!(s.selects(b"etc/ssh/sshd_config"));
         assert!(!s.selects(b"etc/ssh-old"));

@@ -58,7 +58,11 @@ pub fn run(app: &App, args: &SnapshotsArgs) -> Result<()> {
             id: snap.id,
             host: snap.host,
             job: snap.job,
-            kind: if header.parent.is_some() { "incremental" } else { "full" },
+            kind: if header.parent.is_some() {
+                "incremental"
+            } else {
+                "full"
+            },
             parent: header.parent,
             archived_files: end.archived_files,
             deleted: end.deleted,

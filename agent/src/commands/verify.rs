@@ -56,12 +56,16 @@ pub fn run(app: &App, args: &VerifyArgs) -> Result<()> {
     for snap in chosen {
         let outcome = SnapshotReader::open(&app.repo, keys.as_ref(), snap.clone()).and_then(|r| {
             let plan = r.plan(&mut |_| true)?;
-            r.read(&plan, &mut |_| true, &mut |_entry: &Entry, data: Option<&mut dyn Read>| {
-                if let Some(data) = data {
-                    io::copy(data, &mut io::sink())?;
-                }
-                Ok(())
-            })
+            r.read(
+                &plan,
+                &mut |_| true,
+                &mut |_entry: &Entry, data: Option<&mut dyn Read>| {
+                    if let Some(data) = data {
+                        io::copy(data, &mut io::sink())?;
+                    }
+                    Ok(())
+                },
+            )
         });
         match outcome {
             Ok(w) => {

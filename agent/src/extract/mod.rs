@@ -422,7 +422,8 @@ mod tests {
             mtime_nsec: 123,
             target: target.map(|t| EncodedPath(t.as_bytes().to_vec())),
             linked: true,
-            archive: 0,
+            archive: None,
+            offset: None,
         }
     }
 

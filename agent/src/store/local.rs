@@ -222,7 +222,6 @@ impl LocalStore {
     }
 }
 
-
 struct LocalPending {
     /// Set for `replace`: the rename may replace an existing object.
     replace: bool,

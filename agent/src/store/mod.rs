@@ -154,7 +154,10 @@ pub trait ObjectStore: Send + Sync {
         let _ = retention;
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            format!("{}: {name} cannot be locked: this store has no Object Lock", self.describe()),
+            format!(
+                "{}: {name} cannot be locked: this store has no Object Lock",
+                self.describe()
+            ),
         ))
     }
 
@@ -164,7 +167,10 @@ pub trait ObjectStore: Send + Sync {
         let _ = (days, tier);
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            format!("{}: {name} cannot be thawed: this store has no archive storage classes", self.describe()),
+            format!(
+                "{}: {name} cannot be thawed: this store has no archive storage classes",
+                self.describe()
+            ),
         ))
     }
 

@@ -42,7 +42,8 @@ use tokio::task::JoinHandle;
 use vaultline_config::{Aws, S3Repository};
 
 use super::{
-    ObjectClass, ObjectInfo, ObjectMeta, ObjectStore, PendingObject, RestoreRequest, Retention, StoreError, Thaw,
+    ObjectClass, ObjectInfo, ObjectMeta, ObjectStore, PendingObject, RestoreRequest, Retention, StoreError,
+    Thaw,
 };
 use crate::aws::{block_on, describe, error_code, runtime};
 
@@ -92,6 +93,34 @@ impl S3Store {
                 max_attempts: aws.max_attempts.max(1),
                 timeout_secs: aws.timeout_secs,
             }),
+        }
+    }
+}
+
+impl S3Store {
+    /// An object's current retention: GetObjectRetention (allowed to the
+    /// write-only backup role, which cannot HEAD archives), else HEAD.
+    fn retention_of(&self, name: &str) -> io::Result<Option<Retention>> {
+        let inner = &self.inner;
+        let req = inner.client.get_object_retention().bucket(&inner.bucket).key(name);
+        match block_on(req.send()).map_err(io_err)? {
+            Ok(out) => {
+                let Some(r) = out.retention() else { return Ok(None) };
+                let (Some(mode), Some(until)) = (r.mode(), r.retain_until_date()) else {
+                    return Ok(None);
+                };
+                let until = jiff::Timestamp::from_second(until.secs())
+                    .map_err(|e| io::Error::other(format!("GetObjectRetention {}: {e}", inner.url(name))))?;
+                Ok(Some(Retention {
+                    mode: mode.as_str().to_string(),
+                    until,
+                }))
+            }
+            Err(e) if error_code(&e).as_deref() == Some("NoSuchObjectLockConfiguration") => Ok(None),
+            Err(e) => {
+                tracing::debug!("GetObjectRetention {}: {}; asking HEAD", inner.url(name), describe(&e));
+                Ok(self.head(name)?.retention)
+            }
         }
     }
 }
@@ -259,9 +288,9 @@ impl ObjectStore for S3Store {
     fn delete(&self, name: &str) -> io::Result<()> {
         let inner = &self.inner;
         let req = inner.client.delete_object().bucket(&inner.bucket).key(name);
-        block_on(req.send()).map_err(io_err)?.map_err(|e| {
-            io::Error::other(format!("DeleteObject {}: {}", inner.url(name), describe(&e)))
-        })?;
+        block_on(req.send())
+            .map_err(io_err)?
+            .map_err(|e| io::Error::other(format!("DeleteObject {}: {}", inner.url(name), describe(&e))))?;
         Ok(())
     }
 
@@ -282,9 +311,9 @@ impl ObjectStore for S3Store {
                 .object_lock_mode(ObjectLockMode::from(r.mode.as_str()))
                 .object_lock_retain_until_date(aws_smithy_types::DateTime::from_secs(r.until.as_second()));
         }
-        block_on(req.send()).map_err(io_err)?.map_err(|e| {
-            io::Error::other(format!("PutObject {}: {}", inner.url(name), describe(&e)))
-        })?;
+        block_on(req.send())
+            .map_err(io_err)?
+            .map_err(|e| io::Error::other(format!("PutObject {}: {}", inner.url(name), describe(&e))))?;
         Ok(ObjectInfo {
             name: name.to_string(),
             size: bytes.len() as u64,
@@ -310,7 +339,7 @@ impl ObjectStore for S3Store {
 
     fn extend_retention(&self, name: &str, retention: &Retention) -> io::Result<()> {
         use aws_sdk_s3::types::{ObjectLockRetention, ObjectLockRetentionMode};
-        let current = self.head(name)?.retention;
+        let current = self.retention_of(name)?;
         if current.as_ref().is_some_and(|c| c.until >= retention.until) {
             return Ok(());
         }
@@ -327,7 +356,11 @@ impl ObjectStore for S3Store {
                     .build(),
             );
         block_on(req.send()).map_err(io_err)?.map_err(|e| {
-            io::Error::other(format!("PutObjectRetention {}: {}", inner.url(name), describe(&e)))
+            io::Error::other(format!(
+                "PutObjectRetention {}: {}",
+                inner.url(name),
+                describe(&e)
+            ))
         })?;
         Ok(())
     }
