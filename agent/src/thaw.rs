@@ -45,6 +45,15 @@ fn typical(tier: &str, class: &str) -> &'static str {
     }
 }
 
+/// DEEP_ARCHIVE has no Expedited tier: Standard is the fastest it offers.
+fn tier_for<'t>(tier: &'t str, class: &str) -> &'t str {
+    if class == "DEEP_ARCHIVE" && tier == "Expedited" {
+        "Standard"
+    } else {
+        tier
+    }
+}
+
 /// An archive that is not readable yet.
 struct Waiting {
     object: String,
@@ -76,7 +85,7 @@ pub fn ensure_readable(app: &App, plan: &Plan, request_only: bool) -> Result<()>
                 continue;
             }
             Thaw::InProgress => "restore in progress (requested earlier)",
-            Thaw::Frozen => match store.request_restore(name, days, tier)? {
+            Thaw::Frozen => match store.request_restore(name, days, tier_for(tier, &class))? {
                 RestoreRequest::Started => "restore requested now",
                 RestoreRequest::AlreadyInProgress => "restore in progress (requested earlier)",
                 RestoreRequest::NotNeeded => continue,
@@ -135,7 +144,7 @@ fn wait(store: &dyn ObjectStore, mut waiting: Vec<Waiting>, tier: &str, days: u3
                 Thaw::Frozen => {
                     // The restored copy expired before we got to it, or the
                     // request was lost: ask again.
-                    store.request_restore(&w.object, days, tier)?;
+                    store.request_restore(&w.object, days, tier_for(tier, &w.class))?;
                     still.push(w);
                 }
             }

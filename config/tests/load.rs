@@ -443,3 +443,66 @@ fn hardening_lifecycle_settings_and_their_mistakes() {
         )
     );
 }
+
+#[test]
+fn incremental_lock_and_thaw_settings_and_their_mistakes() {
+    let c = load(S3).unwrap();
+    let job = &c.jobs[0];
+    assert_eq!((job.full_every_runs, job.full_every_days), (30, 30));
+    assert_eq!(job.object_lock, None);
+    let Repository::S3(s3) = &c.repository else {
+        panic!("s3")
+    };
+    assert_eq!((s3.restore_tier.as_str(), s3.restore_days), ("Standard", 7));
+
+    let text = S3.replace(
+        "bucket = \"acme-backups\"",
+        "bucket = \"acme-backups\"\nrestore-tier = \"Bulk\"\nrestore-days = 2",
+    ) + "full-every-runs = 7\nfull-every-days = 0\n[jobs.object-lock]\nmode = \"COMPLIANCE\"\ndays = 35\n";
+    let c = load(&text).unwrap();
+    let job = &c.jobs[0];
+    assert_eq!((job.full_every_runs, job.full_every_days), (7, 0));
+    let lock = job.object_lock.as_ref().unwrap();
+    assert_eq!((lock.mode.as_str(), lock.days), ("COMPLIANCE", 35));
+    let Repository::S3(s3) = &c.repository else {
+        panic!("s3")
+    };
+    assert_eq!((s3.restore_tier.as_str(), s3.restore_days), ("Bulk", 2));
+
+    let cases: &[(String, &str)] = &[
+        (
+            format!("{S3}full-every-runs = 0\n"),
+            "config.toml:16:19: jobs[0].full-every-runs: 0 is out of range: expected 1 to 10000 (runs per chain \
+             of incremental snapshots; 1 makes every run full)",
+        ),
+        (
+            format!("{S3}[jobs.object-lock]\nmode = \"LEGAL\"\ndays = 0\n"),
+            "config.toml:17:8: jobs[0].object-lock.mode: \"LEGAL\" is not a lock mode: expected \"GOVERNANCE\" or \
+             \"COMPLIANCE\"\nconfig.toml:18:8: jobs[0].object-lock.days: 0 is out of range: expected 1 to 36500 \
+             (days each snapshot's objects stay locked)",
+        ),
+        (
+            S3.replace(
+                "bucket = \"acme-backups\"",
+                "bucket = \"acme-backups\"\nrestore-tier = \"Fast\"",
+            ),
+            "config.toml:8:16: repository.restore-tier: \"Fast\" is not a retrieval tier: expected \"Standard\", \
+             \"Bulk\" or \"Expedited\"",
+        ),
+        (
+            format!("{MINIMAL}[jobs.object-lock]\nmode = \"GOVERNANCE\"\ndays = 1\n"),
+            "config.toml:9:1: jobs[0].object-lock: needs an S3 repository (type = \"s3\"): a local repository \
+             has no Object Lock",
+        ),
+        (
+            MINIMAL.replace(
+                "path = \"/srv/backups\"",
+                "path = \"/srv/backups\"\nrestore-days = 3",
+            ),
+            "config.toml:5:16: repository.restore-days: is only used with type = \"s3\"",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(&error(text), want, "for {text}");
+    }
+}
