@@ -11,6 +11,9 @@
 //!
 //! Backups need only `kms:GenerateDataKey` (and `kms:DescribeKey`), never
 //! `kms:Decrypt`: a backup host cannot unwrap what it wrote.
+//!
+//! `vaultline rewrap` moves data keys to another KMS key with `ReEncrypt`
+//! ([`KmsKeyWrap::reencrypt`]), so their plaintext never leaves KMS.
 
 use std::collections::HashMap;
 
@@ -103,7 +106,14 @@ impl KmsKeyWrap {
             .destination_key_id(&to.arn)
             .set_destination_encryption_context(Some(kms_context(context)));
         let out = block_on(req.send())
-            .map_err(|e| self.error("ReEncrypt", &envelope.key_id, context, format!("to key {}: {e:#}", to.arn)))?
+            .map_err(|e| {
+                self.error(
+                    "ReEncrypt",
+                    &envelope.key_id,
+                    context,
+                    format!("to key {}: {e:#}", to.arn),
+                )
+            })?
             .map_err(|e| {
                 let code = error_code(&e);
                 let code = code.as_deref();
@@ -118,14 +128,21 @@ impl KmsKeyWrap {
                 match code {
                     // The wrapped key and its context do not belong together:
                     // stored data that is not what we wrote.
-                    Some("InvalidCiphertextException" | "IncorrectKeyException") => CryptoError::UnwrapFailed {
-                        key_id: envelope.key_id.clone(),
-                        reason: format!(
-                            "KMS ReEncrypt refused it for object {}: {why}",
-                            context.get("object").unwrap_or("?")
-                        ),
-                    },
-                    _ => self.error("ReEncrypt", &envelope.key_id, context, format!("to key {}: {why}", to.arn)),
+                    Some("InvalidCiphertextException" | "IncorrectKeyException") => {
+                        CryptoError::UnwrapFailed {
+                            key_id: envelope.key_id.clone(),
+                            reason: format!(
+                                "KMS ReEncrypt refused it for object {}: {why}",
+                                context.get("object").unwrap_or("?")
+                            ),
+                        }
+                    }
+                    _ => self.error(
+                        "ReEncrypt",
+                        &envelope.key_id,
+                        context,
+                        format!("to key {}: {why}", to.arn),
+                    ),
                 }
             })?;
         let wrapped = out
@@ -307,11 +324,18 @@ impl KeyWrap for KmsKeyWrap {
             });
         }
         // Decrypt under the key the envelope names (it may be an older key
-        // than the configured one, e.g. before a rewrap), never "any key".
+        // than the configured one, e.g. before a rewrap), never "any key";
+        // a replica of the same multi-Region key in the configured Region
+        // stands in for it (a restore in another Region).
+        let decrypt_with = if same_multi_region_key(&envelope.key_id, &self.arn) {
+            &self.arn
+        } else {
+            &envelope.key_id
+        };
         let req = self
             .client
             .decrypt()
-            .key_id(&envelope.key_id)
+            .key_id(decrypt_with)
             .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(envelope.wrapped.clone()))
             .set_encryption_context(Some(kms_context(context)));
         let out = block_on(req.send())
@@ -351,4 +375,42 @@ impl KeyWrap for KmsKeyWrap {
 
 fn data_key(plain: &[u8]) -> Option<DataKey> {
     DataKey::from_slice(plain)
+}
+
+/// True when `a` and `b` are ARNs of the same multi-Region key (same
+/// partition, account and `mrk-` key id), in the same or different Regions:
+/// a replica decrypts what its primary encrypted.
+pub fn same_multi_region_key(a: &str, b: &str) -> bool {
+    let parts = |arn: &str| -> Option<(String, String, String)> {
+        let p: Vec<&str> = arn.splitn(6, ':').collect();
+        match p.as_slice() {
+            ["arn", partition, "kms", _region, account, resource] => {
+                let id = resource.strip_prefix("key/")?;
+                id.starts_with("mrk-")
+                    .then(|| (partition.to_string(), account.to_string(), id.to_string()))
+            }
+            _ => None,
+        }
+    };
+    matches!((parts(a), parts(b)), (Some(x), Some(y)) if x == y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_multi_region_key;
+
+    #[test]
+    fn replicas_of_a_multi_region_key_are_the_same_key() {
+        let primary = "arn:aws:kms:eu-west-1:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab";
+        let replica = "arn:aws:kms:eu-central-1:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab";
+        assert!(same_multi_region_key(primary, replica));
+        assert!(same_multi_region_key(primary, primary));
+        let other_account = "arn:aws:kms:eu-central-1:999922223333:key/mrk-1234abcd12ab34cd56ef1234567890ab";
+        assert!(!same_multi_region_key(primary, other_account));
+        let single = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        let single_elsewhere =
+            "arn:aws:kms:eu-central-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        assert!(!same_multi_region_key(single, single_elsewhere));
+        assert!(!same_multi_region_key("alias/x", "alias/x"));
+    }
 }

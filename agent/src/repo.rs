@@ -180,7 +180,10 @@ impl Repo {
                 marker.vaultline_repository
             );
         }
-        if marker.key_provider != keys.provider_id() || marker.key_id != keys.key_id() {
+        let same_key = marker.key_id == keys.key_id()
+            || (marker.key_provider == crate::kms::PROVIDER
+                && crate::kms::same_multi_region_key(&marker.key_id, keys.key_id()));
+        if marker.key_provider != keys.provider_id() || !same_key {
             return Err(UsageError(format!(
                 "this repository was sealed with {} key {}, but the configured key is {} key {}",
                 marker.key_provider,

@@ -555,12 +555,7 @@ impl Cursor<'_> {
     }
 
     /// Reads the entry at `offset`, checks it is `expected`, and visits it.
-    fn entry(
-        &mut self,
-        expected: &Entry,
-        offset: u64,
-        visit: &mut Visit<'_>,
-    ) -> Result<()> {
+    fn entry(&mut self, expected: &Entry, offset: u64, visit: &mut Visit<'_>) -> Result<()> {
         self.seek(offset)?;
         let mut count = 0u64;
         let result = {

@@ -414,11 +414,17 @@ fn forget_reports_objects_under_object_lock_and_leaves_them() {
         .filter(|k| k.ends_with(".archive"))
         .max()
         .unwrap();
-    let before = m.ctl(&["retention", &bucket, &reused])["until"].as_str().unwrap().to_string();
+    let before = m.ctl(&["retention", &bucket, &reused])["until"]
+        .as_str()
+        .unwrap()
+        .to_string();
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let incr = fx.run(&["--json", "backup", "now"]).ok().json()[0].clone();
     assert!(incr["archive"].is_null(), "{incr}");
-    let after = m.ctl(&["retention", &bucket, &reused])["until"].as_str().unwrap().to_string();
+    let after = m.ctl(&["retention", &bucket, &reused])["until"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(after > before, "{before} -> {after}");
 
     // A job asking for a lock on a bucket without Object Lock is refused.

@@ -15,4 +15,5 @@ mod hardening;
 mod iam;
 mod incremental;
 mod kms;
+mod rewrap;
 mod roundtrip;

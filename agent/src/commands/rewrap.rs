@@ -29,7 +29,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use anyhow::{Context, Result, anyhow};
 use serde::Serialize;
 use vaultline_config::KeyConfig;
-use vaultline_crypto::{DataKey, EncryptionContext, Header, KeyEnvelope, KeyWrap, MAX_HEADER_LEN, SealedReader};
+use vaultline_crypto::{
+    DataKey, EncryptionContext, Header, KeyEnvelope, KeyWrap, MAX_HEADER_LEN, SealedReader,
+};
 
 use crate::app::{App, Keys};
 use crate::cli::RewrapArgs;
@@ -72,44 +74,45 @@ pub fn run(app: &App, args: &RewrapArgs) -> Result<()> {
         ))
         .into());
     };
-    let keys = app.keys()?;
-    let owned_sdk;
-    let sdk = match app.aws() {
-        Ok((sdk, _)) => sdk,
-        Err(_) => {
-            owned_sdk = crate::aws::sdk_config(&app.config.aws).context("setting up the AWS clients")?;
-            &owned_sdk
-        }
-    };
-    let client = crate::aws::kms_client(sdk, endpoint.as_deref());
-    let from = KmsKeyWrap::connect(client.clone(), key_id)?;
-    let to = KmsKeyWrap::connect(client, &args.to_key).with_context(|| format!("--to-key {}", args.to_key))?;
-
     let audit = app.audit("rewrap");
-    audit.record(
-        "rewrap-started",
-        serde_json::json!({ "from_key": from.key_id(), "to_key": to.key_id() }),
-    )?;
+    audit.record("rewrap-started", serde_json::json!({ "to_key": args.to_key }))?;
     let mut report = RewrapReport {
         repository: app.repo.store().describe(),
-        from_key: from.key_id().to_string(),
-        to_key: to.key_id().to_string(),
         ..RewrapReport::default()
     };
-    let result = Rewrap {
-        app,
-        keys: &keys,
-        from: &from,
-        to: &to,
-        reencrypted: HashMap::new(),
-        report: &mut report,
-    }
-    .run();
+    let mut keys: Option<Keys> = None;
+    let result = (|| -> Result<()> {
+        let keys = keys.insert(app.keys()?);
+        let owned_sdk;
+        let sdk = match app.aws() {
+            Ok((sdk, _)) => sdk,
+            Err(_) => {
+                owned_sdk = crate::aws::sdk_config(&app.config.aws).context("setting up the AWS clients")?;
+                &owned_sdk
+            }
+        };
+        let client = crate::aws::kms_client(sdk, endpoint.as_deref());
+        let from = KmsKeyWrap::connect(client.clone(), key_id)?;
+        let to =
+            KmsKeyWrap::connect(client, &args.to_key).with_context(|| format!("--to-key {}", args.to_key))?;
+        report.from_key = from.key_id().to_string();
+        report.to_key = to.key_id().to_string();
+        Rewrap {
+            app,
+            keys,
+            from: &from,
+            to: &to,
+            reencrypted: HashMap::new(),
+            report: &mut report,
+        }
+        .run()
+    })();
     audit.record(
         "rewrap-finished",
         serde_json::json!({
-            "from_key": report.from_key,
-            "to_key": report.to_key,
+            "to_key": args.to_key,
+            "from_arn": report.from_key,
+            "to_arn": report.to_key,
             "result": match &result { Ok(()) => "ok".to_string(), Err(e) => format!("{e:#}") },
             "marker_updated": report.marker_updated,
             "hosts": report.hosts,
@@ -118,7 +121,7 @@ pub fn run(app: &App, args: &RewrapArgs) -> Result<()> {
             "archive_envelopes_rewrapped": report.archive_envelopes_rewrapped,
             "reencrypt_calls": report.reencrypt_calls,
             "rewritten": report.rewritten,
-            "key_use": keys.usage(),
+            "key_use": keys.as_ref().map(|k| k.usage()),
         }),
     )?;
     result?;
@@ -126,26 +129,25 @@ pub fn run(app: &App, args: &RewrapArgs) -> Result<()> {
 }
 
 fn render(r: &RewrapReport) -> String {
-    let skipped = match r.manifests_skipped {
-        0 => String::new(),
-        n => format!("; {n} manifest(s) were under it already"),
+    let mut t = if r.manifests_rewritten == 0 && !r.marker_updated {
+        format!(
+            "nothing to do: the {} manifest(s) in {} already wrap every data key under aws-kms key {}{}",
+            r.manifests_skipped,
+            r.repository,
+            r.to_key,
+            if r.from_key == r.to_key {
+                " (the configured key)"
+            } else {
+                ""
+            }
+        )
+    } else {
+        format!(
+            "rewrapped {} to aws-kms key {}: {} manifest(s) rewritten, {} archive envelope(s) re-wrapped, {} \
+             manifest(s) under it already; no archive was read or rewritten",
+            r.repository, r.to_key, r.manifests_rewritten, r.archive_envelopes_rewrapped, r.manifests_skipped
+        )
     };
-    if r.manifests_rewritten == 0 && !r.marker_updated {
-        let configured = if r.from_key == r.to_key {
-            " (the configured key)"
-        } else {
-            ""
-        };
-        return format!(
-            "nothing to do: every manifest in {} already wraps its data keys under aws-kms key {}{configured}{skipped}",
-            r.repository, r.to_key
-        );
-    }
-    let mut t = format!(
-        "rewrapped {} to aws-kms key {}: {} manifest(s) rewritten, {} archive envelope(s) re-wrapped{skipped}; \
-         no archive was read or rewritten",
-        r.repository, r.to_key, r.manifests_rewritten, r.archive_envelopes_rewrapped
-    );
     if r.from_key != r.to_key {
         t.push_str(&format!(
             "\nnext: set `key-id = \"{}\"` under [key] in the configuration of every host (hosts still \
@@ -241,9 +243,12 @@ impl Rewrap<'_> {
             Kind::Manifest,
             "rewrap",
         )?;
-        self.to
-            .generate(&ctx)
-            .with_context(|| format!("checking that KMS key {} can generate data keys", self.to.key_id()))?;
+        self.to.generate(&ctx).with_context(|| {
+            format!(
+                "checking that KMS key {} can generate data keys",
+                self.to.key_id()
+            )
+        })?;
         Ok(())
     }
 
@@ -350,13 +355,29 @@ impl Rewrap<'_> {
             .cloned()
             .ok_or_else(|| anyhow!("manifest {name}: no end record"))?;
         let bytes = writer.finish(archives.clone(), end)?;
-        check_copy(&bytes, &name, &ctx, &key, self.to.key_id(), &reader, &archives, items)?;
+        let lines = Lines {
+            items,
+            deleted: pass.deleted(),
+        };
+        check_copy(
+            &bytes,
+            &name,
+            &ctx,
+            &key,
+            self.to.key_id(),
+            &reader,
+            &archives,
+            lines,
+        )?;
 
         let retention = live_retention(store, &name)?;
         store
             .replace(&name, &bytes, retention.as_ref())
             .with_context(|| format!("cannot replace {name}"))?;
-        tracing::info!("{name}: rewritten under {} ({moved} archive envelope(s) re-wrapped)", self.to.key_id());
+        tracing::info!(
+            "{name}: rewritten under {} ({moved} archive envelope(s) re-wrapped)",
+            self.to.key_id()
+        );
         self.report.manifests_rewritten += 1;
         self.report.archive_envelopes_rewrapped += moved;
         self.report.rewritten.push(name);
@@ -407,10 +428,18 @@ fn live_retention(store: &dyn ObjectStore, name: &str) -> Result<Option<Retentio
         .filter(|r| r.until > now))
 }
 
+/// How many lines a manifest pass yielded.
+struct Lines {
+    /// Entries and deleted paths.
+    items: u64,
+    /// Deleted paths.
+    deleted: u64,
+}
+
 /// Reads the new manifest back (with the data key in hand, no KMS call)
 /// before it replaces the old one: it must open under its own name and
 /// context, be sealed under the new key, and hold the same header, number of
-/// lines, archive table and end record.
+/// lines and deleted paths, archive table and end record.
 #[allow(clippy::too_many_arguments)]
 fn check_copy(
     bytes: &[u8],
@@ -420,7 +449,7 @@ fn check_copy(
     to: &str,
     original: &SnapshotReader<'_>,
     archives: &[Option<ArchiveRef>],
-    items: u64,
+    lines: Lines,
 ) -> Result<()> {
     let bad = |what: String| -> anyhow::Error {
         anyhow!("internal error: the rewritten manifest {name} {what}; the original was left in place")
@@ -439,8 +468,13 @@ fn check_copy(
     while copy.next_item()?.is_some() {
         count += 1;
     }
-    if count != items {
-        return Err(bad(format!("has {count} lines where the original has {items}")));
+    if count != lines.items || copy.deleted() != lines.deleted {
+        return Err(bad(format!(
+            "has {count} lines ({} deleted paths) where the original has {} ({})",
+            copy.deleted(),
+            lines.items,
+            lines.deleted
+        )));
     }
     if copy.archives() != Some(archives) || copy.end() != Some(original.end()) {
         return Err(bad("has another archive table or end record".into()));

@@ -102,7 +102,11 @@ impl S3Store {
     /// write-only backup role, which cannot HEAD archives), else HEAD.
     fn retention_of(&self, name: &str) -> io::Result<Option<Retention>> {
         let inner = &self.inner;
-        let req = inner.client.get_object_retention().bucket(&inner.bucket).key(name);
+        let req = inner
+            .client
+            .get_object_retention()
+            .bucket(&inner.bucket)
+            .key(name);
         match block_on(req.send()).map_err(io_err)? {
             Ok(out) => {
                 let Some(r) = out.retention() else { return Ok(None) };
@@ -118,7 +122,11 @@ impl S3Store {
             }
             Err(e) if error_code(&e).as_deref() == Some("NoSuchObjectLockConfiguration") => Ok(None),
             Err(e) => {
-                tracing::debug!("GetObjectRetention {}: {}; asking HEAD", inner.url(name), describe(&e));
+                tracing::debug!(
+                    "GetObjectRetention {}: {}; asking HEAD",
+                    inner.url(name),
+                    describe(&e)
+                );
                 Ok(self.head(name)?.retention)
             }
         }
