@@ -53,8 +53,8 @@ storage = "file"
 name = "data"
 paths = ["$run/src"]
 EOF
-vlc() { "$vl" --config "$run/config.toml" "$@"; }
-vlc init >/dev/null
+VL=("$vl" --config "$run/config.toml")
+"${VL[@]}" init >/dev/null
 
 warm() { find "$run/src" -type f -print0 | xargs -0 cat >/dev/null; }
 
@@ -72,22 +72,22 @@ field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[0][sys
 
 echo "==> full backup"
 warm
-timed full vlc --json backup now
+timed full "${VL[@]}" --json backup now
 echo "==> incremental, nothing changed"
 warm
-timed idle vlc --json backup now
+timed idle "${VL[@]}" --json backup now
 echo "==> mutate-corpus.sh 5 %"
 bench/mutate-corpus.sh "$run/src" 5 7 >/dev/null
 warm
 echo "==> incremental after the 5 % change"
-timed changed vlc --json backup now
+timed changed "${VL[@]}" --json backup now
 
-small=$(find "$run/src" -type f -size -4k -name '*.txt' | sort | head -1)
+small=$(find "$run/src" -type f -size -4k -name '*.txt' | sort | sed -n 1p)
 echo "==> restore of one file ($small) and a full restore"
 sync
 echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-timed one vlc restore latest "$small" --target "$run/t-one"
-timed whole vlc restore latest --target "$run/t-whole"
+timed one "${VL[@]}" restore latest "$small" --target "$run/t-one"
+timed whole "${VL[@]}" restore latest --target "$run/t-whole"
 
 echo "==> size: one zstd stream of the same tree (tar | zstd -3 -T0)"
 # The full archive was written before the mutation: compare it with the
