@@ -7,6 +7,8 @@
 # Baselines (the targets are ratios against these):
 #   backup:  tar -cf - DIR | zstd -3 -T0 > FILE
 #   restore: zstd -d -c FILE | tar -xf -
+# vaultline's backups are full ones (`--full`): runs after the first would
+# otherwise be incremental (bench/incremental.sh measures those).
 # Each round runs both sides of backup, then both sides of restore, each
 # restore into a fresh directory; rounds alternate which side goes first, and
 # every timed phase starts after an (untimed) `sync`, so neither side pays for
@@ -71,7 +73,7 @@ base_backup() {
 vl_backup() {
     warm; sync
     local secs rss
-    read -r secs rss < <(timed "$vl" --config "$run/config.toml" -q backup now)
+    read -r secs rss < <(timed "$vl" --config "$run/config.toml" -q backup now --full)
     b_vl+=("$secs"); b_rss+=("$rss")
 }
 base_restore() {

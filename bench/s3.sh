@@ -108,7 +108,7 @@ record() { # NAME SECONDS RSS
 backup() { # STORE
     warm; sync
     local s r
-    read -r s r < <(timed "$vl" --config "$run/$1.toml" -q backup now)
+    read -r s r < <(timed "$vl" --config "$run/$1.toml" -q backup now --full)
     record "backup-$1" "$s" "$r"
 }
 restore() { # STORE ROUND
