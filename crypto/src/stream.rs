@@ -292,19 +292,39 @@ impl<R: BufRead> SealedReader<R> {
         if binding != header.binding() {
             return Err(Error::PayloadMismatch { offset });
         }
-        let chunk_size = header.chunk_size() as usize;
-        Ok(SealedReader {
+        Ok(Self::positioned(
             inner,
-            aead: chunk_aead(&keys.payload),
+            header,
+            &keys.payload,
+            0,
+            offset + BINDING_SIZE as u64,
+            None,
+        ))
+    }
+
+    /// A reader whose next chunk is chunk `counter`, starting at byte
+    /// `offset` of the object, stopping before chunk `limit` if given.
+    fn positioned(
+        inner: R,
+        header: &Header,
+        payload_key: &[u8; KEY_SIZE],
+        counter: u64,
+        offset: u64,
+        limit: Option<u64>,
+    ) -> Self {
+        let chunk_size = header.chunk_size() as usize;
+        SealedReader {
+            inner,
+            aead: chunk_aead(payload_key),
             chunk_size,
             buf: Zeroizing::new(vec![0; chunk_size + TAG_SIZE]),
             pos: 0,
             len: 0,
-            counter: 0,
-            offset: offset + BINDING_SIZE as u64,
-            limit: None,
+            counter,
+            offset,
+            limit,
             state: ReadState::Reading,
-        })
+        }
     }
 
     /// A reader of chunks `first..end` only (`end` = None: to the final
@@ -317,19 +337,14 @@ impl<R: BufRead> SealedReader<R> {
     /// authentic final chunk and the end of the input.
     pub fn at_chunk(inner: R, header: &Header, key: &DataKey, first: u64, end: Option<u64>) -> Result<Self> {
         let keys = header.verify(key)?;
-        let chunk_size = header.chunk_size() as usize;
-        Ok(SealedReader {
+        Ok(Self::positioned(
             inner,
-            aead: chunk_aead(&keys.payload),
-            chunk_size,
-            buf: Zeroizing::new(vec![0; chunk_size + TAG_SIZE]),
-            pos: 0,
-            len: 0,
-            counter: first,
-            offset: header.chunk_offset(first),
-            limit: end,
-            state: ReadState::Reading,
-        })
+            header,
+            &keys.payload,
+            first,
+            header.chunk_offset(first),
+            end,
+        ))
     }
 
     /// Offset in the sealed object of the next byte to be read from it.

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use vaultline_crypto::{BINDING_SIZE, FRAME_SIZE, Header, TAG_SIZE};
 
-use crate::util::{Fixture, Run, make_corpus, restored, unverified_files};
+use crate::util::{Fixture, Run, make_corpus, noise, restored, unverified_files};
 
 /// Exit code for stored data that failed authentication.
 const INTEGRITY: i32 = 5;
@@ -638,18 +638,10 @@ fn a_partial_restore_authenticates_the_chunks_it_reads() {
     let f = Fixture::new("");
     let src = f.path().join("src");
     fs::create_dir_all(&src).unwrap();
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    for name in ["a", "b", "c"] {
+    for (seed, name) in [(1, "a"), (2, "b"), (3, "c")] {
         // 6 MiB that does not compress: file a fills tar bytes 0..6 MiB,
         // file c starts past 12 MiB (frame 3 of 4 MiB frames).
-        let data: Vec<u8> = (0..6 << 20)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let data = noise(6 << 20, seed);
         fs::write(src.join(name), data).unwrap();
     }
     f.write_config(&format!(

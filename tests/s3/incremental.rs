@@ -1,36 +1,20 @@
 //! Incremental snapshots, partial restores with ranged reads, retention
 //! (`forget`) and Object Lock, against the local S3 + KMS server.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
 
-use crate::util::moto::{Moto, job, moto, s3_fixture, unique_bucket};
-use crate::util::{Fixture, assert_same_tree, files_under, make_corpus, mutate_corpus, restored};
+use crate::util::moto::{job, moto, s3_fixture, unique_bucket};
+use crate::util::{Fixture, assert_same_tree, files_under, make_corpus, mutate_corpus, noise, restored};
 
 /// A copy of `src` as it is now (modes, times, links kept) at `to` (which
 /// must not exist), to compare a later restore of this moment with.
 fn copy_of(src: &Path, to: &Path) {
     let status = Command::new("cp").arg("-a").arg(src).arg(to).status().unwrap();
     assert!(status.success());
-}
-
-/// Every object: name → size.
-fn objects(m: &Moto, bucket: &str) -> BTreeMap<String, u64> {
-    m.ctl(&["objects", bucket])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| {
-            (
-                o["key"].as_str().unwrap().to_string(),
-                o["size"].as_u64().unwrap(),
-            )
-        })
-        .collect()
 }
 
 fn backup(fx: &Fixture) -> Value {
@@ -90,7 +74,7 @@ fn a_chain_of_incrementals_restores_every_snapshot_exactly() {
         work.path().join("at0"),
     )];
     for (round, seed) in [(1, 21), (2, 22)] {
-        let before = objects(m, &bucket);
+        let before = m.object_sizes(&bucket);
         mutate_corpus(&src, 5, seed);
         let (changed, changed_content) = changed_bytes(&states.last().unwrap().1, &src);
         let r = backup(&fx);
@@ -105,7 +89,7 @@ fn a_chain_of_incrementals_restores_every_snapshot_exactly() {
             "{r}"
         );
         // What this run uploaded: exactly one new archive and one manifest.
-        let after = objects(m, &bucket);
+        let after = m.object_sizes(&bucket);
         let new: Vec<(&String, &u64)> = after
             .iter()
             .filter(|(k, _)| !before.contains_key(*k) && !k.contains("/audit/"))
@@ -127,11 +111,11 @@ fn a_chain_of_incrementals_restores_every_snapshot_exactly() {
     }
 
     // A run with nothing changed: a manifest and no archive.
-    let before = objects(m, &bucket);
+    let before = m.object_sizes(&bucket);
     let idle = backup(&fx);
     assert!(idle["archive"].is_null(), "{idle}");
     assert_eq!(idle["archived_files"], 0, "{idle}");
-    let after = objects(m, &bucket);
+    let after = m.object_sizes(&bucket);
     let new: Vec<&String> = after
         .keys()
         .filter(|k| !before.contains_key(*k) && !k.contains("/audit/"))
@@ -191,17 +175,8 @@ fn a_single_file_restore_fetches_a_small_part_of_a_large_archive() {
     let (bucket, key) = m.bucket_and_key("onefile");
     let src = tempfile::tempdir().unwrap();
     // 48 MiB that does not compress, in 48 files, and one small file in the middle.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
     for i in 0..48 {
-        let data: Vec<u8> = (0..(1 << 20))
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        fs::write(src.path().join(format!("bulk-{i:02}")), data).unwrap();
+        fs::write(src.path().join(format!("bulk-{i:02}")), noise(1 << 20, i + 1)).unwrap();
         if i == 24 {
             fs::write(src.path().join("bulk-24-wanted.conf"), b"the one file we need\n").unwrap();
         }
@@ -209,7 +184,8 @@ fn a_single_file_restore_fetches_a_small_part_of_a_large_archive() {
     let fx = s3_fixture(m, &bucket, &key, &job("data", &[src.path()]));
     fx.init();
     backup(&fx);
-    let archive_size: u64 = objects(m, &bucket)
+    let archive_size: u64 = m
+        .object_sizes(&bucket)
         .iter()
         .filter(|(k, _)| k.ends_with(".archive"))
         .map(|(_, s)| *s)
@@ -322,7 +298,7 @@ fn forget_keeps_archives_kept_snapshots_need_and_removes_orphans() {
     // The middle run archived file 3 only, which the last snapshot still uses.
     assert_eq!(decision(&archive_of(&mid))["action"], "keep", "{plan}");
     // A dry run changes nothing.
-    assert!(objects(m, &bucket).contains_key(orphan));
+    assert!(m.object_sizes(&bucket).contains_key(orphan));
 
     let text = fx.run(&["forget", "--apply"]).ok();
     assert!(
@@ -330,7 +306,7 @@ fn forget_keeps_archives_kept_snapshots_need_and_removes_orphans() {
         "{}",
         text.stdout
     );
-    let left = objects(m, &bucket);
+    let left = m.object_sizes(&bucket);
     assert!(!left.contains_key(orphan), "{left:?}");
     assert!(left.contains_key(&archive_of(&full)), "{left:?}");
     let listed = fx.run(&["--json", "snapshots"]).ok().json();
@@ -379,7 +355,7 @@ fn forget_reports_objects_under_object_lock_and_leaves_them() {
         .unwrap()
         .to_string();
     fx.run(&["backup", "now", "--full"]).ok();
-    for (name, _) in objects(m, &bucket) {
+    for (name, _) in m.object_sizes(&bucket) {
         if name.ends_with(".archive") || name.ends_with(".manifest") {
             let r = m.ctl(&["retention", &bucket, &name]);
             assert_eq!(r["mode"], "GOVERNANCE", "{name}: {r}");
@@ -404,12 +380,13 @@ fn forget_reports_objects_under_object_lock_and_leaves_them() {
             .contains("Object Lock (GOVERNANCE)"),
         "{snap}"
     );
-    assert!(objects(m, &bucket).contains_key(&manifest));
+    assert!(m.object_sizes(&bucket).contains_key(&manifest));
 
     // An incremental run reuses the newest archive: its lock is extended
     // to the new snapshot's (every object a snapshot needs is locked as
     // long as the snapshot).
-    let reused = objects(m, &bucket)
+    let reused = m
+        .object_sizes(&bucket)
         .into_keys()
         .filter(|k| k.ends_with(".archive"))
         .max()

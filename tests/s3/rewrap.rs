@@ -9,7 +9,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::util::moto::{job, moto, s3_fixture, write_s3_config};
-use crate::util::{Fixture, files_under, restored};
+use crate::util::{Fixture, files_under, noise, restored};
 
 /// Relative path → content of every file under `dir`.
 fn contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -49,16 +49,7 @@ fn rewrap_moves_every_key_to_the_new_key_without_touching_archives() {
     fs::write(src.path().join("a"), b"first version of a").unwrap();
     fs::write(src.path().join("b"), b"b, deleted before the second run").unwrap();
     // Incompressible, so that reading any archive would show in the GET bytes.
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let noise: Vec<u8> = (0..300_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    fs::write(src.path().join("sub/c"), noise).unwrap();
+    fs::write(src.path().join("sub/c"), noise(300_000, 7)).unwrap();
     let jobs = job("j", &[src.path()]);
     let fx = s3_fixture(m, &bucket, &old_key, &jobs);
     fx.init();
@@ -83,18 +74,7 @@ fn rewrap_moves_every_key_to_the_new_key_without_touching_archives() {
     assert!(archives.len() >= 2, "{before:?}");
     assert_eq!(manifests.len(), 3, "{before:?}");
 
-    let sizes: BTreeMap<String, u64> = m
-        .ctl(&["objects", &bucket])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| {
-            (
-                o["key"].as_str().unwrap().to_string(),
-                o["size"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let sizes = m.object_sizes(&bucket);
     // A new key that cannot be used stops the rewrap before anything changes.
     let unusable = m.ctl(&["create-key"])["arn"].as_str().unwrap().to_string();
     m.ctl(&["disable-key", &unusable]);

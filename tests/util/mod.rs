@@ -253,6 +253,22 @@ pub fn corpus(mb: u32, seed: u32) -> PathBuf {
     base.join("tree")
 }
 
+/// `len` bytes that do not compress (xorshift from `seed`), for tests that
+/// need archives as large as their input.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    // Spread the seed's bits first: xorshift from a small seed starts out
+    // with long runs of small values, which compress.
+    let mut x = seed.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// Runs `bench/make-corpus.sh DIR MB SEED`.
 pub fn make_corpus(dir: &Path, mb: u32, seed: u32) {
     let status = Command::new(repo_root().join("bench/make-corpus.sh"))

@@ -150,6 +150,21 @@ impl Moto {
         serde_json::from_slice(&out.stdout).expect("awsctl.py prints JSON")
     }
 
+    /// Every object of `bucket` (boto3's view): name → size.
+    pub fn object_sizes(&self, bucket: &str) -> std::collections::BTreeMap<String, u64> {
+        self.ctl(&["objects", bucket])
+            .as_array()
+            .expect("objects: a JSON array")
+            .iter()
+            .map(|o| {
+                (
+                    o["key"].as_str().expect("key").to_string(),
+                    o["size"].as_u64().expect("size"),
+                )
+            })
+            .collect()
+    }
+
     /// A fresh (hardened) bucket and KMS key for one test.
     pub fn bucket_and_key(&self, test: &str) -> (String, String) {
         self.bucket_and_key_as(ADMIN, test)
