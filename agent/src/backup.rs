@@ -46,6 +46,13 @@ use crate::output::Progress;
 use crate::repo::{Kind, Repo, new_snapshot_id};
 use crate::store::{ObjectClass, PendingObject, Retention};
 
+/// How close to the moment of its stat a file's ctime may be before the
+/// record treats it as "racy" (re-archived next run): Linux file timestamps
+/// come from a clock that ticks every 1–10 ms. File systems with coarser
+/// timestamps (FAT: 2 s) need full runs to catch a change made within one
+/// tick of a backup's stat (docs/retention.md).
+const RACY_MARGIN_NS: i128 = 20_000_000;
+
 /// A path left out of the snapshot.
 #[derive(Debug, Clone, Serialize)]
 pub struct SkippedPath {
@@ -137,15 +144,24 @@ fn choose_base(
     if opts.force_full {
         return Ok(Base::Full("a full snapshot was asked for (--full)".into()));
     }
+    if let Err(why) = Record::check(opts.state_dir, &job.name)? {
+        return Ok(Base::Full(why));
+    }
     let record = match Record::open(opts.state_dir, &job.name)? {
         Ok(r) => r,
         Err(why) => return Ok(Base::Full(why)),
     };
     let h = &record.header;
-    if h.repository != repo_identity(repo) || h.host != host {
+    if h.repository != repo_identity(repo) {
         return Ok(Base::Full(format!(
             "the local record is of another repository ({})",
             h.repository
+        )));
+    }
+    if h.host != host {
+        return Ok(Base::Full(format!(
+            "the local record is of host {}, this run is for host {host}",
+            h.host
         )));
     }
     let newest = repo.list_snapshots(host, Some(&job.name))?.pop();
@@ -186,8 +202,8 @@ fn choose_base(
         .find(|a| a.envelope.provider != keys.provider_id() || a.envelope.key_id != keys.key_id())
     {
         return Ok(Base::Full(format!(
-            "the local record holds data keys wrapped by {} key {}, not the configured key (the repository \
-             was re-wrapped to a new key; this host cannot read the new envelopes, by design)",
+            "the local record holds data keys wrapped by {} key {}, not the configured key (the key was \
+             changed, e.g. by `vaultline rewrap`; a backup host cannot read the new envelopes, by design)",
             a.envelope.provider, a.envelope.key_id
         )));
     }
@@ -519,6 +535,7 @@ fn write_tar(
                 }
             };
             let stat = Stat::of(&found.meta);
+            let looked_at = jiff::Timestamp::now().as_nanosecond();
             let mut linked = false;
             if entry.kind == EntryKind::File && found.meta.nlink() > 1 {
                 let key = (found.meta.dev(), found.meta.ino());
@@ -563,7 +580,7 @@ fn write_tar(
                 manifest_entry.archive = prev.archive;
                 manifest_entry.offset = prev.offset;
                 report.reused += 1;
-            } else if entry.kind == EntryKind::File || full {
+            } else if (entry.kind == EntryKind::File && entry.size > 0) || full {
                 // New or changed content (or any entry of a full archive,
                 // which is a complete tar of the tree).
                 let mut file = None;
@@ -608,7 +625,7 @@ fn write_tar(
                         reason: format!("grew while being read: stored its first {} bytes", entry.size),
                     }),
                 }
-                if entry.kind == EntryKind::File {
+                if entry.kind == EntryKind::File && entry.size > 0 {
                     manifest_entry.archive = Some(new_index);
                     manifest_entry.offset = Some(offset);
                     report.archived_files += 1;
@@ -630,7 +647,21 @@ fn write_tar(
                 EntryKind::Hardlink => report.hardlinks += 1,
             }
             sinks.manifest.entry(&manifest_entry)?;
-            sinks.record.entry(&manifest_entry, stat)?;
+            // A file whose ctime is within a timestamp tick of the moment we
+            // looked at it could change again in that same tick without
+            // its stat changing: record it so that the next run archives it
+            // anew (git's "racy" entries).
+            let ctime_ns = i128::from(stat.ctime) * 1_000_000_000 + i128::from(stat.ctime_nsec);
+            let racy = ctime_ns >= looked_at - RACY_MARGIN_NS;
+            let recorded = if racy {
+                Stat {
+                    ctime: i64::MIN,
+                    ..stat
+                }
+            } else {
+                stat
+            };
+            sinks.record.entry(&manifest_entry, recorded)?;
             progress.add(entry.size, 1);
             Ok(())
         },

@@ -201,6 +201,57 @@ impl Record {
         }
     }
 
+    /// Reads the whole record once, checking what the join relies on: every
+    /// line parses, paths come in strictly increasing walk order, and every
+    /// file with content points at an archive the table has. A record that
+    /// fails is not used (the run is full), rather than failing every run.
+    pub fn check(state_dir: &Path, job: &str) -> Result<std::result::Result<(), String>> {
+        let mut r = match Record::open(state_dir, job)? {
+            Ok(r) => r,
+            Err(why) => return Ok(Err(why)),
+        };
+        let mut last: Option<Vec<u8>> = None;
+        let mut line = 0u64;
+        while let Some(item) = r.lines.next() {
+            line += 1;
+            let bad = |why: String| {
+                Ok(Err(format!(
+                    "the local record {} is damaged: line {line}: {why}",
+                    r.path.display()
+                )))
+            };
+            let bytes = match item {
+                Ok(b) => b,
+                Err(e) => return bad(e.to_string()),
+            };
+            let l: Line = match serde_json::from_slice(&bytes) {
+                Ok(l) => l,
+                Err(e) => return bad(e.to_string()),
+            };
+            if last
+                .as_ref()
+                .is_some_and(|p| walk_order(p, &l.e.path.0) != Ordering::Less)
+            {
+                return bad(format!("{} is out of order", l.e.path.display()));
+            }
+            if l.e.kind == crate::manifest::EntryKind::File && l.e.size > 0 {
+                let ok =
+                    l.e.archive
+                        .and_then(|a| r.header.archives.get(a as usize))
+                        .is_some_and(Option::is_some)
+                        && l.e.offset.is_some();
+                if !ok {
+                    return bad(format!(
+                        "{} has no archive in the record's table",
+                        l.e.path.display()
+                    ));
+                }
+            }
+            last = Some(l.e.path.0);
+        }
+        Ok(Ok(()))
+    }
+
     /// Calls `gone` with every entry not yet taken.
     pub fn rest(&mut self, mut gone: impl FnMut(&Entry) -> Result<()>) -> Result<()> {
         loop {

@@ -88,6 +88,8 @@ impl<W: Write> FrameWriter<W> {
                     let mut zstd = match zstd::bulk::Compressor::new(level) {
                         Ok(z) => z,
                         Err(e) => {
+                            let e =
+                                io::Error::new(e.kind(), format!("cannot set up zstd level {level}: {e}"));
                             let _ = tx.send((u64::MAX, Err(e), Vec::new()));
                             return;
                         }
@@ -98,7 +100,11 @@ impl<W: Write> FrameWriter<W> {
                             Err(_) => return,
                         };
                         let Ok((seq, plain)) = job else { return };
-                        let out = zstd.compress(&plain);
+                        // A panic must not leave the writer waiting for a
+                        // frame that never comes: it becomes an error.
+                        let out =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| zstd.compress(&plain)))
+                                .unwrap_or_else(|_| Err(io::Error::other("a compression worker panicked")));
                         if tx.send((seq, out, plain)).is_err() {
                             return;
                         }
@@ -184,8 +190,14 @@ impl<W: Write> FrameWriter<W> {
                     .as_ref()
                     .and_then(|p| p.jobs.as_ref())
                     .ok_or_else(|| io::Error::other("compression pool closed"))?;
-                jobs.send((self.submitted, plain))
-                    .map_err(|_| io::Error::other("the compression workers stopped unexpectedly"))?;
+                if jobs.send((self.submitted, plain)).is_err() {
+                    // Every worker is gone: report why, if one said.
+                    let why = self.pool.as_ref().and_then(|p| p.done.try_recv().ok());
+                    return Err(match why {
+                        Some((_, Err(e), _)) => e,
+                        _ => io::Error::other("the compression workers stopped unexpectedly"),
+                    });
+                }
                 self.submitted += 1;
                 return Ok(());
             }

@@ -25,8 +25,11 @@ use vaultline_crypto::{DataKey, EncryptionContext, Header, KeyEnvelope, KeyWrap,
 use crate::exit::{IntegrityError, UsageError};
 use crate::store::{ObjectClass, ObjectInfo, ObjectStore, is_not_found};
 
-/// Version of the repository layout and manifest schema.
-pub const REPOSITORY_VERSION: u32 = 1;
+/// Version of the repository layout: 2 since manifests carry whole trees,
+/// frame tables and offsets (schema 2) and archives are framed. A
+/// repository of version 1 (no releases were made with it) is refused up
+/// front rather than failing at its first manifest.
+pub const REPOSITORY_VERSION: u32 = 2;
 /// Buffer for reading objects: holds several 64 KiB chunks, so the sealed
 /// reader usually decrypts straight from it.
 pub const READ_BUFFER: usize = 1 << 20;

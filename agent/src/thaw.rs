@@ -128,35 +128,37 @@ pub fn ensure_readable(app: &App, plan: &Plan, request_only: bool) -> Result<()>
     wait(store, waiting, tier, days)
 }
 
-/// Polls HEAD until every archive is readable.
-fn wait(store: &dyn ObjectStore, mut waiting: Vec<Waiting>, tier: &str, days: u32) -> Result<()> {
+/// Polls HEAD until every archive is readable. Every poll looks at all of
+/// them, so a copy that expired while others were still thawing (a short
+/// `restore-days`, a slow tier) is requested again rather than found
+/// missing when the read starts.
+fn wait(store: &dyn ObjectStore, all: Vec<Waiting>, tier: &str, days: u32) -> Result<()> {
     let started = Instant::now();
-    let total = waiting.len();
+    let total = all.len();
     let mut interval = first_poll();
-    while !waiting.is_empty() {
+    loop {
         std::thread::sleep(interval);
         interval = (interval * 2).min(MAX_POLL);
-        let mut still = Vec::new();
-        for w in waiting {
+        let mut ready = 0;
+        for w in &all {
             match store.head(&w.object)?.thaw {
-                Thaw::Readable | Thaw::Restored { .. } => {}
-                Thaw::InProgress => still.push(w),
+                Thaw::Readable | Thaw::Restored { .. } => ready += 1,
+                Thaw::InProgress => {}
                 Thaw::Frozen => {
                     // The restored copy expired before we got to it, or the
                     // request was lost: ask again.
                     store.request_restore(&w.object, days, tier_for(tier, &w.class))?;
-                    still.push(w);
                 }
             }
         }
-        waiting = still;
         eprintln!(
-            "thawing: {} of {total} archive(s) ready after {}s",
-            total - waiting.len(),
+            "thawing: {ready} of {total} archive(s) ready after {}s",
             started.elapsed().as_secs()
         );
+        if ready == total {
+            return Ok(());
+        }
     }
-    Ok(())
 }
 
 /// The first poll interval; `VAULTLINE_THAW_POLL_SECS` shortens it for tests

@@ -404,7 +404,7 @@ pub(crate) fn validate(
             &mut c,
             job.full_every_runs.as_ref(),
             &format!("{at}.full-every-runs"),
-            1..=10_000,
+            1..=100,
             "runs per chain of incremental snapshots; 1 makes every run full",
         )
         .map_or(DEFAULT_FULL_EVERY_RUNS, |v| v as u32);

@@ -472,7 +472,7 @@ fn incremental_lock_and_thaw_settings_and_their_mistakes() {
     let cases: &[(String, &str)] = &[
         (
             format!("{S3}full-every-runs = 0\n"),
-            "config.toml:16:19: jobs[0].full-every-runs: 0 is out of range: expected 1 to 10000 (runs per chain \
+            "config.toml:16:19: jobs[0].full-every-runs: 0 is out of range: expected 1 to 100 (runs per chain \
              of incremental snapshots; 1 makes every run full)",
         ),
         (

@@ -161,6 +161,28 @@ fn a_missing_local_record_makes_a_full_run_that_says_why() {
             .contains("there is no local record of an earlier run of job data"),
         "{third}"
     );
+    // A damaged record: the run is full and says so, it does not fail.
+    let dir = fx.state().join("incremental");
+    let entries: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".entries.zst"))
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    fs::write(
+        &entries[0],
+        zstd::encode_all(&b"{\"not\": \"a record line\"}\n"[..], 1).unwrap(),
+    )
+    .unwrap();
+    let damaged = backup(&fx);
+    assert!(damaged["parent"].is_null(), "{damaged}");
+    assert!(
+        damaged["full_reason"]
+            .as_str()
+            .unwrap()
+            .contains("is damaged: line 1"),
+        "{damaged}"
+    );
     let forced = fx.run(&["--json", "backup", "now", "--full"]).ok().json()[0].clone();
     assert_eq!(forced["full_reason"], "a full snapshot was asked for (--full)");
     let text = fx.run(&["backup", "now"]).ok();

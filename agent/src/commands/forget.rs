@@ -45,6 +45,10 @@ struct ObjectAction {
     size: u64,
     action: &'static str,
     why: String,
+    /// Forgotten snapshots that refer to it (their manifests must be gone
+    /// before it may go).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    forgotten_refs: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -168,6 +172,7 @@ fn plan_job(
                     size: 0,
                     action: "locked",
                     why: format!("{} until {}", r.mode, r.until),
+                    forgotten_refs: Vec::new(),
                 });
             }
         }
@@ -186,7 +191,7 @@ fn plan_job(
 
     // Which kept snapshots need each archive.
     let mut needed_by: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut referenced_by_forgotten: BTreeMap<String, String> = BTreeMap::new();
+    let mut referenced_by_forgotten: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (id, (objects, _)) in &tables {
         for o in objects {
             if kept.contains(id) {
@@ -194,7 +199,8 @@ fn plan_job(
             } else {
                 referenced_by_forgotten
                     .entry(o.clone())
-                    .or_insert_with(|| id.clone());
+                    .or_default()
+                    .push(id.clone());
             }
         }
     }
@@ -216,7 +222,12 @@ fn plan_job(
                 format!("needed by kept snapshot(s) {}", by.join(", "))
             };
             ("keep", why)
-        } else if !valid_snapshot_id(&snapshot) || snapshot >= newest {
+        } else if !valid_snapshot_id(&snapshot) {
+            (
+                "keep",
+                "not under a snapshot id: not vaultline's, left alone".to_string(),
+            )
+        } else if snapshot >= newest {
             (
                 "keep",
                 "newer than every snapshot: a run may be writing it".to_string(),
@@ -224,7 +235,7 @@ fn plan_job(
         } else if let Some(by) = referenced_by_forgotten.get(&o.name) {
             (
                 "delete",
-                format!("only forgotten snapshots refer to it ({by}, …)"),
+                format!("only forgotten snapshots refer to it ({})", by.join(", ")),
             )
         } else {
             (
@@ -232,6 +243,7 @@ fn plan_job(
                 "orphan: no snapshot refers to it (a run that stopped before committing)".to_string(),
             )
         };
+        let forgotten_refs = referenced_by_forgotten.remove(&o.name).unwrap_or_default();
         if action == "delete" {
             if let Some(r) = store.head(&o.name)?.retention.filter(|r| r.until > now) {
                 locked.push(ObjectAction {
@@ -239,12 +251,14 @@ fn plan_job(
                     size: o.size,
                     action: "locked",
                     why: format!("{} until {}: {why}", r.mode, r.until),
+                    forgotten_refs: Vec::new(),
                 });
                 archives.push(ObjectAction {
                     object: o.name,
                     size: o.size,
                     action: "keep",
                     why: format!("under Object Lock ({}) until {}", r.mode, r.until),
+                    forgotten_refs,
                 });
                 continue;
             }
@@ -255,6 +269,7 @@ fn plan_job(
             size: o.size,
             action,
             why,
+            forgotten_refs,
         });
     }
     Ok(JobPlan {
@@ -269,20 +284,35 @@ fn plan_job(
     })
 }
 
-/// Carries out a plan: manifests first, then archives. An object that
-/// refuses deletion (a lock set since planning, a legal hold) is reported,
-/// not fatal.
+/// Carries out a plan: manifests first, then archives. An object whose
+/// deletion fails (a lock set since planning, a legal hold, a network
+/// error) is reported, not fatal; an archive a snapshot whose manifest could
+/// not be deleted still refers to is kept, so no snapshot is left without
+/// its data.
 fn apply(app: &App, mut plan: JobPlan) -> Result<JobPlan> {
     let store = app.repo.store();
-    for s in plan.snapshots.iter().filter(|s| s.action == "forget") {
+    let mut still_there: Vec<String> = Vec::new();
+    for s in plan.snapshots.iter_mut().filter(|s| s.action == "forget") {
         let name = app.repo.manifest_name(&plan.host, &plan.job, &s.id);
         if let Err(e) = store.delete(&name) {
+            s.action = "keep";
+            s.reasons
+                .push(format!("its manifest could not be deleted: {e:#}"));
+            still_there.push(s.id.clone());
             plan.locked.push(ObjectAction {
                 object: name,
                 size: 0,
                 action: "not-deleted",
                 why: format!("{e:#}"),
+                forgotten_refs: Vec::new(),
             });
+        }
+    }
+    for a in plan.archives.iter_mut().filter(|a| a.action == "delete") {
+        if let Some(id) = a.forgotten_refs.iter().find(|r| still_there.contains(r)) {
+            plan.freed_bytes -= a.size;
+            a.action = "keep";
+            a.why = format!("snapshot {id} is still there (its manifest could not be deleted)");
         }
     }
     let mut failed = Vec::new();
@@ -295,6 +325,7 @@ fn apply(app: &App, mut plan: JobPlan) -> Result<JobPlan> {
                 size: a.size,
                 action: "not-deleted",
                 why: format!("{e:#}"),
+                forgotten_refs: Vec::new(),
             });
         }
     }

@@ -285,6 +285,15 @@ impl ObjectStore for S3Store {
             }
             _ => None,
         };
+        // A legal hold protects a version with no end date: to `forget` it
+        // is a lock that never expires by itself.
+        let retention = match out.object_lock_legal_hold_status() {
+            Some(s) if s.as_str() == "ON" => Some(Retention {
+                mode: "LEGAL HOLD".to_string(),
+                until: jiff::Timestamp::MAX,
+            }),
+            _ => retention,
+        };
         Ok(ObjectMeta {
             size: out.content_length().unwrap_or(0).max(0) as u64,
             storage_class,
