@@ -413,8 +413,7 @@ pub fn run(
         archive,
         manifest,
         record: record_writer,
-        mut refs,
-        new_index,
+        refs,
         ..
     } = sinks;
     let mut archive_size = 0;
@@ -438,7 +437,6 @@ pub fn run(
         }));
     } else {
         table.push(None);
-        refs[new_index as usize] = 0;
     }
     // Archives no entry of this snapshot refers to any more drop out of the
     // table (the slot stays, so indices hold), and out of the chain.

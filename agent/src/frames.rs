@@ -172,35 +172,32 @@ impl<W: Write> FrameWriter<W> {
             .spare
             .pop()
             .unwrap_or_else(|| Vec::with_capacity(FRAME_SIZE as usize));
-        let plain = std::mem::replace(&mut self.buf, next);
-        match self.pool.is_some() {
-            false => {
-                let compressed = zstd::bulk::compress(&plain, self.level)?;
-                self.emit(&compressed)?;
-                let mut plain = plain;
-                plain.clear();
-                self.spare.push(plain);
-            }
-            true => {
-                while self.submitted - self.written >= self.max_in_flight {
-                    self.collect_one()?;
-                }
-                let jobs = self
-                    .pool
-                    .as_ref()
-                    .and_then(|p| p.jobs.as_ref())
-                    .ok_or_else(|| io::Error::other("compression pool closed"))?;
-                if jobs.send((self.submitted, plain)).is_err() {
-                    // Every worker is gone: report why, if one said.
-                    let why = self.pool.as_ref().and_then(|p| p.done.try_recv().ok());
-                    return Err(match why {
-                        Some((_, Err(e), _)) => e,
-                        _ => io::Error::other("the compression workers stopped unexpectedly"),
-                    });
-                }
-                self.submitted += 1;
-                return Ok(());
-            }
+        let mut plain = std::mem::replace(&mut self.buf, next);
+        if self.pool.is_none() {
+            let compressed = zstd::bulk::compress(&plain, self.level)?;
+            self.submitted += 1;
+            self.emit(&compressed)?;
+            plain.clear();
+            self.spare.push(plain);
+            return Ok(());
+        }
+        while self.submitted - self.written >= self.max_in_flight {
+            self.collect_one()?;
+        }
+        let pool = self
+            .pool
+            .as_ref()
+            .ok_or_else(|| io::Error::other("compression pool closed"))?;
+        let sent = pool
+            .jobs
+            .as_ref()
+            .is_some_and(|jobs| jobs.send((self.submitted, plain)).is_ok());
+        if !sent {
+            // Every worker is gone: report why, if one said.
+            return Err(match pool.done.try_recv() {
+                Ok((_, Err(e), _)) => e,
+                _ => io::Error::other("the compression workers stopped unexpectedly"),
+            });
         }
         self.submitted += 1;
         Ok(())

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use vaultline_crypto::{DataKey, EncryptionContext, Header, KeyEnvelope, KeyWrap, SealedReader};
 
 use crate::exit::{IntegrityError, UsageError};
-use crate::store::{ObjectClass, ObjectInfo, ObjectStore, is_not_found};
+use crate::store::{ObjectClass, ObjectInfo, ObjectStore, Retention, is_not_found};
 
 /// Version of the repository layout: 2 since manifests carry whole trees,
 /// frame tables and offsets (schema 2) and archives are framed. A
@@ -158,10 +158,17 @@ impl Repo {
 
     /// Writes the marker (only ever once).
     pub fn write_marker(&self, marker: &RepoMarker) -> Result<()> {
-        let mut bytes = serde_json::to_vec_pretty(marker)?;
-        bytes.push(b'\n');
         self.store
-            .put(&self.marker_name(), ObjectClass::Control, &bytes)?;
+            .put(&self.marker_name(), ObjectClass::Control, &marker_bytes(marker)?)?;
+        Ok(())
+    }
+
+    /// Replaces the marker (`rewrap` switching keys), keeping `retention`.
+    pub fn replace_marker(&self, marker: &RepoMarker, retention: Option<&Retention>) -> Result<()> {
+        let name = self.marker_name();
+        self.store
+            .replace(&name, &marker_bytes(marker)?, retention)
+            .with_context(|| format!("cannot replace the repository marker {name}"))?;
         Ok(())
     }
 
@@ -293,6 +300,13 @@ impl Repo {
         out.sort_by(|a, b| a.id.cmp(&b.id).then(a.job.cmp(&b.job)));
         Ok(out)
     }
+}
+
+/// The marker as stored: pretty JSON and a newline.
+fn marker_bytes(marker: &RepoMarker) -> Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec_pretty(marker)?;
+    bytes.push(b'\n');
+    Ok(bytes)
 }
 
 /// A new snapshot id: the UTC time to the second and 8 random hex digits,

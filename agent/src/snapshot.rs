@@ -101,15 +101,37 @@ pub fn resolve(
     })
 }
 
+/// A sealed manifest fetched once into an unnamed temporary file
+/// (ciphertext only), with its header read and data key unwrapped, so that
+/// each pass over it costs neither a fetch nor a key-provider call.
+struct Spool {
+    file: File,
+    header: Header,
+    key: DataKey,
+    name: String,
+    snapshot: String,
+}
+
+impl Spool {
+    fn pass(&self) -> Result<ManifestPass> {
+        let mut file = self.file.try_clone()?;
+        file.seek(SeekFrom::Start(self.header.encoded_len() as u64))?;
+        let sealed = SealedReader::new(
+            BufReader::with_capacity(READ_BUFFER, file),
+            &self.header,
+            &self.key,
+        )
+        .with_context(|| format!("snapshot {}: object {}", self.snapshot, self.name))?;
+        ManifestReader::new(sealed, &self.name).with_context(|| format!("snapshot {}", self.snapshot))
+    }
+}
+
 /// An opened snapshot.
 pub struct SnapshotReader<'a> {
     repo: &'a Repo,
     keys: &'a (dyn KeyWrap + Sync),
     snapshot: SnapshotRef,
-    manifest_name: String,
-    spool: File,
-    header: Header,
-    key: DataKey,
+    spool: Spool,
     manifest: ManifestHeader,
     archives: Vec<Option<ArchiveRef>>,
     end: ManifestEnd,
@@ -194,78 +216,60 @@ impl<'a> SnapshotReader<'a> {
     pub fn open(repo: &'a Repo, keys: &'a (dyn KeyWrap + Sync), snapshot: SnapshotRef) -> Result<Self> {
         let name = repo.manifest_name(&snapshot.host, &snapshot.job, &snapshot.id);
         let ctx = repo.context(&snapshot.host, &snapshot.job, &snapshot.id, Kind::Manifest, &name)?;
-        let mut spool = tempfile::tempfile().context("cannot create a temporary file for the manifest")?;
+        let mut file = tempfile::tempfile().context("cannot create a temporary file for the manifest")?;
         {
             let mut raw = repo
                 .store()
                 .open(&name)
                 .with_context(|| format!("snapshot {}: cannot open {name}", snapshot.id))?;
-            io::copy(&mut raw, &mut spool)
+            io::copy(&mut raw, &mut file)
                 .with_context(|| format!("snapshot {}: reading {name}", snapshot.id))?;
         }
-        spool.seek(SeekFrom::Start(0))?;
+        file.seek(SeekFrom::Start(0))?;
         let (header, key) = repo
-            .unseal_header(&name, &mut BufReader::new(&mut spool), keys, &ctx, None)
+            .unseal_header(&name, &mut BufReader::new(&mut file), keys, &ctx, None)
             .with_context(|| format!("snapshot {}", snapshot.id))?;
-        let mut reader = SnapshotReader {
-            repo,
-            keys,
-            snapshot,
-            manifest_name: name,
-            spool,
+        let spool = Spool {
+            file,
             header,
             key,
-            manifest: ManifestHeader {
-                vaultline_manifest: 0,
-                snapshot: String::new(),
-                host: String::new(),
-                job: String::new(),
-                parent: None,
-                chain: 0,
-                full_started: String::new(),
-                started: String::new(),
-                paths: Vec::new(),
-            },
-            archives: Vec::new(),
-            end: ManifestEnd::default(),
+            name,
+            snapshot: snapshot.id.clone(),
         };
-        let mut pass = reader.pass()?;
+        let mut pass = spool.pass()?;
         let end = pass
             .read_to_end()
-            .with_context(|| format!("snapshot {}", reader.snapshot.id))?;
-        let h = pass.header().clone();
-        if h.snapshot != reader.snapshot.id || h.job != reader.snapshot.job || h.host != reader.snapshot.host
+            .with_context(|| format!("snapshot {}", snapshot.id))?;
+        let manifest = pass.header().clone();
+        if manifest.snapshot != snapshot.id || manifest.job != snapshot.job || manifest.host != snapshot.host
         {
             return Err(IntegrityError(format!(
                 "manifest {} describes snapshot {} of {}/{}",
-                reader.manifest_name, h.snapshot, h.host, h.job
+                spool.name, manifest.snapshot, manifest.host, manifest.job
             ))
             .into());
         }
-        reader.archives = pass.archives().map(<[_]>::to_vec).unwrap_or_default();
-        reader.manifest = h;
-        reader.end = end;
-        Ok(reader)
+        let archives = pass.archives().map(<[_]>::to_vec).unwrap_or_default();
+        drop(pass);
+        Ok(SnapshotReader {
+            repo,
+            keys,
+            snapshot,
+            spool,
+            manifest,
+            archives,
+            end,
+        })
     }
 
-    /// A fresh pass over the manifest's entries.
-    fn pass(&self) -> Result<ManifestPass> {
-        let mut file = self.spool.try_clone()?;
-        file.seek(SeekFrom::Start(self.header.encoded_len() as u64))?;
-        let sealed = SealedReader::new(
-            BufReader::with_capacity(READ_BUFFER, file),
-            &self.header,
-            &self.key,
-        )
-        .with_context(|| format!("snapshot {}: object {}", self.snapshot.id, self.manifest_name))?;
-        ManifestReader::new(sealed, &self.manifest_name)
-            .with_context(|| format!("snapshot {}", self.snapshot.id))
+    /// A fresh pass over the manifest's lines.
+    pub fn pass(&self) -> Result<ManifestPass> {
+        self.spool.pass()
     }
 
-    /// A fresh pass over the manifest's lines, entries and deleted paths
-    /// (`ManifestReader::next_item`), e.g. to copy the manifest (`rewrap`).
-    pub fn manifest_pass(&self) -> Result<ManifestPass> {
-        self.pass()
+    /// The sealed manifest's own header (its context and key envelope).
+    pub fn sealed_header(&self) -> &Header {
+        &self.spool.header
     }
 
     /// The manifest's header.
@@ -290,7 +294,7 @@ impl<'a> SnapshotReader<'a> {
 
     /// Chunk size of the archives (as sealed by this vaultline).
     pub fn chunk_size(&self) -> u64 {
-        u64::from(self.header.chunk_size())
+        u64::from(self.spool.header.chunk_size())
     }
 
     /// Which frames of which archives hold the entries `select` picks.
@@ -314,7 +318,7 @@ impl<'a> SnapshotReader<'a> {
                 .archives
                 .get(index as usize)
                 .and_then(Option::as_ref)
-                .ok_or_else(|| anyhow!("manifest {}: archive {index} missing", self.manifest_name))?;
+                .ok_or_else(|| anyhow!("manifest {}: archive {index} missing", self.spool.name))?;
             let p = by_index.entry(index).or_insert_with(|| ArchivePlan {
                 frames: vec![false; archive.frames.len()],
                 archive: archive.clone(),
@@ -327,7 +331,7 @@ impl<'a> SnapshotReader<'a> {
             if first >= p.frames.len() || offset >= archive.plain_size {
                 return Err(IntegrityError(format!(
                     "manifest {}: {} lies at offset {offset}, past the end of archive {} ({} bytes of tar)",
-                    self.manifest_name,
+                    self.spool.name,
                     e.path.display(),
                     archive.object,
                     archive.plain_size
@@ -375,7 +379,7 @@ impl<'a> SnapshotReader<'a> {
                         reader: Some(pipe_out),
                         producer: Some(producer),
                         whole: p.whole(),
-                        manifest: &self.manifest_name,
+                        manifest: &self.spool.name,
                     },
                 );
             }

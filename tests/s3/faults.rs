@@ -5,7 +5,7 @@ use std::fs;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::util::moto::{job, moto, s3_fixture};
+use crate::util::moto::{job, moto, repository_settings, s3_fixture};
 use crate::util::{assert_same_tree, restored};
 
 /// `len` bytes of incompressible, deterministic data (xorshift64*).
@@ -36,11 +36,7 @@ fn sigkill_during_multipart_upload_commits_nothing_and_the_next_run_cleans_up() 
     write_noise(&src.path().join("big.bin"), 300 << 20, 42);
     fs::write(src.path().join("small.txt"), b"small").unwrap();
     let fx = s3_fixture(m, &bucket, &key, &job("big", &[src.path()]));
-    let text = fs::read_to_string(&fx.config).unwrap().replace(
-        "path-style = true\n",
-        "path-style = true\npart-size-mib = 5\nparts-in-flight = 2\n",
-    );
-    fs::write(&fx.config, text).unwrap();
+    repository_settings(&fx, "part-size-mib = 5\nparts-in-flight = 2\n");
     fx.init();
 
     let mut child = fx

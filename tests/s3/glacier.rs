@@ -4,7 +4,7 @@
 
 use std::fs;
 
-use crate::util::moto::{job, moto, s3_fixture};
+use crate::util::moto::{job, moto, repository_settings, s3_fixture};
 use crate::util::{assert_same_tree, files_under, restored};
 
 fn restores(m: &crate::util::moto::Moto, bucket: &str) -> u64 {
@@ -25,11 +25,10 @@ fn glacier_archives_are_thawed_once_and_a_rerun_continues() {
     fs::create_dir(src.path().join("d")).unwrap();
     fs::write(src.path().join("d/more"), vec![7u8; 100_000]).unwrap();
     let fx = s3_fixture(m, &bucket, &key, &job("cold", &[src.path()]));
-    let text = fs::read_to_string(&fx.config).unwrap().replace(
-        "path-style = true\n",
-        "path-style = true\nstorage-class = \"GLACIER\"\nrestore-tier = \"Bulk\"\nrestore-days = 2\n",
+    repository_settings(
+        &fx,
+        "storage-class = \"GLACIER\"\nrestore-tier = \"Bulk\"\nrestore-days = 2\n",
     );
-    fs::write(&fx.config, text).unwrap();
     fx.init();
     fx.run(&["backup", "now"]).ok();
     let archives: Vec<serde_json::Value> = m
@@ -97,11 +96,7 @@ fn glacier_archives_are_thawed_once_and_a_rerun_continues() {
     // Without --request-only a restore waits, polling, and then reads.
     let (bucket2, key2) = m.bucket_and_key("glacier-wait");
     let fx2 = s3_fixture(m, &bucket2, &key2, &job("cold", &[src.path()]));
-    let text = fs::read_to_string(&fx2.config).unwrap().replace(
-        "path-style = true\n",
-        "path-style = true\nstorage-class = \"GLACIER\"\n",
-    );
-    fs::write(&fx2.config, text).unwrap();
+    repository_settings(&fx2, "storage-class = \"GLACIER\"\n");
     fx2.init();
     fx2.run(&["backup", "now"]).ok();
     m.ctl(&["restore-delay", &bucket2, "2"]);

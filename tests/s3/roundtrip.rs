@@ -5,7 +5,7 @@ use std::fs;
 
 use serde_json::Value;
 
-use crate::util::moto::{job, moto, s3_fixture};
+use crate::util::moto::{job, moto, repository_settings, s3_fixture};
 use crate::util::{Fixture, assert_same_tree, corpus, restored};
 
 /// Strings planted in file contents and file names; none may appear in any
@@ -119,12 +119,10 @@ fn archives_go_to_the_configured_storage_class_and_tag() {
     let src = tempfile::tempdir().unwrap();
     fs::write(src.path().join("f"), b"cold data").unwrap();
     let fx = s3_fixture(m, &bucket, &key, &job("cold", &[src.path()]));
-    // Settings of [repository] go right after its table header.
-    let text = fs::read_to_string(&fx.config).unwrap().replace(
-        "path-style = true\n",
-        "path-style = true\nstorage-class = \"GLACIER_IR\"\ntier-tag = \"lifecycle=cold\"\n",
+    repository_settings(
+        &fx,
+        "storage-class = \"GLACIER_IR\"\ntier-tag = \"lifecycle=cold\"\n",
     );
-    fs::write(&fx.config, text).unwrap();
     fx.init();
     fx.run(&["backup", "now"]).ok();
     let objects = m.ctl(&["objects", &bucket]);

@@ -235,6 +235,19 @@ pub fn write_s3_config(fx: &Fixture, moto: &Moto, bucket: &str, key_arn: &str, e
     std::fs::write(&fx.config, text).expect("write config");
 }
 
+/// Adds `settings` (TOML lines) to the fixture's `[repository]` table:
+/// they go right after its last line `write_s3_config` writes.
+pub fn repository_settings(fx: &Fixture, settings: &str) {
+    let text = std::fs::read_to_string(&fx.config).expect("read config");
+    assert!(text.contains("path-style = true\n"), "not an S3 fixture");
+    let text = text.replacen(
+        "path-style = true\n",
+        &format!("path-style = true\n{settings}"),
+        1,
+    );
+    std::fs::write(&fx.config, text).expect("write config");
+}
+
 /// A job block backing up `paths`.
 pub fn job(name: &str, paths: &[&Path]) -> String {
     let list: Vec<String> = paths

@@ -29,9 +29,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use anyhow::{Context, Result, anyhow};
 use serde::Serialize;
 use vaultline_config::KeyConfig;
-use vaultline_crypto::{
-    DataKey, EncryptionContext, Header, KeyEnvelope, KeyWrap, MAX_HEADER_LEN, SealedReader,
-};
+use vaultline_crypto::{DataKey, EncryptionContext, Header, KeyWrap, SealedReader};
 
 use crate::app::{App, Keys};
 use crate::cli::RewrapArgs;
@@ -260,12 +258,8 @@ impl Rewrap<'_> {
             key_id: self.to.key_id().to_string(),
             ..marker
         };
-        let mut bytes = serde_json::to_vec_pretty(&new)?;
-        bytes.push(b'\n');
         let retention = live_retention(store, &name)?;
-        store
-            .replace(&name, &bytes, retention.as_ref())
-            .with_context(|| format!("cannot replace the repository marker {name}"))?;
+        self.app.repo.replace_marker(&new, retention.as_ref())?;
         tracing::info!(
             "repository marker {name} now names {PROVIDER} key {}",
             self.to.key_id()
@@ -305,7 +299,7 @@ impl Rewrap<'_> {
         let store = repo.store();
         let name = repo.manifest_name(&s.host, &s.job, &s.id);
         let reader = SnapshotReader::open(repo, self.keys.as_ref(), s.clone())?;
-        let own = manifest_envelope(store, &name, s.manifest_size)?;
+        let own = reader.sealed_header().envelope().clone();
         let to: &KmsKeyWrap = self.to;
         let under_new = |provider: &str, key: &str| provider == PROVIDER && key == to.key_id();
         let stale = reader
@@ -341,7 +335,7 @@ impl Rewrap<'_> {
             .generate(&ctx)
             .with_context(|| format!("object {name}: cannot generate its new data key"))?;
         let mut writer = ManifestWriter::new(Vec::new(), &key, envelope, ctx.clone(), reader.header())?;
-        let mut pass = reader.manifest_pass()?;
+        let mut pass = reader.pass()?;
         let mut items = 0u64;
         while let Some(item) = pass.next_item()? {
             match item {
@@ -405,17 +399,6 @@ impl Rewrap<'_> {
         self.reencrypted.insert(cache_key, new.clone());
         Ok(new)
     }
-}
-
-/// The envelope in a manifest object's own header (a ranged read of its
-/// first bytes).
-fn manifest_envelope(store: &dyn ObjectStore, name: &str, size: u64) -> Result<KeyEnvelope> {
-    let len = (MAX_HEADER_LEN as u64).min(size);
-    let mut head = store
-        .open_range(name, 0, Some(len))
-        .with_context(|| format!("cannot open {name}"))?;
-    let header = Header::read_from(&mut head).with_context(|| format!("object {name}: unreadable header"))?;
-    Ok(header.envelope().clone())
 }
 
 /// An Object Lock retention of `name` that has not expired yet.

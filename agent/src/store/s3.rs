@@ -109,16 +109,12 @@ impl S3Store {
             .key(name);
         match block_on(req.send()).map_err(io_err)? {
             Ok(out) => {
-                let Some(r) = out.retention() else { return Ok(None) };
-                let (Some(mode), Some(until)) = (r.mode(), r.retain_until_date()) else {
-                    return Ok(None);
-                };
-                let until = jiff::Timestamp::from_second(until.secs())
-                    .map_err(|e| io::Error::other(format!("GetObjectRetention {}: {e}", inner.url(name))))?;
-                Ok(Some(Retention {
-                    mode: mode.as_str().to_string(),
-                    until,
-                }))
+                let r = out.retention();
+                retention_from(
+                    r.and_then(|r| r.mode()).map(|m| m.as_str()),
+                    r.and_then(|r| r.retain_until_date()),
+                )
+                .map_err(|e| io::Error::other(format!("GetObjectRetention {}: {e}", inner.url(name))))
             }
             Err(e) if error_code(&e).as_deref() == Some("NoSuchObjectLockConfiguration") => Ok(None),
             Err(e) => {
@@ -182,6 +178,28 @@ fn parse_restore_header(value: &str) -> Thaw {
         .and_then(|(_, rest)| rest.split_once('"'))
         .map(|(date, _)| date.to_string());
     Thaw::Restored { expiry }
+}
+
+/// A retention as S3 reports it (mode and date, both or neither).
+fn retention_from(
+    mode: Option<&str>,
+    until: Option<&aws_smithy_types::DateTime>,
+) -> Result<Option<Retention>, jiff::Error> {
+    let (Some(mode), Some(until)) = (mode, until) else {
+        return Ok(None);
+    };
+    Ok(Some(Retention {
+        mode: mode.to_string(),
+        until: jiff::Timestamp::from_second(until.secs())?,
+    }))
+}
+
+/// The Object Lock headers that set `r` on an upload.
+fn lock_headers(r: &Retention) -> (ObjectLockMode, aws_smithy_types::DateTime) {
+    (
+        ObjectLockMode::from(r.mode.as_str()),
+        aws_smithy_types::DateTime::from_secs(r.until.as_second()),
+    )
 }
 
 fn io_err(e: anyhow::Error) -> io::Error {
@@ -274,17 +292,11 @@ impl ObjectStore for S3Store {
             (true, None) => Thaw::Frozen,
             (true, Some(r)) => parse_restore_header(r),
         };
-        let retention = match (out.object_lock_mode(), out.object_lock_retain_until_date()) {
-            (Some(mode), Some(until)) => {
-                let until = jiff::Timestamp::from_second(until.secs())
-                    .map_err(|e| io::Error::other(format!("HeadObject {}: {e}", inner.url(name))))?;
-                Some(Retention {
-                    mode: mode.as_str().to_string(),
-                    until,
-                })
-            }
-            _ => None,
-        };
+        let retention = retention_from(
+            out.object_lock_mode().map(|m| m.as_str()),
+            out.object_lock_retain_until_date(),
+        )
+        .map_err(|e| io::Error::other(format!("HeadObject {}: {e}", inner.url(name))))?;
         // A legal hold protects a version with no end date: to `forget` it
         // is a lock that never expires by itself.
         let retention = match out.object_lock_legal_hold_status() {
@@ -323,10 +335,8 @@ impl ObjectStore for S3Store {
             .checksum_sha256(sha256_b64(bytes))
             .storage_class(StorageClass::Standard)
             .body(ByteStream::from(bytes.to_vec()));
-        if let Some(r) = retention {
-            req = req
-                .object_lock_mode(ObjectLockMode::from(r.mode.as_str()))
-                .object_lock_retain_until_date(aws_smithy_types::DateTime::from_secs(r.until.as_second()));
+        if let Some((mode, until)) = retention.map(lock_headers) {
+            req = req.object_lock_mode(mode).object_lock_retain_until_date(until);
         }
         block_on(req.send())
             .map_err(io_err)?
@@ -369,7 +379,7 @@ impl ObjectStore for S3Store {
             .retention(
                 ObjectLockRetention::builder()
                     .mode(ObjectLockRetentionMode::from(retention.mode.as_str()))
-                    .retain_until_date(aws_smithy_types::DateTime::from_secs(retention.until.as_second()))
+                    .retain_until_date(lock_headers(retention).1)
                     .build(),
             );
         block_on(req.send()).map_err(io_err)?.map_err(|e| {
@@ -537,12 +547,7 @@ impl S3Pending {
     }
 
     fn lock_mode(&self) -> Option<(ObjectLockMode, aws_smithy_types::DateTime)> {
-        self.retention.as_ref().map(|r| {
-            (
-                ObjectLockMode::from(r.mode.as_str()),
-                aws_smithy_types::DateTime::from_secs(r.until.as_second()),
-            )
-        })
+        self.retention.as_ref().map(lock_headers)
     }
 
     fn start_upload(&mut self) -> Result<String> {
