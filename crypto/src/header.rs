@@ -23,34 +23,10 @@ use subtle::ConstantTimeEq;
 use crate::context::{EncryptionContext, MAX_CONTEXT_ENTRIES};
 use crate::error::{Error, Result};
 use crate::keys::{DataKey, DerivedKeys, KEY_SIZE, KeyEnvelope};
-
-/// The 8 magic bytes that open every sealed object: `\x89VLT\r\n\x1a\n`.
-/// Like PNG's, they catch text-mode mangling (CR/LF, the high bit, ^Z).
-pub const MAGIC: [u8; 8] = [0x89, b'V', b'L', b'T', b'\r', b'\n', 0x1a, b'\n'];
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
-/// Default plaintext bytes per chunk: 64 KiB, as age uses. Measured in the
-/// `seal` benchmark: large enough that per-chunk costs (nonce, frame word,
-/// tag, one write call) stay far below 1 % of the work.
-pub const DEFAULT_CHUNK_SIZE: u32 = 64 * 1024;
-/// Smallest chunk size a header may declare (1 KiB).
-pub const MIN_CHUNK_SIZE: u32 = 1 << 10;
-/// Largest chunk size a header may declare (16 MiB): bounds the reader's
-/// buffer, so a hostile header cannot make it allocate more.
-pub const MAX_CHUNK_SIZE: u32 = 1 << 24;
-/// Size of the header MAC tag and of the salt and commitment.
-pub const MAC_SIZE: usize = 32;
-/// Size of the binding tag that opens the payload (FORMAT.md §5.1).
-pub const BINDING_SIZE: usize = 16;
-/// Longest provider id.
-pub const MAX_PROVIDER_LEN: usize = 64;
-/// Longest key id.
-pub const MAX_KEY_ID_LEN: usize = 2048;
-/// Longest wrapped key.
-pub const MAX_WRAPPED_LEN: usize = 8192;
-/// An upper bound on any valid header's length; a reader fetching a header
-/// with one ranged request can ask for this many bytes.
-pub const MAX_HEADER_LEN: usize = 64 * 1024;
+use crate::layout::{
+    BINDING_SIZE, FORMAT_VERSION, FRAME_SIZE, MAC_SIZE, MAGIC, MAX_CHUNK_SIZE, MAX_KEY_ID_LEN,
+    MAX_PROVIDER_LEN, MAX_WRAPPED_LEN, MIN_CHUNK_SIZE, TAG_SIZE,
+};
 
 /// A parsed header. Parsing checks structure only; [`SealedReader::new`]
 /// (crate::SealedReader::new) checks it against the data key.
@@ -197,8 +173,7 @@ impl Header {
     /// Offset from the start of the object of chunk `index`'s frame word:
     /// every chunk before it is full (FORMAT.md §5.3).
     pub fn chunk_offset(&self, index: u64) -> u64 {
-        let sealed_chunk =
-            (crate::stream::FRAME_SIZE + self.chunk_size as usize + crate::stream::TAG_SIZE) as u64;
+        let sealed_chunk = (FRAME_SIZE + self.chunk_size as usize + TAG_SIZE) as u64;
         self.payload_offset() + index * sealed_chunk
     }
 
@@ -354,6 +329,7 @@ impl<R: Read> FieldReader<'_, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::DEFAULT_CHUNK_SIZE;
 
     fn sample() -> (Header, DataKey) {
         let key = DataKey::from_bytes([1; KEY_SIZE]);

@@ -53,15 +53,17 @@ mod context;
 mod error;
 mod header;
 mod keys;
+mod layout;
 mod stream;
 mod wrap;
 
 pub use context::{EncryptionContext, MAX_CONTEXT_ENTRIES, MAX_CONTEXT_KEY_LEN, MAX_CONTEXT_VALUE_LEN};
 pub use error::{Error, Result};
-pub use header::{
-    BINDING_SIZE, DEFAULT_CHUNK_SIZE, FORMAT_VERSION, Header, MAC_SIZE, MAGIC, MAX_CHUNK_SIZE,
-    MAX_HEADER_LEN, MIN_CHUNK_SIZE,
-};
+pub use header::Header;
 pub use keys::{DataKey, KEY_SIZE, KeyEnvelope};
-pub use stream::{ChunkNonce, FRAME_SIZE, SealOptions, SealedReader, SealedWriter, TAG_SIZE};
+pub use layout::{
+    BINDING_SIZE, DEFAULT_CHUNK_SIZE, FORMAT_VERSION, FRAME_SIZE, MAC_SIZE, MAGIC, MAX_CHUNK_SIZE,
+    MAX_HEADER_LEN, MIN_CHUNK_SIZE, TAG_SIZE,
+};
+pub use stream::{ChunkNonce, SealOptions, SealedReader, SealedWriter};
 pub use wrap::{KeyWrap, LOCAL_PROVIDER, LOCAL_WRAPPED_LEN, LocalKeyWrap, MasterKey};

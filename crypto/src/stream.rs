@@ -30,14 +30,11 @@ use zeroize::Zeroizing;
 
 use crate::context::EncryptionContext;
 use crate::error::{Error, Result};
-use crate::header::{BINDING_SIZE, DEFAULT_CHUNK_SIZE, Header};
+use crate::header::Header;
 use crate::keys::{DataKey, KEY_SIZE, KeyEnvelope, random_bytes};
+use crate::layout::{BINDING_SIZE, DEFAULT_CHUNK_SIZE, FRAME_SIZE, TAG_SIZE};
 use crate::wrap::KeyWrap;
 
-/// Size of the Poly1305 tag that ends every chunk.
-pub const TAG_SIZE: usize = 16;
-/// Size of the frame word that starts every chunk.
-pub const FRAME_SIZE: usize = 4;
 /// The frame word's final-chunk flag (its top bit).
 const FINAL_FLAG: u32 = 1 << 31;
 /// How far around its position the reader looks for the counter a failed

@@ -1,0 +1,287 @@
+//! What every command starts from: the loaded configuration, the repository
+//! it names, the key provider, and the output settings.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use aws_config::SdkConfig;
+use vaultline_config::{Config, Environment, KeyConfig, Repository};
+
+use crate::cli::args::Cli;
+use crate::cli::output::Output;
+use crate::error::UsageError;
+use crate::keys::kms::KmsKeyWrap;
+use crate::keys::local::{LocalKey, LocalKeySettings};
+use crate::keys::{CountingKeys, Keys};
+use crate::ops::report::{Destinations, Recorder};
+use crate::repo::Repo;
+use crate::repo::store::local::LocalStore;
+use crate::repo::store::s3::S3Store;
+
+const NO_SDK: &str = "internal error: the AWS configuration was not loaded";
+
+/// A loaded configuration and what it implies.
+pub struct App {
+    /// The configuration.
+    pub config: Config,
+    /// The repository it names.
+    pub repo: Repo,
+    /// Output settings.
+    pub out: Output,
+    local_store: Option<LocalStore>,
+    /// Loaded when the repository or the key is in AWS.
+    sdk: Option<SdkConfig>,
+    s3_client: Option<aws_sdk_s3::Client>,
+}
+
+impl App {
+    /// Locates and loads the configuration named by the flags.
+    pub fn load(cli: &Cli, out: Output) -> Result<App> {
+        let env = process_environment();
+        let path = vaultline_config::locate(cli.config.as_deref(), &env)?;
+        let config = Config::load(&path, &env)?;
+        tracing::debug!("configuration {}", path.display());
+        App::with_output(config, out)
+    }
+
+    /// An app for a configuration loaded elsewhere (the agent's reloads).
+    pub fn from_config(config: Config) -> Result<App> {
+        App::with_output(
+            config,
+            Output {
+                json: false,
+                quiet: true,
+                verbose: 0,
+                log_json: false,
+            },
+        )
+    }
+
+    fn with_output(config: Config, out: Output) -> Result<App> {
+        let uses_aws = matches!(config.repository, Repository::S3(_))
+            || matches!(config.key, KeyConfig::Kms { .. })
+            || config.jobs.iter().any(|j| j.on_failure_sns.is_some());
+        let sdk = if uses_aws {
+            Some(crate::cloud::aws::sdk_config(&config.aws).context("setting up the AWS clients")?)
+        } else {
+            None
+        };
+        let mut s3_client = None;
+        let (repo, local_store) = match &config.repository {
+            Repository::Local { path, prefix } => {
+                let store = LocalStore::new(path);
+                (Repo::new(Arc::new(store.clone()), prefix), Some(store))
+            }
+            Repository::S3(s3) => {
+                let client = crate::cloud::aws::s3_client(sdk.as_ref().context(NO_SDK)?, s3);
+                s3_client = Some(client.clone());
+                let store = S3Store::new(client, s3.clone(), &config.aws);
+                (Repo::new(Arc::new(store), &s3.prefix), None)
+            }
+        };
+        Ok(App {
+            config,
+            repo,
+            out,
+            local_store,
+            sdk,
+            s3_client,
+        })
+    }
+
+    /// The audit trail for this invocation of `command`: who is the AWS
+    /// caller identity (STS) for AWS configurations, else the local user.
+    pub fn audit(&self, command: &str) -> crate::ops::audit_log::AuditLog {
+        use sha2::Digest;
+        let who = match &self.sdk {
+            Some(sdk) => {
+                let endpoint = match (&self.config.repository, &self.config.key) {
+                    (Repository::S3(s3), _) if s3.endpoint.is_some() => s3.endpoint.as_deref(),
+                    (_, KeyConfig::Kms { endpoint, .. }) => endpoint.as_deref(),
+                    _ => None,
+                };
+                let sts = crate::cloud::aws::sts_client(sdk, endpoint);
+                match crate::cloud::aws::block_on(sts.get_caller_identity().send()) {
+                    Ok(Ok(id)) => id.arn().unwrap_or("unknown AWS principal").to_string(),
+                    Ok(Err(e)) => format!("unknown AWS principal ({})", crate::cloud::aws::describe(&e)),
+                    Err(e) => format!("unknown AWS principal ({e:#})"),
+                }
+            }
+            None => {
+                let uid = rustix::process::getuid().as_raw();
+                let name = std::env::var("USER").unwrap_or_else(|_| "?".into());
+                format!("local user {name} (uid {uid})")
+            }
+        };
+        let config_sha256 = std::fs::read(&self.config.file)
+            .map(|b| hex::encode(sha2::Sha256::digest(&b)))
+            .unwrap_or_default();
+        crate::ops::audit_log::AuditLog::new(
+            &self.config.agent.state_dir,
+            who,
+            crate::ops::audit_log::How {
+                command: command.to_string(),
+                host: self.config.agent.host.clone(),
+                version: env!("CARGO_PKG_VERSION"),
+                config_sha256,
+            },
+        )
+    }
+
+    /// The recorder of this invocation of `command` (see [`crate::ops::report`]).
+    pub fn recorder(&self, command: &str) -> Recorder {
+        Recorder::new(
+            self.audit(command),
+            Destinations {
+                state_dir: self.config.agent.state_dir.clone(),
+                metrics_file: self.config.agent.metrics_file.clone(),
+                jobs: self.config.jobs.iter().map(|j| j.name.clone()).collect(),
+                repo: self.repo.clone(),
+                host: self.config.agent.host.clone(),
+                trigger: std::env::var("VAULTLINE_TRIGGER").unwrap_or_else(|_| "manual".into()),
+            },
+        )
+    }
+
+    /// Publishes a failed run of `job` to its SNS topic, if it has one.
+    pub fn notify_failure(&self, job: &str) -> Result<()> {
+        let Some(topic) = self.config.job(job).and_then(|j| j.on_failure_sns.clone()) else {
+            return Ok(());
+        };
+        let sdk = self.sdk.as_ref().context(NO_SDK)?;
+        let status = crate::ops::status::load(&self.config.agent.state_dir, job)?;
+        let host = &self.config.agent.host;
+        let result = status.last_run.as_ref().map_or("failed", |r| r.result.as_str());
+        let sns = crate::cloud::aws::sns_client(sdk, self.config.aws.sns_endpoint.as_deref());
+        let subject = format!("vaultline: job {job} on {host}: {result}");
+        let message = serde_json::json!({ "host": host, "job": job, "status": status }).to_string();
+        crate::cloud::aws::block_on(
+            sns.publish()
+                .topic_arn(&topic)
+                .subject(subject)
+                .message(message)
+                .send(),
+        )?
+        .map_err(|e| anyhow::anyhow!("SNS Publish to {topic}: {}", crate::cloud::aws::describe(&e)))?;
+        Ok(())
+    }
+
+    /// The SDK configuration and the S3 client, for an S3 repository.
+    pub fn aws(&self) -> Result<(&SdkConfig, &aws_sdk_s3::Client)> {
+        match (&self.sdk, &self.s3_client) {
+            (Some(sdk), Some(client)) => Ok((sdk, client)),
+            _ => Err(UsageError("this configuration has no S3 repository".into()).into()),
+        }
+    }
+
+    /// The configured key provider, ready to wrap and unwrap: the local
+    /// master key (which must exist: `vaultline init` creates it) or the KMS
+    /// key, resolved to its ARN.
+    pub fn keys(&self) -> Result<Keys> {
+        match &self.config.key {
+            KeyConfig::Local { .. } => Ok(CountingKeys::new(Box::new(self.local_key()?.provider()))),
+            KeyConfig::Kms { key_id, endpoint } => {
+                let client =
+                    crate::cloud::aws::kms_client(self.sdk.as_ref().context(NO_SDK)?, endpoint.as_deref());
+                Ok(CountingKeys::new(Box::new(KmsKeyWrap::connect(client, key_id)?)))
+            }
+        }
+    }
+
+    /// The local store, when the repository is local.
+    pub fn local_store(&self) -> Option<&LocalStore> {
+        self.local_store.as_ref()
+    }
+
+    /// The local key settings; an error when the key is in KMS.
+    pub fn key_settings(&self) -> Result<LocalKeySettings<'_>> {
+        LocalKeySettings::new(&self.config.key, &self.config.agent.state_dir).ok_or_else(|| {
+            UsageError(format!(
+                "{} configures a KMS key, not a local master key",
+                self.config.file.display()
+            ))
+            .into()
+        })
+    }
+
+    /// The existing local key.
+    pub fn local_key(&self) -> Result<LocalKey> {
+        self.key_settings()?.load()
+    }
+
+    /// The jobs named (all when `names` is empty); unknown names are a usage error.
+    pub fn select_jobs(&self, names: &[String]) -> Result<Vec<&vaultline_config::Job>> {
+        if names.is_empty() {
+            if self.config.jobs.is_empty() {
+                return Err(UsageError(format!("{} defines no [[jobs]]", self.config.file.display())).into());
+            }
+            return Ok(self.config.jobs.iter().collect());
+        }
+        names
+            .iter()
+            .map(|n| {
+                self.config.job(n).ok_or_else(|| {
+                    let known: Vec<&str> = self.config.jobs.iter().map(|j| j.name.as_str()).collect();
+                    UsageError(format!(
+                        "no job named {n:?} in {} (jobs: {})",
+                        self.config.file.display(),
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ))
+                    .into()
+                })
+            })
+            .collect()
+    }
+
+    /// vaultline's own directories, which backups never enter: the state
+    /// directory (locks, key file) and a local repository.
+    pub fn own_paths(&self) -> Vec<PathBuf> {
+        own_paths(&self.config)
+    }
+
+    /// The host whose snapshots to read: `--host` or the configured one.
+    pub fn host<'a>(&'a self, flag: &'a Option<String>) -> &'a str {
+        flag.as_deref().unwrap_or(&self.config.agent.host)
+    }
+}
+
+/// vaultline's own directories for `config`: the state directory and a
+/// local repository, also as the kernel sees them (through symlinks).
+pub fn own_paths(config: &Config) -> Vec<PathBuf> {
+    let mut own = vec![config.agent.state_dir.clone()];
+    if let Repository::Local { path, .. } = &config.repository {
+        own.push(path.clone());
+    }
+    let real: Vec<PathBuf> = own.iter().filter_map(|p| std::fs::canonicalize(p).ok()).collect();
+    own.extend(real);
+    own.sort();
+    own.dedup();
+    own
+}
+
+/// Reads the facts configuration defaults depend on from this process.
+pub fn process_environment() -> Environment {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let hostname = rustix::system::uname()
+        .nodename()
+        .to_str()
+        .ok()
+        .map(str::to_string);
+    Environment {
+        hostname,
+        is_root: rustix::process::geteuid().is_root(),
+        home: var("HOME"),
+        xdg_config_home: var("XDG_CONFIG_HOME"),
+        xdg_state_home: var("XDG_STATE_HOME"),
+        config_env: var("VAULTLINE_CONFIG"),
+    }
+}

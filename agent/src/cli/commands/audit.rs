@@ -1,0 +1,124 @@
+//! `vaultline audit [--json]`: the bucket hardening report; and the gate
+//! every backup passes first.
+
+use anyhow::{Context, Result};
+use vaultline_config::Repository;
+
+use crate::cli::app::App;
+use crate::cloud::hardening::{self, BucketState, HardeningError, Report};
+use crate::error::UsageError;
+use crate::ops::report::Recorder;
+
+/// Reads the bucket and judges it.
+pub fn report(app: &App) -> Result<Option<Report>> {
+    let Repository::S3(s3) = &app.config.repository else {
+        return Ok(None);
+    };
+    let (sdk, client) = app.aws().context("AWS clients")?;
+    let state = BucketState::read(sdk, &app.config, s3, client)
+        .with_context(|| format!("reading the settings of bucket {}", s3.bucket))?;
+    Ok(Some(hardening::evaluate(&state, &app.config)))
+}
+
+fn record(recorder: &Recorder, report: &Report, hardening: &vaultline_config::Hardening) -> Result<()> {
+    let failing: Vec<&str> = report
+        .checks
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.status,
+                crate::cloud::hardening::Status::Fail | crate::cloud::hardening::Status::Unknown
+            )
+        })
+        .map(|f| f.id)
+        .collect();
+    let blocking: Vec<&str> = report.blocking(hardening).map(|f| f.id).collect();
+    recorder.event(
+        "hardening-checked",
+        serde_json::json!({ "bucket": report.bucket, "passed": report.passed, "not_passing": failing, "blocking": blocking }),
+    )
+}
+
+/// Runs `audit`: exit 0 when every required check passes, 3 otherwise.
+pub fn run(app: &App) -> Result<()> {
+    let Some(report) = report(app)? else {
+        return Err(
+            UsageError("audit checks S3 buckets; this configuration uses a local repository".into()).into(),
+        );
+    };
+    record(&app.recorder("audit"), &report, &app.config.hardening)?;
+    app.out.result(&report, || report.render(&app.config.hardening))?;
+    if report.passed {
+        Ok(())
+    } else {
+        Err(refusal(app, &report, "the bucket is not hardened").into())
+    }
+}
+
+fn refusal(app: &App, report: &Report, what: &str) -> HardeningError {
+    let ids: Vec<&str> = report.blocking(&app.config.hardening).map(|f| f.id).collect();
+    HardeningError(format!(
+        "{what}: bucket {} fails required check(s) {} (see `vaultline audit`; `vaultline harden` shows the \
+         changes that fix them)",
+        report.bucket,
+        ids.join(", ")
+    ))
+}
+
+/// Before a backup: refuses (exit 3) when a required check fails, printing
+/// the report on stderr; logs a warning per failing `warn` check.
+pub fn gate(app: &App, recorder: &Recorder) -> Result<Gate> {
+    let Some(report) = report(app)? else {
+        return Ok(Gate {
+            record: None,
+            refused: None,
+        });
+    };
+    record(recorder, &report, &app.config.hardening)?;
+    let record = Some(crate::ops::status::HardeningRecord {
+        time: jiff::Timestamp::now().round(jiff::Unit::Second)?.to_string(),
+        passed: report.passed,
+        blocking: report
+            .blocking(&app.config.hardening)
+            .map(|f| f.id.to_string())
+            .collect(),
+    });
+    for f in report.checks.iter().filter(|f| {
+        matches!(f.status, hardening::Status::Fail | hardening::Status::Unknown)
+            && !f.blocks(&app.config.hardening)
+    }) {
+        tracing::warn!("hardening check {} ({}): {}", f.id, f.policy, f.finding);
+    }
+    if report.passed {
+        tracing::info!("bucket {} passed every required hardening check", report.bucket);
+        return Ok(Gate {
+            record,
+            refused: None,
+        });
+    }
+    eprint!("{}", report.render(&app.config.hardening));
+    Ok(Gate {
+        record,
+        refused: Some(refusal(app, &report, "backup refused, nothing was uploaded")),
+    })
+}
+
+/// The gate's verdict: the result to record, and the refusal, if any.
+pub struct Gate {
+    /// For the job status (S3 repositories only).
+    pub record: Option<crate::ops::status::HardeningRecord>,
+    /// Set when a required check failed.
+    pub refused: Option<HardeningError>,
+}
+
+/// Runs `audit-log verify`.
+pub fn verify_log(app: &App, file: Option<&std::path::Path>) -> Result<()> {
+    let default = app.config.agent.state_dir.join("audit.jsonl");
+    let v = crate::ops::audit_log::verify(file.unwrap_or(&default))?;
+    app.out.result(&v, || {
+        format!(
+            "{}: {} line(s), hash chain intact (head {})",
+            v.file, v.lines, v.head
+        )
+    })
+}

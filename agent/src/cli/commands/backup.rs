@@ -1,0 +1,248 @@
+//! `vaultline backup now [JOB…]`: run jobs now, one after another, each under
+//! its lock. A failing job does not stop the others; the exit code is that of
+//! the first failure. The run report goes to the invocation's recorder
+//! ([`crate::ops::report`]): status, metrics and audit trail are its job.
+
+use anyhow::{Result, anyhow};
+
+use crate::cli::app::App;
+use crate::cli::args::BackupNowArgs;
+use crate::ops::report::{JobOutcome, JobRun, Recorder};
+use crate::pipeline::archive::Walker;
+use crate::pipeline::backup::{self, BackupReport};
+use crate::repo::lock::JobLock;
+use crate::units::human_bytes;
+
+/// Runs `backup now`. Everything the run does is told to its
+/// [`Recorder`], which writes the status, the metrics and the audit trail.
+pub fn run(app: &App, args: &BackupNowArgs) -> Result<()> {
+    let jobs = app.select_jobs(&args.jobs)?;
+    let recorder = app.recorder("backup now");
+    let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+    recorder.event("run-started", serde_json::json!({ "jobs": names }))?;
+    let keys = match app.keys() {
+        Ok(keys) => keys,
+        Err(e) => {
+            // No key, no run: still a failed run for status, metrics and the trail.
+            not_started(&recorder, &jobs, "failed", &e, None)?;
+            recorder.finish(&format!("{e:#}"), serde_json::Value::Null)?;
+            return Err(e);
+        }
+    };
+    let result = run_checked(app, args, &jobs, &keys, &recorder);
+    let outcome = match &result {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("{e:#}"),
+    };
+    recorder.finish(&outcome, keys.usage())?;
+    result
+}
+
+/// The key check, the hardening gate, then the jobs; every job's outcome
+/// (refusals included) goes to the recorder.
+fn run_checked(
+    app: &App,
+    args: &BackupNowArgs,
+    jobs: &[&vaultline_config::Job],
+    keys: &crate::keys::Keys,
+    recorder: &Recorder,
+) -> Result<()> {
+    // Failures before any job starts (wrong key, unreadable bucket settings)
+    // are failed runs too, for status and the metrics.
+    let early = (|| {
+        app.repo.check_key(keys.as_ref())?;
+        crate::cli::commands::audit::gate(app, recorder)
+    })();
+    let gate = match early {
+        Ok(gate) => gate,
+        Err(e) => {
+            not_started(recorder, jobs, "failed", &e, None)?;
+            return Err(e);
+        }
+    };
+    if let Some(refusal) = gate.refused {
+        let e = anyhow::Error::from(refusal);
+        not_started(recorder, jobs, "refused", &e, gate.record)?;
+        return Err(e);
+    }
+    run_jobs(app, args, jobs, keys, recorder, gate.record)
+}
+
+/// Tells the recorder that every job of a run that stopped before any job
+/// started ended with `result`.
+fn not_started(
+    recorder: &Recorder,
+    jobs: &[&vaultline_config::Job],
+    result: &'static str,
+    error: &anyhow::Error,
+    hardening: Option<crate::ops::status::HardeningRecord>,
+) -> Result<()> {
+    let start = jiff::Timestamp::now();
+    for job in jobs {
+        recorder.job(&JobRun {
+            job: job.name.clone(),
+            start,
+            outcome: JobOutcome::NotStarted {
+                result,
+                error: format!("{error:#}"),
+            },
+            hardening: hardening.clone(),
+        })?;
+    }
+    Ok(())
+}
+
+fn run_jobs(
+    app: &App,
+    args: &BackupNowArgs,
+    jobs: &[&vaultline_config::Job],
+    keys: &crate::keys::Keys,
+    recorder: &Recorder,
+    hardening: Option<crate::ops::status::HardeningRecord>,
+) -> Result<()> {
+    let host = &app.config.agent.host;
+    let own = app.own_paths();
+
+    let several = jobs.len() > 1;
+    let mut reports = Vec::new();
+    let mut failed: Vec<(String, anyhow::Error)> = Vec::new();
+    for job in jobs {
+        let start = jiff::Timestamp::now();
+        let outcome = (|| -> Result<BackupReport> {
+            let _lock = JobLock::acquire(&app.config.agent.state_dir, &job.name, !args.no_wait)?;
+            let total = app.out.interactive().then(|| estimate(job, &own));
+            let progress = app.out.progress(&format!("backing up {}", job.name), total);
+            let opts = backup::RunOptions {
+                own: &own,
+                state_dir: &app.config.agent.state_dir,
+                force_full: args.full,
+            };
+            let report = backup::run(&app.repo, keys.as_ref(), host, job, &opts, &progress)?;
+            progress.finish();
+            Ok(report)
+        })();
+        match outcome {
+            Ok(report) => {
+                if !app.out.json {
+                    println!("{}", describe(&report));
+                }
+                let run = JobRun {
+                    job: job.name.clone(),
+                    start,
+                    outcome: JobOutcome::Committed(Box::new(report)),
+                    hardening: hardening.clone(),
+                };
+                recorder.job(&run)?;
+                if let JobOutcome::Committed(report) = run.outcome {
+                    reports.push(*report);
+                }
+            }
+            Err(e) => {
+                // With one job, main prints the error; with several, say
+                // which failed as it happens, then summarize.
+                if several {
+                    tracing::error!("job {}: {e:#}", job.name);
+                }
+                recorder.job(&JobRun {
+                    job: job.name.clone(),
+                    start,
+                    outcome: JobOutcome::Failed(format!("{e:#}")),
+                    hardening: hardening.clone(),
+                })?;
+                failed.push((job.name.clone(), e.context(format!("job {}", job.name))));
+            }
+        }
+    }
+    if app.out.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    }
+    if !failed.is_empty() {
+        let names: Vec<&str> = failed.iter().map(|(n, _)| n.as_str()).collect();
+        let summary = format!(
+            "{} of {} jobs failed ({})",
+            failed.len(),
+            jobs.len(),
+            names.join(", ")
+        );
+        // The first failure's chain decides the exit code.
+        let (_, first) = failed.remove(0);
+        return Err(if several { first.context(summary) } else { first });
+    }
+    let incomplete: Vec<&BackupReport> = reports.iter().filter(|r| !r.is_complete()).collect();
+    if !incomplete.is_empty() {
+        let detail: Vec<String> = incomplete
+            .iter()
+            .map(|r| {
+                format!(
+                    "job {}: snapshot {} lacks {} unreadable path(s)",
+                    r.job,
+                    r.snapshot,
+                    r.unreadable.len()
+                )
+            })
+            .collect();
+        return Err(anyhow!("backup incomplete: {} (listed above)", detail.join("; ")));
+    }
+    Ok(())
+}
+
+/// Bytes the job will read, for the progress bar's ETA (a metadata-only walk).
+fn estimate(job: &vaultline_config::Job, own: &[std::path::PathBuf]) -> u64 {
+    let mut total = 0;
+    let _ = Walker::new(job, own).walk(
+        |f| {
+            if f.meta.is_file() {
+                total += f.meta.len();
+            }
+            Ok(())
+        },
+        |_| {},
+    );
+    total
+}
+
+fn describe(r: &BackupReport) -> String {
+    let rate = if r.duration_secs > 0.0 {
+        (r.bytes_read as f64 / r.duration_secs) as u64
+    } else {
+        0
+    };
+    let mut t = format!(
+        "{}: snapshot {} committed\n  {} files, {} dirs, {} symlinks, {} hard links; read {}, stored {} ({:.1}%) in {:.1}s ({}/s)",
+        r.job,
+        r.snapshot,
+        r.files,
+        r.dirs,
+        r.symlinks,
+        r.hardlinks,
+        human_bytes(r.bytes_read),
+        human_bytes(r.bytes_stored),
+        r.ratio * 100.0,
+        r.duration_secs,
+        human_bytes(rate),
+    );
+    match (&r.parent, &r.full_reason) {
+        (Some(parent), _) => t.push_str(&format!(
+            "\n  incremental on {parent}: archived {} new or changed file(s) ({}), {} entries unchanged, {} deleted",
+            r.archived_files,
+            human_bytes(r.archived_bytes),
+            r.reused,
+            r.deleted
+        )),
+        (None, Some(why)) => t.push_str(&format!("\n  full snapshot: {why}")),
+        (None, None) => t.push_str("\n  full snapshot"),
+    }
+    if !r.skipped.is_empty() {
+        t.push_str(&format!(
+            "\n  skipped {} special or vanished path(s)",
+            r.skipped.len()
+        ));
+    }
+    for c in &r.changed {
+        t.push_str(&format!("\n  changed while reading: {} ({})", c.path, c.reason));
+    }
+    for u in &r.unreadable {
+        t.push_str(&format!("\n  NOT BACKED UP: {} ({})", u.path, u.reason));
+    }
+    t
+}

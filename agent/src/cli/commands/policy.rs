@@ -1,0 +1,27 @@
+//! `vaultline policy iam --role backup|restore|admin`: prints the
+//! least-privilege IAM policy (written by [`crate::cloud::iam`]) for this
+//! configuration.
+
+use anyhow::Result;
+use vaultline_config::KeyConfig;
+use vaultline_crypto::KeyWrap;
+
+use crate::cli::app::App;
+use crate::cli::args::PolicyRole;
+use crate::cloud::iam::{Role, iam_policy};
+
+/// Runs `policy iam`.
+pub fn run(app: &App, role: PolicyRole) -> Result<()> {
+    let key_arn = match &app.config.key {
+        KeyConfig::Kms { .. } => Some(app.keys()?.key_id().to_string()),
+        KeyConfig::Local { .. } => None,
+    };
+    let role = match role {
+        PolicyRole::Backup => Role::Backup,
+        PolicyRole::Restore => Role::Restore,
+        PolicyRole::Admin => Role::Admin,
+    };
+    let doc = iam_policy(&app.config, role, key_arn.as_deref())?;
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(())
+}

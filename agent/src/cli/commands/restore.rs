@@ -1,0 +1,280 @@
+//! `vaultline restore SNAPSHOT|latest [PATH…] --target DIR`: write a
+//! snapshot, or the entries selected by paths, `--include` and `--exclude`,
+//! below DIR. Only the archives (and within them, the frames) that hold the
+//! selected files are fetched; archives in a Glacier class are thawed first
+//! (`thaw`). See `extract` for the safety
+//! rules. Entries refused as unsafe make the command fail with the integrity
+//! exit code (vaultline never archives such entries, so the archive is not
+//! what vaultline wrote); existing files left alone make it fail with the
+//! run-failed code, after everything else has been restored.
+
+use std::io::Read;
+
+use anyhow::Result;
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use serde::Serialize;
+
+use crate::cli::app::App;
+use crate::cli::args::RestoreArgs;
+use crate::error::{IntegrityError, UsageError};
+use crate::pipeline::extract::{Extractor, Refused};
+use crate::pipeline::snapshot::{SnapshotReader, resolve};
+use crate::repo::manifest::Entry;
+use crate::units::human_bytes;
+
+#[derive(Serialize)]
+struct RestoreReport {
+    snapshot: String,
+    host: String,
+    job: String,
+    target: String,
+    entries: u64,
+    files: u64,
+    bytes: u64,
+    refused: Vec<Refused>,
+    existing: Vec<String>,
+}
+
+/// Runs `restore`, recording it in the audit trail (kept locally: a
+/// restore principal may not write to the bucket; the next backup ships it).
+pub fn run(app: &App, args: &RestoreArgs) -> Result<()> {
+    let recorder = app.recorder("restore");
+    recorder.event(
+        "restore-started",
+        serde_json::json!({ "snapshot": args.snapshot, "job": args.job, "target": args.target }),
+    )?;
+    let keys = app.keys()?;
+    let result = restore(app, args, &keys);
+    recorder.event(
+        "restore-finished",
+        serde_json::json!({
+            "snapshot": args.snapshot,
+            "target": args.target,
+            "result": match &result { Ok(()) => "ok".to_string(), Err(e) => format!("{e:#}") },
+            "key_use": keys.usage(),
+        }),
+    )?;
+    result
+}
+
+fn restore(app: &App, args: &RestoreArgs, keys: &crate::keys::Keys) -> Result<()> {
+    let selection = Selection::new(&args.paths, &args.include, &args.exclude)?;
+    app.repo.check_key(keys.as_ref())?;
+    let host = app.host(&args.host);
+    let configured: Vec<String> = app.config.jobs.iter().map(|j| j.name.clone()).collect();
+    let snap = resolve(&app.repo, host, args.job.as_deref(), &configured, &args.snapshot)?;
+
+    let reader = SnapshotReader::open(&app.repo, keys.as_ref(), snap.clone())?;
+    let mut select = |e: &Entry| selection.selects(&e.path.0);
+    let plan = reader.plan(&mut select)?;
+    if plan.entries == 0 && !selection.is_all() {
+        return Err(UsageError(format!(
+            "nothing in snapshot {} matches the paths and patterns given",
+            snap.id
+        ))
+        .into());
+    }
+    let fetch: u64 = plan
+        .archives
+        .iter()
+        .map(|(_, p)| p.fetch_bytes(reader.chunk_size()))
+        .sum();
+    tracing::info!(
+        "snapshot {}: {} entries selected, {} of content, from {} archive(s); fetching {}",
+        snap.id,
+        plan.entries,
+        human_bytes(plan.bytes),
+        plan.archives.len(),
+        human_bytes(fetch)
+    );
+    if let vaultline_config::Repository::S3(s3) = &app.config.repository {
+        crate::pipeline::thaw::ensure_readable(
+            app.repo.store(),
+            &s3.restore_tier,
+            s3.restore_days,
+            &plan,
+            args.request_only,
+        )?;
+    }
+
+    let progress = app
+        .out
+        .progress(&format!("restoring {}", snap.id), Some(plan.bytes));
+    let mut extractor = Extractor::new(&args.target, args.overwrite)?;
+    let walked = reader.read(
+        &plan,
+        &mut select,
+        &mut |entry: &Entry, data: Option<&mut dyn Read>| {
+            extractor.place(entry, data)?;
+            progress.add(entry.size, 1);
+            Ok(())
+        },
+    )?;
+    let entries = walked.entries;
+    progress.finish();
+    let extracted = extractor.finish()?;
+
+    let report = RestoreReport {
+        snapshot: snap.id.clone(),
+        host: snap.host.clone(),
+        job: snap.job.clone(),
+        target: args.target.display().to_string(),
+        entries,
+        files: extracted.files,
+        bytes: extracted.bytes,
+        refused: extracted.refused,
+        existing: extracted.existing,
+    };
+    app.out.result(&report, || {
+        format!(
+            "restored snapshot {} of {}/{} into {}: {} entries, {} in files",
+            report.snapshot,
+            report.host,
+            report.job,
+            report.target,
+            report.entries - report.refused.len() as u64 - report.existing.len() as u64,
+            human_bytes(report.bytes)
+        )
+    })?;
+    if !report.refused.is_empty() {
+        let list: Vec<String> = report
+            .refused
+            .iter()
+            .map(|r| format!("{} ({})", r.path, r.reason))
+            .collect();
+        return Err(IntegrityError(format!(
+            "snapshot {} contains {} unsafe entr{} that were not restored: {}",
+            report.snapshot,
+            list.len(),
+            if list.len() == 1 { "y" } else { "ies" },
+            list.join("; ")
+        ))
+        .into());
+    }
+    if !report.existing.is_empty() {
+        let shown: Vec<&str> = report.existing.iter().take(5).map(String::as_str).collect();
+        anyhow::bail!(
+            "{} entr{} already exist in {} and were left alone (use --overwrite to replace files): {}{}",
+            report.existing.len(),
+            if report.existing.len() == 1 { "y" } else { "ies" },
+            report.target,
+            shown.join(", "),
+            if report.existing.len() > shown.len() {
+                ", …"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+/// Which entries a restore takes: those matching a given path or include
+/// glob (all when none is given), minus those matching an exclude glob. A
+/// matching directory brings (or keeps out) everything below it.
+struct Selection {
+    paths: Vec<Vec<u8>>,
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+}
+
+impl Selection {
+    fn new(paths: &[String], include: &[String], exclude: &[String]) -> Result<Self> {
+        let paths = paths
+            .iter()
+            .map(|p| {
+                let trimmed = p.trim_start_matches('/').trim_end_matches('/');
+                if trimmed.is_empty() {
+                    Err(UsageError(format!("{p:?} is not a path inside a snapshot")).into())
+                } else {
+                    Ok(trimmed.as_bytes().to_vec())
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Selection {
+            paths,
+            include: glob_set("--include", include)?,
+            exclude: glob_set("--exclude", exclude)?,
+        })
+    }
+
+    fn is_all(&self) -> bool {
+        self.paths.is_empty() && self.include.is_none() && self.exclude.is_none()
+    }
+
+    fn selects(&self, path: &[u8]) -> bool {
+        let wanted = (self.paths.is_empty() && self.include.is_none())
+            || self
+                .paths
+                .iter()
+                .any(|p| path == &p[..] || (path.starts_with(p) && path.get(p.len()) == Some(&b'/')))
+            || self.include.as_ref().is_some_and(|set| matches(set, path));
+        wanted && !self.exclude.as_ref().is_some_and(|set| matches(set, path))
+    }
+}
+
+fn glob_set(flag: &str, patterns: &[String]) -> Result<Option<GlobSet>> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut set = GlobSetBuilder::new();
+    for p in patterns {
+        let glob = GlobBuilder::new(p.trim_start_matches('/').trim_end_matches('/'))
+            .literal_separator(true)
+            .backslash_escape(true)
+            .build()
+            .map_err(|e| UsageError(format!("{flag} {p:?}: invalid glob: {}", e.kind())))?;
+        set.add(glob);
+    }
+    Ok(Some(set.build().map_err(|e| UsageError(format!("{flag}: {e}")))?))
+}
+
+/// True when `path` or one of its parent directories matches.
+fn matches(set: &GlobSet, path: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(path);
+    let mut candidate: &str = &text;
+    loop {
+        if set.is_match(candidate) {
+            return true;
+        }
+        match candidate.rfind('/') {
+            Some(i) => candidate = &candidate[..i],
+            None => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn includes_match_entries_and_everything_below_a_matching_directory() {
+        let s = Selection::new(&[], &["/etc/ssh".into(), "**/*.conf".into()], &[]).unwrap();
+        assert!(s.selects(b"etc/ssh"));
+        assert!(s.selects(b"etc/ssh/sshd_config"));
+        assert!(s.selects(b"var/app/x.conf"));
+        assert!(!s.selects(b"etc/sshd"));
+        assert!(!s.selects(b"etc/hosts"));
+        assert!(Selection::new(&[], &[], &[]).unwrap().selects(b"anything"));
+    }
+
+    #[test]
+    fn paths_select_exactly_and_excludes_win() {
+        let s = Selection::new(
+            &["/etc/ssh/".into()],
+            &[],
+            &["**/*.key".into(), "etc/ssh/keys".into()],
+        )
+        .unwrap();
+        assert!(s.selects(b"etc/ssh"));
+        assert!(s.selects(b"etc/ssh/sshd_config"));
+        assert!(!s.selects(b"etc/ssh-old"));
+        assert!(!s.selects(b"etc/ssh/host.key"));
+        assert!(!s.selects(b"etc/ssh/keys/a"));
+        let only_exclude = Selection::new(&[], &[], &["tmp".into()]).unwrap();
+        assert!(only_exclude.selects(b"etc/hosts"));
+        assert!(!only_exclude.selects(b"tmp/x"));
+        assert!(Selection::new(&["/".into()], &[], &[]).is_err());
+    }
+}

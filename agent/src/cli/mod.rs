@@ -1,0 +1,51 @@
+//! The command line: the operator-facing shell over the engine.
+//!
+//! - [`args`]: every subcommand and flag, as clap definitions (the stable
+//!   surface described in PRODUCT.md);
+//! - [`app`]: what every command starts from: the loaded configuration, the
+//!   repository, the key provider, the recorder of the invocation;
+//! - [`output`]: logs, results (text or `--json`) and progress;
+//! - [`exit`]: exit codes, and how an error chain maps to one;
+//! - [`commands`]: one module per subcommand;
+//! - [`service`]: `vaultline agent`, the scheduler and watcher.
+//!
+//! Uses every layer below (`ops`, `pipeline`, `repo`, `keys`, `cloud`);
+//! nothing below uses it.
+
+pub mod app;
+pub mod args;
+pub mod commands;
+pub mod exit;
+pub mod output;
+pub mod service;
+
+use crate::cli::app::App;
+use crate::cli::args::{AuditLogCommand, BackupCommand, Cli, Command, PolicyCommand};
+use crate::cli::output::Output;
+
+/// Runs the parsed command line with output settings `out`.
+pub fn run(cli: &Cli, out: Output) -> anyhow::Result<()> {
+    // Needs no configuration.
+    if let Command::Generate { dir } = &cli.command {
+        return commands::generate::run(dir);
+    }
+    let app = App::load(cli, out)?;
+    match &cli.command {
+        Command::Init => commands::init::run(&app),
+        Command::Backup(BackupCommand::Now(args)) => commands::backup::run(&app, args),
+        Command::Snapshots(args) => commands::snapshots::run(&app, args),
+        Command::Restore(args) => commands::restore::run(&app, args),
+        Command::Verify(args) => commands::verify::run(&app, args),
+        Command::Forget(args) => commands::forget::run(&app, args),
+        Command::Rewrap(args) => commands::rewrap::run(&app, args),
+        Command::Policy(PolicyCommand::Iam { role }) => commands::policy::run(&app, *role),
+        Command::Audit => commands::audit::run(&app),
+        Command::Status => commands::status::run(&app),
+        Command::Agent => service::run(&app),
+        Command::Generate { .. } => Ok(()),
+        Command::AuditLog(AuditLogCommand::Verify { file }) => {
+            commands::audit::verify_log(&app, file.as_deref())
+        }
+        Command::Harden { apply } => commands::harden::run(&app, *apply),
+    }
+}

@@ -1,0 +1,34 @@
+//! The classes of failure the layers report, as marker error types.
+//!
+//! Every layer returns `anyhow` chains. Where a failure has a meaning the
+//! operator (and the exit code) must see, the layer puts one of these
+//! markers into the chain: a usage mistake, stored data that is not what
+//! vaultline wrote, a busy job, archives still thawing. The binary maps a
+//! chain to its exit code by looking for them (`cli::exit`), so context
+//! added on the way up never changes the classification, and no layer
+//! below the command line needs to know about exit codes.
+//!
+//! This module is the bottom of the crate: it imports nothing from it.
+
+/// A usage mistake detected after argument parsing (unknown job, bad glob…).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Stored data that is not what vaultline wrote: a failed authentication, a
+/// snapshot whose archive does not match its manifest, an object under the
+/// wrong name. Carries the message; the chain carries the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct IntegrityError(pub String);
+
+/// The job's lock is held by another run and `--no-wait` was given.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BusyError(pub String);
+
+/// Archives must be thawed before they can be read; the restore requests
+/// were made and the command was asked not to wait.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ThawingError(pub String);

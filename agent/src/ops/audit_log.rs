@@ -1,0 +1,385 @@
+//! The agent's own audit trail: who did what, when and how, one JSON line
+//! per action, hash-chained so an edited, removed, inserted or reordered
+//! line is detectable.
+//!
+//! Lines go to `STATE/audit.jsonl` (appended under an exclusive `flock`, so
+//! concurrent runs interleave whole lines and keep the chain). Each line:
+//!
+//! ```json
+//! {"seq":7,"time":"2026-11-22T10:30:00Z","who":"arn:aws:iam::1:role/backup",
+//!  "what":"snapshot-committed","details":{…},
+//!  "how":{"command":"backup now","host":"web1","version":"0.1.0","config_sha256":"…"},
+//!  "prev":"<SHA-256 hex of the previous line's bytes>"}
+//! ```
+//!
+//! `seq` counts from 1 and `prev` of line 1 is 64 zeros. `verify` walks the
+//! file and names the first line that breaks either. After each run the
+//! lines it wrote are shipped to the repository as one segment,
+//! `PREFIX/HOST/audit/FIRST-LAST.jsonl` (STANDARD, untagged, never
+//! overwritten), so removing lines locally cannot remove them from the bucket.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::error::IntegrityError;
+use crate::repo::Repo;
+use crate::repo::store::ObjectClass;
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// How the agent was invoked, recorded on every line.
+#[derive(Debug, Clone, Serialize)]
+pub struct How {
+    /// The subcommand, e.g. `backup now`.
+    pub command: String,
+    /// The configured host name.
+    pub host: String,
+    /// vaultline's version.
+    pub version: &'static str,
+    /// SHA-256 of the configuration file's bytes.
+    pub config_sha256: String,
+}
+
+/// An open audit trail for this process.
+pub struct AuditLog {
+    path: PathBuf,
+    who: String,
+    how: How,
+}
+
+#[derive(Serialize)]
+struct Record<'a> {
+    seq: u64,
+    time: String,
+    who: &'a str,
+    what: &'a str,
+    details: &'a Value,
+    how: &'a How,
+    prev: &'a str,
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The last line of `file` (without its newline), if any.
+fn last_line(file: &mut File) -> Result<Option<String>> {
+    let len = file.seek(SeekFrom::End(0))?;
+    if len == 0 {
+        return Ok(None);
+    }
+    // Lines are small; read a generous tail and take the last full line.
+    let mut window = 64 * 1024u64;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start))?;
+        let mut tail = Vec::new();
+        file.read_to_end(&mut tail)?;
+        let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
+        match body.iter().rposition(|&b| b == b'\n') {
+            Some(i) => return Ok(Some(String::from_utf8_lossy(&body[i + 1..]).into_owned())),
+            None if start == 0 => return Ok(Some(String::from_utf8_lossy(body).into_owned())),
+            None => window *= 4,
+        }
+    }
+}
+
+impl AuditLog {
+    /// The trail in `state_dir`, for actions by `who`, invoked as `how`.
+    pub fn new(state_dir: &Path, who: String, how: How) -> Self {
+        AuditLog {
+            path: state_dir.join("audit.jsonl"),
+            who,
+            how,
+        }
+    }
+
+    /// The local file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one action. A failure to record is an error: an action that
+    /// cannot be audited is not done silently.
+    pub fn record(&self, what: &str, details: Value) -> Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&self.path)
+            .with_context(|| format!("cannot open audit trail {}", self.path.display()))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .with_context(|| format!("cannot lock audit trail {}", self.path.display()))?;
+        let (seq, prev) = match last_line(&mut file)? {
+            Some(line) => {
+                let seq = serde_json::from_str::<Value>(&line)
+                    .ok()
+                    .and_then(|v| v["seq"].as_u64());
+                let seq = match seq {
+                    Some(seq) => seq + 1,
+                    None => {
+                        // A torn or damaged last line (a crash, a full disk):
+                        // keep recording, chained to it, so backups go on;
+                        // `audit-log verify` still names it.
+                        tracing::warn!(
+                            "the last line of audit trail {} is damaged; run `vaultline audit-log verify`",
+                            self.path.display()
+                        );
+                        file.seek(SeekFrom::Start(0))?;
+                        BufReader::new(&file).lines().count() as u64 + 1
+                    }
+                };
+                (seq, sha256_hex(line.as_bytes()))
+            }
+            None => (1, GENESIS.to_string()),
+        };
+        let record = Record {
+            seq,
+            time: jiff::Timestamp::now().round(jiff::Unit::Second)?.to_string(),
+            who: &self.who,
+            what,
+            details: &details,
+            how: &self.how,
+            prev: &prev,
+        };
+        let mut line = serde_json::to_string(&record)?;
+        line.push('\n');
+        file.write_all(line.as_bytes())
+            .and_then(|()| file.sync_data())
+            .with_context(|| format!("cannot append to audit trail {}", self.path.display()))?;
+        Ok(())
+    }
+
+    /// Uploads every line not shipped yet (including those of runs that
+    /// were refused, or could not ship) as one segment under
+    /// `PREFIX/HOST/audit/`, and remembers how far it got in
+    /// `STATE/audit.shipped`. Returns the segment's name, if there was
+    /// anything to ship.
+    pub fn ship(&self, repo: &Repo, host: &str) -> Result<Option<String>> {
+        // Under the trail's lock, so two processes do not ship the same lines.
+        let lock = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot open {}", self.path.display())),
+        };
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .with_context(|| format!("cannot lock audit trail {}", self.path.display()))?;
+        let marker = self.path.with_file_name("audit.shipped");
+        let shipped: u64 = std::fs::read_to_string(&marker)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let file = match File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot open {}", self.path.display())),
+        };
+        let mut body = String::new();
+        let (mut first, mut last) = (None, 0);
+        for line in BufReader::new(file).lines() {
+            let line = line?;
+            let seq = serde_json::from_str::<Value>(&line)
+                .ok()
+                .and_then(|v| v["seq"].as_u64())
+                .unwrap_or(0);
+            if seq > shipped {
+                first.get_or_insert(seq);
+                last = seq;
+                body.push_str(&line);
+                body.push('\n');
+            }
+        }
+        let Some(first) = first else {
+            return Ok(None);
+        };
+        let name = repo.audit_segment_name(host, first, last);
+        repo.store()
+            .put(&name, ObjectClass::Control, body.as_bytes())
+            .with_context(|| format!("shipping audit segment {name}"))?;
+        let tmp = marker.with_extension("shipped.tmp");
+        std::fs::write(&tmp, format!("{last}\n"))
+            .and_then(|()| std::fs::rename(&tmp, &marker))
+            .with_context(|| format!("cannot update {}", marker.display()))?;
+        Ok(Some(name))
+    }
+}
+
+/// What `verify` found.
+#[derive(Debug, Serialize)]
+pub struct Verified {
+    /// The file checked.
+    pub file: String,
+    /// Lines in it.
+    pub lines: u64,
+    /// Hash of the last line (compare with a shipped copy).
+    pub head: String,
+}
+
+/// Checks the chain of `path`; the first broken line is an integrity error.
+/// A trail shorter than what was already shipped (`audit.shipped` beside
+/// it) lost lines at its end.
+pub fn verify(path: &Path) -> Result<Verified> {
+    let verified = verify_chain(path)?;
+    let marker = path.with_file_name("audit.shipped");
+    if let Some(shipped) = std::fs::read_to_string(&marker)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        && shipped > verified.lines
+    {
+        return Err(IntegrityError(format!(
+            "audit trail {}: it ends at line {} but lines up to {shipped} were already shipped (see {}): \
+             lines were removed from its end",
+            path.display(),
+            verified.lines,
+            marker.display()
+        ))
+        .into());
+    }
+    Ok(verified)
+}
+
+fn verify_chain(path: &Path) -> Result<Verified> {
+    let file = File::open(path).with_context(|| format!("cannot open audit trail {}", path.display()))?;
+    let mut prev_hash = GENESIS.to_string();
+    let mut n = 0u64;
+    let bad = |n: u64, why: String| -> anyhow::Error {
+        IntegrityError(format!("audit trail {}: line {n}: {why}", path.display())).into()
+    };
+    for line in BufReader::new(file).lines() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        n += 1;
+        let v: Value = serde_json::from_str(&line).map_err(|e| bad(n, format!("not a JSON record ({e})")))?;
+        let seq = v["seq"].as_u64().ok_or_else(|| bad(n, "no seq".into()))?;
+        if seq != n {
+            return Err(bad(
+                n,
+                format!(
+                    "sequence number {seq} where {n} belongs: {}",
+                    if seq > n {
+                        "a line before it was removed, or lines were reordered"
+                    } else {
+                        "a line was inserted or duplicated, or lines were reordered"
+                    }
+                ),
+            ));
+        }
+        let prev = v["prev"].as_str().ok_or_else(|| bad(n, "no prev hash".into()))?;
+        if prev != prev_hash {
+            return Err(bad(
+                n,
+                if n == 1 {
+                    "the first line does not start the chain".into()
+                } else {
+                    format!(
+                        "its prev hash does not match line {}: line {} was altered",
+                        n - 1,
+                        n - 1
+                    )
+                },
+            ));
+        }
+        prev_hash = sha256_hex(line.as_bytes());
+    }
+    Ok(Verified {
+        file: path.display().to_string(),
+        lines: n,
+        head: prev_hash,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn how() -> How {
+        How {
+            command: "test".into(),
+            host: "h".into(),
+            version: "0",
+            config_sha256: "c".into(),
+        }
+    }
+
+    fn trail(n: usize) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::new(dir.path(), "tester".into(), how());
+        for i in 0..n {
+            log.record("event", serde_json::json!({ "i": i })).unwrap();
+        }
+        let path = log.path().to_path_buf();
+        (dir, path)
+    }
+
+    fn lines(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn write(path: &Path, lines: &[String]) {
+        std::fs::write(path, lines.join("\n") + "\n").unwrap();
+    }
+
+    #[test]
+    fn an_intact_chain_verifies() {
+        let (_d, path) = trail(5);
+        let v = verify(&path).unwrap();
+        assert_eq!(v.lines, 5);
+        let first: Value = serde_json::from_str(&lines(&path)[0]).unwrap();
+        assert_eq!(first["prev"], GENESIS);
+        assert_eq!(first["who"], "tester");
+    }
+
+    #[test]
+    fn edits_removals_insertions_and_reorders_are_named() {
+        let (_d, path) = trail(5);
+        let original = lines(&path);
+
+        let mut edited = original.clone();
+        edited[2] = edited[2].replace("\"i\":2", "\"i\":9");
+        write(&path, &edited);
+        let e = verify(&path).unwrap_err().to_string();
+        assert!(
+            e.ends_with("line 4: its prev hash does not match line 3: line 3 was altered"),
+            "{e}"
+        );
+
+        let mut removed = original.clone();
+        removed.remove(1);
+        write(&path, &removed);
+        let e = verify(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("line 2: sequence number 3 where 2 belongs: a line before it was removed"),
+            "{e}"
+        );
+
+        let mut reordered = original.clone();
+        reordered.swap(2, 3);
+        write(&path, &reordered);
+        let e = verify(&path).unwrap_err().to_string();
+        assert!(e.contains("line 3: sequence number 4 where 3 belongs"), "{e}");
+
+        let mut inserted = original.clone();
+        inserted.insert(2, original[1].clone());
+        write(&path, &inserted);
+        let e = verify(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("line 3: sequence number 2 where 3 belongs: a line was inserted"),
+            "{e}"
+        );
+
+        write(&path, &original);
+        assert_eq!(verify(&path).unwrap().lines, 5);
+    }
+}

@@ -1,0 +1,18 @@
+//! Operations: what a run leaves behind for the people and systems that
+//! watch it.
+//!
+//! - [`report`]: the one place a finished run is recorded. A command hands
+//!   its run report to a [`report::Recorder`], which turns it into the job
+//!   status files, the metrics file and the audit-trail lines (and ships
+//!   the trail). Another observer (a webhook, say) is added there.
+//! - [`status`]: per-job run records (`STATE/status/JOB.json`) and the
+//!   Prometheus text file built from them.
+//! - [`audit_log`]: the hash-chained audit trail and its shipping to the
+//!   repository.
+//!
+//! Uses: `repo` (to ship audit segments), `pipeline` (its report types),
+//! `error`. Knows nothing of the command line or exit codes.
+
+pub mod audit_log;
+pub mod report;
+pub mod status;

@@ -1,0 +1,204 @@
+//! The run report and its recorder: the one place where what a command did
+//! becomes the job status files, the metrics file and the audit trail.
+//!
+//! A command makes one [`Recorder`] for its invocation and tells it what
+//! happens, as it happens: [`Recorder::event`] for an action worth an
+//! audit line (a restore starting, a hardening check, a forget plan),
+//! [`Recorder::job`] for each job of a backup run as it ends (its
+//! [`JobRun`]: committed, failed, refused), and [`Recorder::finish`] once,
+//! with the run's overall result. The recorder decides what each of these
+//! means for each observer:
+//!
+//! | told | status (`STATE/status/JOB.json`) | metrics file | audit trail |
+//! |---|---|---|---|
+//! | `event` | – | – | one line |
+//! | `job` | the job's run record | – | `snapshot-committed` / `job-failed` |
+//! | `finish` | – | rewritten from every job's status | `run-finished` (backups), then shipped |
+//!
+//! A new observer (a webhook, say) is added here, and nowhere else.
+//! Recording is best-effort where the run itself stands (a status file that
+//! cannot be written is logged), and strict for the audit trail: an action
+//! that cannot be audited is an error.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use crate::ops::audit_log::AuditLog;
+use crate::ops::status::{HardeningRecord, RunRecord, record_run, write_metrics};
+use crate::pipeline::backup::BackupReport;
+use crate::repo::Repo;
+
+/// How one job of a backup run ended.
+#[derive(Debug)]
+pub enum JobOutcome {
+    /// A snapshot was committed (complete, or lacking unreadable paths).
+    Committed(Box<BackupReport>),
+    /// The job ran and failed: nothing was committed.
+    Failed(String),
+    /// The run stopped before the job started (a wrong key, a store that
+    /// cannot be read): `result` is `failed`, or `refused` by hardening.
+    NotStarted {
+        /// `failed` or `refused`.
+        result: &'static str,
+        /// Why.
+        error: String,
+    },
+}
+
+/// One job's run, as the recorder needs it.
+#[derive(Debug)]
+pub struct JobRun {
+    /// The job.
+    pub job: String,
+    /// When its run started.
+    pub start: jiff::Timestamp,
+    /// How it ended.
+    pub outcome: JobOutcome,
+    /// The hardening result the run saw (S3 repositories).
+    pub hardening: Option<HardeningRecord>,
+}
+
+/// Where the recorder writes.
+pub struct Recorder {
+    audit: AuditLog,
+    state_dir: PathBuf,
+    metrics_file: PathBuf,
+    /// Every configured job: the metrics file covers them all.
+    jobs: Vec<String>,
+    /// Where the audit trail is shipped.
+    repo: Repo,
+    host: String,
+    /// What started the run: `manual`, `schedule`, `watch`, `catch-up`.
+    trigger: String,
+    committed: std::cell::Cell<u32>,
+}
+
+/// Where a recorder writes, besides the audit trail.
+pub struct Destinations {
+    /// The state directory (status files).
+    pub state_dir: PathBuf,
+    /// The metrics file.
+    pub metrics_file: PathBuf,
+    /// Every configured job.
+    pub jobs: Vec<String>,
+    /// The repository the audit trail is shipped to.
+    pub repo: Repo,
+    /// This host.
+    pub host: String,
+    /// What started the run.
+    pub trigger: String,
+}
+
+impl Recorder {
+    /// A recorder writing `audit` lines and to `to`.
+    pub fn new(audit: AuditLog, to: Destinations) -> Self {
+        Recorder {
+            audit,
+            state_dir: to.state_dir,
+            metrics_file: to.metrics_file,
+            jobs: to.jobs,
+            repo: to.repo,
+            host: to.host,
+            trigger: to.trigger,
+            committed: std::cell::Cell::new(0),
+        }
+    }
+
+    /// One action for the audit trail.
+    pub fn event(&self, what: &str, details: Value) -> Result<()> {
+        self.audit.record(what, details)
+    }
+
+    /// A backup job's run ended: its status record and its audit line.
+    pub fn job(&self, run: &JobRun) -> Result<()> {
+        let (result, error, report) = match &run.outcome {
+            JobOutcome::Committed(r) => (
+                if r.is_complete() { "ok" } else { "incomplete" },
+                None,
+                Some(&**r),
+            ),
+            JobOutcome::Failed(e) => ("failed", Some(e.clone()), None),
+            JobOutcome::NotStarted { result, error } => (*result, Some(error.clone()), None),
+        };
+        let record = RunRecord {
+            start: run
+                .start
+                .round(jiff::Unit::Second)
+                .unwrap_or(run.start)
+                .to_string(),
+            start_unix: run.start.as_second(),
+            duration_secs: (jiff::Timestamp::now().as_millisecond() - run.start.as_millisecond()) as f64
+                / 1000.0,
+            result: result.to_string(),
+            error,
+            snapshot: report.map(|r| r.snapshot.clone()),
+            files: report.map_or(0, |r| r.files),
+            bytes_read: report.map_or(0, |r| r.bytes_read),
+            bytes_stored: report.map_or(0, |r| r.bytes_stored),
+            trigger: self.trigger.clone(),
+        };
+        // The backup itself stands: a status that cannot be written is logged.
+        if let Err(e) = record_run(&self.state_dir, &run.job, record, run.hardening.clone()) {
+            tracing::error!("cannot record the status of job {}: {e:#}", run.job);
+        }
+        match &run.outcome {
+            JobOutcome::Committed(r) => {
+                self.committed.set(self.committed.get() + 1);
+                self.audit.record(
+                    "snapshot-committed",
+                    json!({
+                        "job": r.job,
+                        "snapshot": r.snapshot,
+                        "objects": r
+                            .archive
+                            .iter()
+                            .cloned()
+                            .chain([self.repo.manifest_name(&self.host, &r.job, &r.snapshot)])
+                            .collect::<Vec<_>>(),
+                        "parent": r.parent,
+                        "files": r.files,
+                        "bytes_read": r.bytes_read,
+                        "bytes_stored": r.bytes_stored,
+                        "unreadable": r.unreadable.len(),
+                    }),
+                )
+            }
+            JobOutcome::Failed(error) => self
+                .audit
+                .record("job-failed", json!({ "job": run.job, "error": error })),
+            JobOutcome::NotStarted { .. } => Ok(()),
+        }
+    }
+
+    /// A backup run ended with `result` (`ok` or the error): the metrics
+    /// file from every job's status, the `run-finished` line, and, when a
+    /// snapshot was committed, the trail's unshipped lines to the
+    /// repository (a run that wrote nothing, refused by hardening, say,
+    /// still writes nothing; its lines travel with the next one).
+    pub fn finish(&self, result: &str, key_use: Value) -> Result<()> {
+        if let Err(e) = write_metrics(&self.state_dir, &self.metrics_file, &self.jobs) {
+            tracing::error!("{e:#}");
+        }
+        self.audit
+            .record("run-finished", json!({ "result": result, "key_use": key_use }))?;
+        if self.committed.get() > 0 {
+            self.ship();
+        }
+        Ok(())
+    }
+
+    /// Ships the trail's unshipped lines; a failure is a warning (the lines
+    /// stay and go with the next shipment).
+    pub fn ship(&self) {
+        match self.audit.ship(&self.repo, &self.host) {
+            Ok(Some(name)) => tracing::debug!("audit trail shipped as {name}"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                "{e:#}; kept locally in {}, shipped by the next run",
+                self.audit.path().display()
+            ),
+        }
+    }
+}

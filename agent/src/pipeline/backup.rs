@@ -1,0 +1,688 @@
+//! One backup run of one job: the pipeline of PRODUCT.md.
+//!
+//! ```text
+//! walk (excludes) ⋈ parent's record → tar of changed content → zstd frames (worker pool) → seal → archive
+//!            └──────→ every entry → manifest (zstd → seal, committed last) and the new local record
+//! ```
+//!
+//! The walk joins each path against the local record of the job's last
+//! snapshot ([`changes`](crate::pipeline::changes)): unchanged entries are carried
+//! into the new manifest pointing at the archive that already holds them,
+//! so an incremental run archives only new and changed files, and a run
+//! with no change writes no archive at all. A full run (the first, every
+//! `full-every-runs` runs or `full-every-days` days, or whenever the record
+//! cannot be trusted) archives everything; the report says why it was full.
+//!
+//! The walk, tar and sealing run on the calling thread; zstd frames are
+//! compressed by a worker pool ([`frames`](crate::pipeline::frames)), which bounds
+//! the memory in flight. Commit order is the crash-safety argument: the
+//! archive is committed first, the manifest last; a snapshot exists only if
+//! its manifest does, and the local record is replaced only after that. A
+//! failure or crash at any point leaves no manifest, and the pending
+//! leftovers are removed by the next run of the job (which holds its lock);
+//! a committed archive without a manifest is an orphan for `forget`.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow};
+use serde::Serialize;
+use vaultline_config::Job;
+use vaultline_crypto::{KeyWrap, SealedWriter};
+
+use crate::error::UsageError;
+use crate::pipeline::Progress;
+use crate::pipeline::archive::{Copied, TarEntry, TarWriter, Walker, entry_for, open_for_reading};
+use crate::pipeline::changes::{self, Record, RecordWriter, STATE_VERSION, Stat, StateHeader};
+use crate::pipeline::frames::FrameWriter;
+use crate::repo::manifest::{
+    ArchiveRef, EncodedPath, Entry, EntryKind, EnvelopeJson, MANIFEST_VERSION, ManifestEnd, ManifestHeader,
+    ManifestWriter,
+};
+use crate::repo::store::{ObjectClass, PendingObject, Retention};
+use crate::repo::{Kind, Repo, new_snapshot_id};
+
+/// How close to the moment of its stat a file's ctime may be before the
+/// record treats it as "racy" (re-archived next run): Linux file timestamps
+/// come from a clock that ticks every 1–10 ms. File systems with coarser
+/// timestamps (FAT: 2 s) need full runs to catch a change made within one
+/// tick of a backup's stat (docs/retention.md).
+const RACY_MARGIN_NS: i128 = 20_000_000;
+
+/// A path left out of the snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedPath {
+    /// The path.
+    pub path: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The outcome of a run, as printed and as `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    /// The job.
+    pub job: String,
+    /// The committed snapshot.
+    pub snapshot: String,
+    /// The snapshot it builds on (None: a full snapshot).
+    pub parent: Option<String>,
+    /// The archive object it wrote (None: nothing changed).
+    pub archive: Option<String>,
+    /// Why the run was full, when it was.
+    pub full_reason: Option<String>,
+    /// Regular files archived.
+    pub files: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Symbolic links.
+    pub symlinks: u64,
+    /// Hard links.
+    pub hardlinks: u64,
+    /// Bytes of file content in the snapshot.
+    pub bytes_read: u64,
+    /// Files whose content was archived (new or changed).
+    pub archived_files: u64,
+    /// Their bytes.
+    pub archived_bytes: u64,
+    /// Entries carried over unchanged from the parent.
+    pub reused: u64,
+    /// Paths of the parent that are gone.
+    pub deleted: u64,
+    /// Bytes written to the repository (archive and manifest).
+    pub bytes_stored: u64,
+    /// bytes_stored / bytes_read.
+    pub ratio: f64,
+    /// Wall time.
+    pub duration_secs: f64,
+    /// Paths that could not be read: the snapshot lacks them.
+    pub unreadable: Vec<SkippedPath>,
+    /// Special files, and files that vanished during the walk.
+    pub skipped: Vec<SkippedPath>,
+    /// Files that changed size while being read (archived padded or cut).
+    pub changed: Vec<SkippedPath>,
+}
+
+impl BackupReport {
+    /// True when every path the job names is in the snapshot as it was read.
+    pub fn is_complete(&self) -> bool {
+        self.unreadable.is_empty()
+    }
+}
+
+/// How a run is to be made.
+pub struct RunOptions<'a> {
+    /// vaultline's own directories, never archived.
+    pub own: &'a [PathBuf],
+    /// The state directory (the change-detection record lives there).
+    pub state_dir: &'a Path,
+    /// Make a full snapshot whatever the record says.
+    pub force_full: bool,
+}
+
+/// The parent an incremental run builds on, or why the run is full.
+enum Base {
+    Incremental(Box<Record>),
+    Full(String),
+}
+
+/// Decides between an incremental and a full run, from the local record
+/// and a listing of the repository (no object is read: this works on a
+/// write-only host).
+fn choose_base(
+    repo: &Repo,
+    keys: &dyn KeyWrap,
+    host: &str,
+    job: &Job,
+    opts: &RunOptions<'_>,
+    now: jiff::Timestamp,
+) -> Result<Base> {
+    if opts.force_full {
+        return Ok(Base::Full("a full snapshot was asked for (--full)".into()));
+    }
+    if let Err(why) = Record::check(opts.state_dir, &job.name)? {
+        return Ok(Base::Full(why));
+    }
+    let record = match Record::open(opts.state_dir, &job.name)? {
+        Ok(r) => r,
+        Err(why) => return Ok(Base::Full(why)),
+    };
+    let h = &record.header;
+    if h.repository != repo_identity(repo) {
+        return Ok(Base::Full(format!(
+            "the local record is of another repository ({})",
+            h.repository
+        )));
+    }
+    if h.host != host {
+        return Ok(Base::Full(format!(
+            "the local record is of host {}, this run is for host {host}",
+            h.host
+        )));
+    }
+    let newest = repo.list_snapshots(host, Some(&job.name))?.pop();
+    match newest {
+        Some(s) if s.id == h.snapshot => {}
+        Some(s) => {
+            return Ok(Base::Full(format!(
+                "the local record is of snapshot {}, but the newest snapshot of job {} is {}",
+                h.snapshot, job.name, s.id
+            )));
+        }
+        None => {
+            return Ok(Base::Full(format!(
+                "the local record is of snapshot {}, which is not in the repository",
+                h.snapshot
+            )));
+        }
+    }
+    if h.chain + 1 >= job.full_every_runs {
+        return Ok(Base::Full(format!(
+            "{} incremental run(s) since the last full (full-every-runs = {})",
+            h.chain, job.full_every_runs
+        )));
+    }
+    if job.full_every_days > 0
+        && let Ok(full) = h.full_started.parse::<jiff::Timestamp>()
+        && now.duration_since(full).as_secs() >= i64::from(job.full_every_days) * 86_400
+    {
+        return Ok(Base::Full(format!(
+            "the last full snapshot started {} (full-every-days = {})",
+            h.full_started, job.full_every_days
+        )));
+    }
+    if let Some(a) = h
+        .archives
+        .iter()
+        .flatten()
+        .find(|a| a.envelope.provider != keys.provider_id() || a.envelope.key_id != keys.key_id())
+    {
+        return Ok(Base::Full(format!(
+            "the local record holds data keys wrapped by {} key {}, not the configured key (the key was \
+             changed, e.g. by `vaultline rewrap`; a backup host cannot read the new envelopes, by design)",
+            a.envelope.provider, a.envelope.key_id
+        )));
+    }
+    let present: HashMap<String, u64> = repo
+        .store()
+        .list(&repo.job_prefix(host, &job.name))?
+        .into_iter()
+        .map(|o| (o.name, o.size))
+        .collect();
+    for a in h.archives.iter().flatten() {
+        if present.get(&a.object) != Some(&a.size) {
+            return Ok(Base::Full(format!(
+                "archive {} of the chain is missing or changed in the repository",
+                a.object
+            )));
+        }
+    }
+    Ok(Base::Incremental(Box::new(record)))
+}
+
+/// What the change-detection record says the repository is.
+fn repo_identity(repo: &Repo) -> String {
+    format!("{} prefix {}", repo.store().describe(), repo.prefix())
+}
+
+/// The archive being written, created at the first entry that needs it.
+struct ArchiveOut {
+    tar: TarWriter<FrameWriter<SealedWriter<Box<dyn PendingObject>>>>,
+    name: String,
+    envelope: EnvelopeJson,
+}
+
+/// Everything the walk writes into.
+struct Sinks<'a> {
+    repo: &'a Repo,
+    keys: &'a (dyn KeyWrap + Sync),
+    host: &'a str,
+    job: &'a Job,
+    id: &'a str,
+    retention: Option<&'a Retention>,
+    archive: Option<ArchiveOut>,
+    /// Index the new archive gets in the table.
+    new_index: u32,
+    manifest: ManifestWriter,
+    record: RecordWriter,
+    /// File entries per archive-table slot.
+    refs: Vec<u64>,
+}
+
+impl Sinks<'_> {
+    fn archive(&mut self) -> Result<&mut ArchiveOut> {
+        if self.archive.is_none() {
+            let name = self.repo.archive_name(self.host, &self.job.name, self.id, 0);
+            let ctx = self
+                .repo
+                .context(self.host, &self.job.name, self.id, Kind::Archive, &name)?;
+            let (key, envelope) = self
+                .keys
+                .generate(&ctx)
+                .context("generating the archive's data key")?;
+            let object = self
+                .repo
+                .store()
+                .create(&name, ObjectClass::Archive, self.retention)?;
+            let envelope_json = EnvelopeJson::from(&envelope);
+            let sealed = SealedWriter::new(object, &key, envelope, ctx)?;
+            let threads = match self.job.compression_threads {
+                0 => thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n as usize,
+            };
+            let frames = FrameWriter::new(sealed, self.job.compression_level, threads)?;
+            self.archive = Some(ArchiveOut {
+                tar: TarWriter::new(frames),
+                name,
+                envelope: envelope_json,
+            });
+        }
+        self.archive
+            .as_mut()
+            .ok_or_else(|| anyhow!("the archive could not be started"))
+    }
+}
+
+/// Runs `job` into `repo`. The caller holds the job's lock.
+pub fn run(
+    repo: &Repo,
+    keys: &(dyn KeyWrap + Sync),
+    host: &str,
+    job: &Job,
+    opts: &RunOptions<'_>,
+    progress: &dyn Progress,
+) -> Result<BackupReport> {
+    let started = Instant::now();
+    let started_at = jiff::Timestamp::now();
+    let job_prefix = repo.job_prefix(host, &job.name);
+    let cleaned = repo
+        .store()
+        .clean_pending(&job_prefix)
+        .context("cleaning up after an interrupted run")?;
+    if cleaned > 0 {
+        tracing::info!(
+            "removed {cleaned} incomplete object(s) left by an interrupted run of job {}",
+            job.name
+        );
+    }
+
+    let retention = match &job.object_lock {
+        Some(lock) => {
+            if !repo.store().object_lock_enabled()? {
+                return Err(UsageError(format!(
+                    "job {} asks for object-lock, but {} does not have Object Lock enabled (it can only be \
+                     enabled when a bucket is created, or by AWS support)",
+                    job.name,
+                    repo.store().describe()
+                ))
+                .into());
+            }
+            Some(Retention {
+                mode: lock.mode.clone(),
+                until: started_at
+                    .checked_add(jiff::SignedDuration::from_hours(i64::from(lock.days) * 24))
+                    .context("object-lock.days reaches past the year 9999")?,
+            })
+        }
+        None => None,
+    };
+
+    let base = choose_base(repo, keys, host, job, opts, started_at)?;
+    let id = new_snapshot_id()?;
+    let manifest_name = repo.manifest_name(host, &job.name, &id);
+    let manifest_ctx = repo.context(host, &job.name, &id, Kind::Manifest, &manifest_name)?;
+    let (manifest_key, manifest_env) = keys
+        .generate(&manifest_ctx)
+        .context("generating the manifest's data key")?;
+
+    let (mut record, full_reason) = match base {
+        Base::Incremental(r) => (Some(*r), None),
+        Base::Full(why) => (None, Some(why)),
+    };
+    if let Some(why) = &full_reason {
+        tracing::info!("job {}: full snapshot: {why}", job.name);
+    }
+    let (parent, chain, full_started, mut table) = match &record {
+        Some(r) => (
+            Some(r.header.snapshot.clone()),
+            r.header.chain + 1,
+            r.header.full_started.clone(),
+            r.header.archives.clone(),
+        ),
+        None => (None, 0, started_at.to_string(), Vec::new()),
+    };
+    let header = ManifestHeader {
+        vaultline_manifest: MANIFEST_VERSION,
+        snapshot: id.clone(),
+        host: host.to_string(),
+        job: job.name.clone(),
+        parent: parent.clone(),
+        chain,
+        full_started: full_started.clone(),
+        started: started_at.to_string(),
+        paths: job.paths.iter().map(|p| p.display().to_string()).collect(),
+    };
+    let store = repo.store();
+    let manifest_obj = store.create(&manifest_name, ObjectClass::Control, retention.as_ref())?;
+    let manifest = ManifestWriter::new(manifest_obj, &manifest_key, manifest_env, manifest_ctx, &header)
+        .with_context(|| format!("starting manifest {manifest_name}"))?;
+    drop(manifest_key);
+
+    let mut report = BackupReport {
+        job: job.name.clone(),
+        snapshot: id.clone(),
+        parent,
+        archive: None,
+        full_reason,
+        files: 0,
+        dirs: 0,
+        symlinks: 0,
+        hardlinks: 0,
+        bytes_read: 0,
+        archived_files: 0,
+        archived_bytes: 0,
+        reused: 0,
+        deleted: 0,
+        bytes_stored: 0,
+        ratio: 0.0,
+        duration_secs: 0.0,
+        unreadable: Vec::new(),
+        skipped: Vec::new(),
+        changed: Vec::new(),
+    };
+    let mut sinks = Sinks {
+        repo,
+        keys,
+        host,
+        job,
+        id: &id,
+        retention: retention.as_ref(),
+        archive: None,
+        new_index: table.len() as u32,
+        manifest,
+        record: RecordWriter::new(opts.state_dir, &job.name)?,
+        refs: vec![0; table.len() + 1],
+    };
+    write_tar(job, opts.own, &mut sinks, record.as_mut(), &mut report, progress)?;
+
+    let Sinks {
+        archive,
+        manifest,
+        record: record_writer,
+        refs,
+        ..
+    } = sinks;
+    let mut archive_size = 0;
+    if let Some(out) = archive {
+        let frames_out = out.tar.finish()?;
+        let (sealed, frames) = frames_out.finish()?;
+        let object = sealed.finish()?;
+        let info = object
+            .commit()
+            .with_context(|| format!("committing archive {}", out.name))?;
+        archive_size = info.size;
+        report.archive = Some(out.name.clone());
+        table.push(Some(ArchiveRef {
+            object: out.name,
+            snapshot: id.clone(),
+            envelope: out.envelope,
+            size: info.size,
+            plain_size: frames.plain_size,
+            frame_size: frames.frame_size,
+            frames: frames.lengths,
+        }));
+    } else {
+        table.push(None);
+    }
+    // Archives no entry of this snapshot refers to any more drop out of the
+    // table (the slot stays, so indices hold), and out of the chain.
+    for (slot, count) in table.iter_mut().zip(&refs) {
+        if *count == 0 {
+            *slot = None;
+        }
+    }
+    while table.last().is_some_and(Option::is_none) {
+        table.pop();
+    }
+    if let Some(r) = &retention {
+        for a in table.iter().flatten().filter(|a| a.snapshot != id) {
+            store
+                .extend_retention(&a.object, r)
+                .with_context(|| format!("extending the Object Lock retention of {}", a.object))?;
+        }
+    }
+
+    let end = ManifestEnd {
+        finished: jiff::Timestamp::now().to_string(),
+        files: report.files,
+        dirs: report.dirs,
+        symlinks: report.symlinks,
+        hardlinks: report.hardlinks,
+        bytes: report.bytes_read,
+        skipped: (report.skipped.len() + report.unreadable.len()) as u64,
+        archived_files: report.archived_files,
+        archived_bytes: report.archived_bytes,
+        reused: report.reused,
+        deleted: report.deleted,
+    };
+    let manifest_obj = manifest
+        .finish(table.clone(), end)
+        .with_context(|| format!("finishing manifest {manifest_name}"))?;
+    let manifest_info = manifest_obj
+        .commit()
+        .with_context(|| format!("committing manifest {manifest_name}"))?;
+
+    let state = StateHeader {
+        vaultline_state: STATE_VERSION,
+        repository: repo_identity(repo),
+        host: host.to_string(),
+        job: job.name.clone(),
+        snapshot: id.clone(),
+        chain,
+        full_started,
+        archives: table,
+    };
+    if let Err(e) = record_writer.commit(&state) {
+        // The snapshot stands; the next run is full and says why.
+        tracing::warn!(
+            "snapshot {id} is committed, but its local change record could not be saved ({e:#}); the next \
+             run of job {} will be a full one",
+            job.name
+        );
+    }
+
+    report.bytes_stored = archive_size + manifest_info.size;
+    report.ratio = if report.bytes_read == 0 {
+        0.0
+    } else {
+        report.bytes_stored as f64 / report.bytes_read as f64
+    };
+    report.duration_secs = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// Walks the job; joins each entry against the parent's record (if any);
+/// writes changed content into the archive, every entry into the manifest
+/// and the new record.
+fn write_tar(
+    job: &Job,
+    own: &[PathBuf],
+    sinks: &mut Sinks<'_>,
+    mut parent: Option<&mut Record>,
+    report: &mut BackupReport,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let full = parent.is_none();
+    // First archive path of each multiply-linked file, by (device, inode).
+    let mut links: HashMap<(u64, u64), EncodedPath> = HashMap::new();
+    let mut skipped = Vec::new();
+    Walker::new(job, own).walk(
+        |found| {
+            let mut entry: TarEntry = match entry_for(&found) {
+                Ok(e) => e,
+                Err(e) => {
+                    report.unreadable.push(SkippedPath {
+                        path: found.abs.display().to_string(),
+                        reason: e.to_string(),
+                    });
+                    return Ok(());
+                }
+            };
+            let stat = Stat::of(&found.meta);
+            let looked_at = jiff::Timestamp::now().as_nanosecond();
+            let mut linked = false;
+            if entry.kind == EntryKind::File && found.meta.nlink() > 1 {
+                let key = (found.meta.dev(), found.meta.ino());
+                match links.get(&key) {
+                    Some(first) => {
+                        entry.kind = EntryKind::Hardlink;
+                        entry.target = Some(first.clone());
+                        entry.size = 0;
+                    }
+                    None => {
+                        links.insert(key, entry.path.clone());
+                        linked = true;
+                    }
+                }
+            }
+            let mut manifest_entry = Entry {
+                path: entry.path.clone(),
+                kind: entry.kind,
+                size: entry.size,
+                mode: entry.mode,
+                uid: entry.uid,
+                gid: entry.gid,
+                mtime: entry.mtime,
+                mtime_nsec: entry.mtime_nsec,
+                target: entry.target.clone(),
+                linked,
+                archive: None,
+                offset: None,
+            };
+            let previous = match parent.as_deref_mut() {
+                Some(rec) => rec.advance_to(&entry.path.0, |gone| {
+                    report.deleted += 1;
+                    sinks.manifest.deleted(&gone.path)
+                })?,
+                None => None,
+            };
+            let reuse = previous.filter(|(prev, prev_stat)| {
+                changes::unchanged(prev, *prev_stat, &manifest_entry, stat)
+                    && (prev.kind != EntryKind::File || prev.size == 0 || prev.archive.is_some())
+            });
+            if let Some((prev, _)) = reuse {
+                manifest_entry.archive = prev.archive;
+                manifest_entry.offset = prev.offset;
+                report.reused += 1;
+            } else if (entry.kind == EntryKind::File && entry.size > 0) || full {
+                // New or changed content (or any entry of a full archive,
+                // which is a complete tar of the tree).
+                let mut file = None;
+                if entry.kind == EntryKind::File {
+                    match open_for_reading(&found.abs) {
+                        Ok(f) => file = Some(f),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                            report.skipped.push(SkippedPath {
+                                path: found.abs.display().to_string(),
+                                reason: "vanished during the backup".into(),
+                            });
+                            return Ok(());
+                        }
+                        Err(e) => {
+                            progress.warn(&format!("cannot read {}: {e}", found.abs.display()));
+                            report.unreadable.push(SkippedPath {
+                                path: found.abs.display().to_string(),
+                                reason: e.to_string(),
+                            });
+                            return Ok(());
+                        }
+                    }
+                }
+                let new_index = sinks.new_index;
+                let out = sinks.archive()?;
+                let offset = out.tar.get_ref().position();
+                let copied = out
+                    .tar
+                    .append(&entry, file.as_mut().map(|f| f as &mut dyn Read))
+                    .with_context(|| format!("archiving {}", found.abs.display()))?;
+                match copied {
+                    Copied::Exact => {}
+                    Copied::Shrunk { read } => report.changed.push(SkippedPath {
+                        path: found.abs.display().to_string(),
+                        reason: format!(
+                            "shrank while being read: {read} of {} bytes, the rest stored as zeros",
+                            entry.size
+                        ),
+                    }),
+                    Copied::Grew => report.changed.push(SkippedPath {
+                        path: found.abs.display().to_string(),
+                        reason: format!("grew while being read: stored its first {} bytes", entry.size),
+                    }),
+                }
+                if entry.kind == EntryKind::File && entry.size > 0 {
+                    manifest_entry.archive = Some(new_index);
+                    manifest_entry.offset = Some(offset);
+                    report.archived_files += 1;
+                    report.archived_bytes += entry.size;
+                }
+            }
+            if let Some(a) = manifest_entry.archive {
+                if let Some(count) = sinks.refs.get_mut(a as usize) {
+                    *count += 1;
+                }
+            }
+            match entry.kind {
+                EntryKind::File => {
+                    report.files += 1;
+                    report.bytes_read += entry.size;
+                }
+                EntryKind::Dir => report.dirs += 1,
+                EntryKind::Symlink => report.symlinks += 1,
+                EntryKind::Hardlink => report.hardlinks += 1,
+            }
+            sinks.manifest.entry(&manifest_entry)?;
+            // A file whose ctime is within a timestamp tick of the moment we
+            // looked at it could change again in that same tick without
+            // its stat changing: record it so that the next run archives it
+            // anew (git's "racy" entries).
+            let ctime_ns = i128::from(stat.ctime) * 1_000_000_000 + i128::from(stat.ctime_nsec);
+            let racy = ctime_ns >= looked_at - RACY_MARGIN_NS;
+            let recorded = if racy {
+                Stat {
+                    ctime: i64::MIN,
+                    ..stat
+                }
+            } else {
+                stat
+            };
+            sinks.record.entry(&manifest_entry, recorded)?;
+            progress.add(entry.size, 1);
+            Ok(())
+        },
+        |s| skipped.push(s),
+    )?;
+    if let Some(rec) = parent {
+        rec.rest(|gone| {
+            report.deleted += 1;
+            sinks.manifest.deleted(&gone.path)
+        })?;
+    }
+    for s in skipped {
+        let item = SkippedPath {
+            path: s.path.display().to_string(),
+            reason: s.reason,
+        };
+        if s.is_error {
+            progress.warn(&format!("cannot read {}: {}", item.path, item.reason));
+            report.unreadable.push(item);
+        } else {
+            progress.warn(&format!("skipped {}: {}", item.path, item.reason));
+            report.skipped.push(item);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! Object stores: where sealed objects live.
+//!
+//! An [`ObjectStore`] holds immutable objects under `/`-separated names. It
+//! is written through [`PendingObject`]s: bytes stream in, and the object
+//! appears under its name only at [`PendingObject::commit`], atomically and
+//! durably. A pending object that is dropped or aborted leaves nothing under
+//! its name. That is what lets a snapshot commit by writing its manifest last.
+//!
+//! The trait is synchronous: the pipeline that feeds it runs on blocking
+//! threads. [`local`] is a directory on disk; the S3 store implements the
+//! same trait.
+
+pub mod local;
+pub mod memory;
+pub mod s3;
+
+use std::io::{self, Read, Write};
+
+/// How an object will be used; stores may place the classes differently
+/// (S3: archive objects get the tier tag and storage class, control objects
+/// stay in STANDARD).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectClass {
+    /// Bulk archive data, read only to restore or verify.
+    Archive,
+    /// Small objects read to list, plan and prune: manifests, markers.
+    Control,
+}
+
+/// What a listing or commit reports about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Full object name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Object Lock retention (S3 Object Lock): the object version cannot be
+/// deleted or overwritten before `until`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// `GOVERNANCE` (privileged users may lift it) or `COMPLIANCE` (nobody can).
+    pub mode: String,
+    /// RFC 3339 time the lock ends.
+    pub until: jiff::Timestamp,
+}
+
+/// Where an archived (Glacier) object stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Thaw {
+    /// Readable now: not in an archive storage class.
+    Readable,
+    /// In GLACIER or DEEP_ARCHIVE and no restore was requested.
+    Frozen,
+    /// A restore was requested and is still running.
+    InProgress,
+    /// A restored copy is readable until `expiry` (as the server says it).
+    Restored {
+        /// When the restored copy goes away.
+        expiry: Option<String>,
+    },
+}
+
+/// What a HEAD reports about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Size in bytes.
+    pub size: u64,
+    /// Storage class, when the store has them (`STANDARD`, `GLACIER`, …).
+    pub storage_class: Option<String>,
+    /// Whether it can be read now.
+    pub thaw: Thaw,
+    /// Its Object Lock retention, if any.
+    pub retention: Option<Retention>,
+}
+
+/// The answer to a restore (thaw) request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestoreRequest {
+    /// A new restore was started.
+    Started,
+    /// One was running already (not requested again).
+    AlreadyInProgress,
+    /// The object is readable already (not archived, or restored).
+    NotNeeded,
+}
+
+/// Errors with a meaning callers act on. Other failures are plain `io::Error`s
+/// with context.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No object has this name.
+    #[error("object {name} does not exist in {store}")]
+    NotFound {
+        /// The name asked for.
+        name: String,
+        /// The store, described.
+        store: String,
+    },
+    /// An object with this name exists already (objects are never replaced).
+    #[error("object {name} already exists in {store}")]
+    AlreadyExists {
+        /// The name.
+        name: String,
+        /// The store, described.
+        store: String,
+    },
+}
+
+/// A place that stores named, immutable objects.
+pub trait ObjectStore: Send + Sync {
+    /// A human description for messages: `local repository /srv/backups`.
+    fn describe(&self) -> String;
+
+    /// Starts writing object `name`, locked with `retention` when given.
+    /// Nothing is visible under `name` until the returned object is
+    /// committed.
+    fn create(
+        &self,
+        name: &str,
+        class: ObjectClass,
+        retention: Option<&Retention>,
+    ) -> io::Result<Box<dyn PendingObject>>;
+
+    /// Reads object `name` from the start. `StoreError::NotFound` (inside the
+    /// `io::Error`) when it does not exist.
+    fn open(&self, name: &str) -> io::Result<Box<dyn Read + Send>>;
+
+    /// Reads bytes `start..end` of object `name` (`end` = None: to its end).
+    fn open_range(&self, name: &str, start: u64, end: Option<u64>) -> io::Result<Box<dyn Read + Send>>;
+
+    /// Size, storage class, thaw state and lock of object `name`.
+    fn head(&self, name: &str) -> io::Result<ObjectMeta>;
+
+    /// Removes object `name`. In a versioned bucket this hides it behind a
+    /// delete marker; the lifecycle rules remove the noncurrent version.
+    fn delete(&self, name: &str) -> io::Result<()>;
+
+    /// Replaces a small control object (a re-wrapped manifest, the marker),
+    /// atomically: readers see the old or the new object, never a mix. In a
+    /// versioned bucket the old one stays as a noncurrent version; the new
+    /// one gets `retention` when given.
+    fn replace(&self, name: &str, bytes: &[u8], retention: Option<&Retention>) -> io::Result<ObjectInfo>;
+
+    /// Whether objects can be locked (S3 Object Lock on the bucket).
+    fn object_lock_enabled(&self) -> io::Result<bool> {
+        Ok(false)
+    }
+
+    /// Extends the Object Lock retention of an existing object to
+    /// `retention` (never shortens it).
+    fn extend_retention(&self, name: &str, retention: &Retention) -> io::Result<()> {
+        let _ = retention;
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "{}: {name} cannot be locked: this store has no Object Lock",
+                self.describe()
+            ),
+        ))
+    }
+
+    /// Asks for an archived object to be made readable for `days` days at
+    /// retrieval `tier` (`Standard`, `Bulk`, `Expedited`).
+    fn request_restore(&self, name: &str, days: u32, tier: &str) -> io::Result<RestoreRequest> {
+        let _ = (days, tier);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!(
+                "{}: {name} cannot be thawed: this store has no archive storage classes",
+                self.describe()
+            ),
+        ))
+    }
+
+    /// Every object whose name starts with `prefix`, sorted by name.
+    fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>>;
+
+    /// Removes leftovers of writes that never committed under `prefix`
+    /// (a crashed run). Callers hold the lock that excludes live writers.
+    fn clean_pending(&self, prefix: &str) -> io::Result<usize>;
+
+    /// Writes a small object in one go.
+    fn put(&self, name: &str, class: ObjectClass, bytes: &[u8]) -> io::Result<ObjectInfo> {
+        let mut obj = self.create(name, class, None)?;
+        obj.write_all(bytes)?;
+        obj.commit()
+    }
+
+    /// Reads a whole object; for small objects only.
+    fn get(&self, name: &str) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.open(name)?.read_to_end(&mut out)?;
+        Ok(out)
+    }
+}
+
+/// An object being written.
+pub trait PendingObject: Write + Send {
+    /// Publishes the object under its name, durably; fails if the name is
+    /// taken. Returns its final size. Dropping a pending object without
+    /// committing it discards everything written.
+    fn commit(self: Box<Self>) -> io::Result<ObjectInfo>;
+}
+
+/// True when `err` is (or wraps) [`StoreError::NotFound`].
+pub fn is_not_found(err: &io::Error) -> bool {
+    err.get_ref()
+        .is_some_and(|e| matches!(e.downcast_ref::<StoreError>(), Some(StoreError::NotFound { .. })))
+}
