@@ -9,7 +9,7 @@
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{CWD, RenameFlags, renameat_with};
@@ -145,10 +145,15 @@ impl ObjectStore for LocalStore {
             };
             let Some(name) = rel.to_str() else { continue };
             if name.starts_with(prefix) {
-                let size = entry.metadata().map_err(io::Error::other)?.len();
+                let meta = entry.metadata().map_err(io::Error::other)?;
                 out.push(ObjectInfo {
                     name: name.to_string(),
-                    size,
+                    size: meta.len(),
+                    modified: jiff::Timestamp::new(
+                        meta.mtime(),
+                        meta.mtime_nsec().clamp(0, 999_999_999) as i32,
+                    )
+                    .ok(),
                 });
             }
         }
@@ -281,6 +286,7 @@ impl PendingObject for LocalPending {
         Ok(ObjectInfo {
             name: self.name.clone(),
             size: self.written,
+            modified: None,
         })
     }
 }
@@ -320,11 +326,20 @@ mod tests {
             info,
             ObjectInfo {
                 name: "a/b/c.obj".into(),
-                size: 5
+                size: 5,
+                modified: None,
             }
         );
         assert_eq!(store.get("a/b/c.obj").unwrap(), b"hello");
-        assert_eq!(store.list("a/b").unwrap(), vec![info]);
+        let listed = store.list("a/b").unwrap();
+        assert_eq!(
+            (listed.len(), &listed[0].name, listed[0].size),
+            (1, &info.name, info.size)
+        );
+        assert!(
+            listed[0].modified.is_some(),
+            "a listing says when each object was written"
+        );
 
         let again = store
             .put("a/b/c.obj", ObjectClass::Control, b"other")

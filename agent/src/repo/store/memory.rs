@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{ObjectClass, ObjectInfo, ObjectMeta, ObjectStore, PendingObject, Retention, StoreError, Thaw};
 
-type Objects = Arc<Mutex<BTreeMap<String, Arc<Vec<u8>>>>>;
+/// Each object's bytes and the time it was recorded, by name.
+type Map = BTreeMap<String, (Arc<Vec<u8>>, jiff::Timestamp)>;
+type Objects = Arc<Mutex<Map>>;
 
 /// Objects held in memory.
 #[derive(Debug, Clone, Default)]
@@ -27,15 +29,21 @@ impl MemoryStore {
     /// Stores `bytes` under `name` as they are, replacing what is there
     /// (a test planting or damaging an object).
     pub fn insert(&self, name: &str, bytes: Vec<u8>) {
-        self.lock().insert(name.to_string(), Arc::new(bytes));
+        self.insert_at(name, bytes, jiff::Timestamp::now());
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Vec<u8>>>> {
+    /// Stores `bytes` under `name` as recorded at `time` (a test of how
+    /// recorded times order snapshots).
+    pub fn insert_at(&self, name: &str, bytes: Vec<u8>, time: jiff::Timestamp) {
+        self.lock().insert(name.to_string(), (Arc::new(bytes), time));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Map> {
         self.objects.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn bytes(&self, name: &str) -> io::Result<Arc<Vec<u8>>> {
-        self.lock().get(name).cloned().ok_or_else(|| {
+        self.lock().get(name).map(|(b, _)| Arc::clone(b)).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotFound,
                 StoreError::NotFound {
@@ -94,10 +102,11 @@ impl PendingObject for MemoryPending {
             ));
         }
         let size = self.bytes.len() as u64;
-        objects.insert(self.name.clone(), Arc::new(self.bytes));
+        objects.insert(self.name.clone(), (Arc::new(self.bytes), jiff::Timestamp::now()));
         Ok(ObjectInfo {
             name: self.name,
             size,
+            modified: None,
         })
     }
 }
@@ -152,6 +161,7 @@ impl ObjectStore for MemoryStore {
         Ok(ObjectInfo {
             name: name.to_string(),
             size: bytes.len() as u64,
+            modified: None,
         })
     }
 
@@ -160,9 +170,10 @@ impl ObjectStore for MemoryStore {
             .lock()
             .range(prefix.to_string()..)
             .take_while(|(name, _)| name.starts_with(prefix))
-            .map(|(name, bytes)| ObjectInfo {
+            .map(|(name, (bytes, time))| ObjectInfo {
                 name: name.clone(),
                 size: bytes.len() as u64,
+                modified: Some(*time),
             })
             .collect())
     }

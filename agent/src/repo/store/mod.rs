@@ -34,6 +34,12 @@ pub struct ObjectInfo {
     pub name: String,
     /// Size in bytes.
     pub size: u64,
+    /// When the store recorded the object (S3: `LastModified` of its
+    /// current version; a local repository: the file's mtime, which copies
+    /// with `cp -a` and `rsync -a` keep). Set by listings; `None` where a
+    /// store does not say (and in what a commit returns). This, not the
+    /// time a client wrote into a name, orders snapshots.
+    pub modified: Option<jiff::Timestamp>,
 }
 
 /// Object Lock retention (S3 Object Lock): the object version cannot be

@@ -344,6 +344,7 @@ impl ObjectStore for S3Store {
         Ok(ObjectInfo {
             name: name.to_string(),
             size: bytes.len() as u64,
+            modified: None,
         })
     }
 
@@ -444,6 +445,9 @@ impl ObjectStore for S3Store {
                     out.push(ObjectInfo {
                         name: key.to_string(),
                         size: obj.size().unwrap_or(0).max(0) as u64,
+                        modified: obj
+                            .last_modified()
+                            .and_then(|t| jiff::Timestamp::new(t.secs(), t.subsec_nanos() as i32).ok()),
                     });
                 }
             }
@@ -706,6 +710,7 @@ impl S3Pending {
                 Ok(_) => Ok(ObjectInfo {
                     name: self.key.clone(),
                     size: self.size,
+                    modified: None,
                 }),
                 Err(e) => Err(self.put_error("PutObject", &e)),
             };
@@ -732,6 +737,7 @@ impl S3Pending {
                 Ok(ObjectInfo {
                     name: self.key.clone(),
                     size: self.size,
+                    modified: None,
                 })
             }
             Err(e) => Err(self.put_error("CompleteMultipartUpload", &e)),
