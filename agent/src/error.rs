@@ -32,3 +32,22 @@ pub struct BusyError(pub String);
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ThawingError(pub String);
+
+/// True when `err` says stored data is not what vaultline wrote (an
+/// [`IntegrityError`], or a sealed object that failed authentication): the
+/// object is to be reported and skipped where a command can go on without
+/// it, as opposed to a failure to reach it (network, permissions), which
+/// stops the command.
+pub fn is_integrity(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause.is::<IntegrityError>()
+            || cause
+                .downcast_ref::<vaultline_crypto::Error>()
+                .or_else(|| {
+                    cause
+                        .downcast_ref::<std::io::Error>()
+                        .and_then(vaultline_crypto::Error::from_io)
+                })
+                .is_some_and(vaultline_crypto::Error::is_integrity)
+    })
+}

@@ -185,6 +185,10 @@ pub enum KeyConfig {
         key_id: String,
         /// Endpoint URL for KMS-compatible servers; `None` = AWS.
         endpoint: Option<String>,
+        /// Further keys (full key ARNs) whose data keys may be unwrapped
+        /// when reading, e.g. the old key during a rotation. Objects under
+        /// any other key are refused, whatever KMS would allow.
+        accepted_keys: Vec<String>,
     },
 }
 

@@ -128,6 +128,7 @@ pub(crate) struct RawKey {
     pub file: Option<Spanned<String>>,
     pub key_id: Option<Spanned<String>>,
     pub endpoint: Option<Spanned<String>>,
+    pub accepted_keys: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq, Debug)]

@@ -784,6 +784,13 @@ fn key(c: &mut Checker<'_>, raw: &RawKey, state_dir: &Path, aws: &Aws) -> KeyCon
             for (field, span) in [
                 ("key-id", raw.key_id.as_ref().map(Spanned::span)),
                 ("endpoint", raw.endpoint.as_ref().map(Spanned::span)),
+                (
+                    "accepted-keys",
+                    raw.accepted_keys
+                        .as_ref()
+                        .and_then(|k| k.first())
+                        .map(Spanned::span),
+                ),
             ] {
                 if let Some(span) = span {
                     c.report(
@@ -846,7 +853,30 @@ fn key(c: &mut Checker<'_>, raw: &RawKey, state_dir: &Path, aws: &Aws) -> KeyCon
                 .endpoint
                 .as_ref()
                 .and_then(|e| endpoint(c, e, "key.endpoint", aws));
-            KeyConfig::Kms { key_id, endpoint }
+            let mut accepted_keys = Vec::new();
+            for (i, k) in raw.accepted_keys.iter().flatten().enumerate() {
+                // Key ARNs only: an alias can be pointed elsewhere by whoever
+                // may update aliases, and a bare id depends on the Region.
+                if !valid_kms_key_arn(k.get_ref()) {
+                    c.report(
+                        Some(k.span()),
+                        format!("key.accepted-keys[{i}]"),
+                        format!(
+                            "{:?} is not a KMS key ARN: accepted keys must be full key ARNs \
+                             (arn:aws:kms:REGION:ACCOUNT:key/ID), not aliases or bare ids, so that \
+                             what is trusted cannot be redirected",
+                            k.get_ref()
+                        ),
+                    );
+                } else {
+                    accepted_keys.push(k.get_ref().clone());
+                }
+            }
+            KeyConfig::Kms {
+                key_id,
+                endpoint,
+                accepted_keys,
+            }
         }
     }
 }
@@ -1040,6 +1070,17 @@ fn parse_tag(t: &str) -> Result<Tag, &'static str> {
         key: key.to_string(),
         value: value.to_string(),
     })
+}
+
+fn valid_kms_key_arn(k: &str) -> bool {
+    let parts: Vec<&str> = k.splitn(6, ':').collect();
+    matches!(parts.as_slice(), ["arn", _, "kms", region, account, resource]
+    if !region.is_empty()
+        && account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && resource.strip_prefix("key/").is_some_and(|id| {
+            !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        }))
 }
 
 fn valid_kms_key_id(k: &str) -> bool {

@@ -307,12 +307,40 @@ fn s3_and_kms_get_documented_defaults() {
         c.key,
         KeyConfig::Kms {
             key_id: "alias/vaultline".into(),
-            endpoint: None
+            endpoint: None,
+            accepted_keys: Vec::new(),
         }
     );
     assert_eq!(c.aws.region.as_deref(), Some("eu-west-1"));
     assert!(!c.aws.allow_http);
     assert_eq!((c.aws.max_attempts, c.aws.timeout_secs), (5, 120));
+}
+
+#[test]
+fn accepted_keys_are_key_arns_only() {
+    let old = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+    let text = S3.replace(
+        "key-id = \"alias/vaultline\"",
+        &format!("key-id = \"alias/vaultline\"\naccepted-keys = [\"{old}\"]"),
+    );
+    assert_ne!(text, S3, "the fixture has the key-id line");
+    let c = load(&text).unwrap();
+    let KeyConfig::Kms { accepted_keys, .. } = &c.key else {
+        panic!("expected a KMS key")
+    };
+    assert_eq!(accepted_keys, &[old.to_string()]);
+
+    let text = S3.replace(
+        "key-id = \"alias/vaultline\"",
+        "key-id = \"alias/vaultline\"\naccepted-keys = [\"alias/old\"]",
+    );
+    let e = load(&text).unwrap_err().to_string();
+    assert!(
+        e.contains(
+            "key.accepted-keys[0]: \"alias/old\" is not a KMS key ARN: accepted keys must be full key ARNs"
+        ),
+        "{e}"
+    );
 }
 
 #[test]

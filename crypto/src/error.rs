@@ -180,6 +180,17 @@ pub enum Error {
         have: String,
     },
 
+    /// The envelope names a key that the reader was not configured to
+    /// trust: a key provider that could unwrap it (KMS decrypts under any
+    /// key the caller may use) must not be asked to.
+    #[error("this object's data key is wrapped by key {sealed_with}, which is not a trusted key (trusted: {})", trusted.join(", "))]
+    UntrustedKey {
+        /// Key id in the envelope.
+        sealed_with: String,
+        /// The keys the reader trusts.
+        trusted: Vec<String>,
+    },
+
     /// A wrapped key that does not have its provider's layout.
     #[error("wrapped data key for key {key_id} is malformed: {reason}")]
     MalformedWrappedKey {

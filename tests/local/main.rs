@@ -16,3 +16,4 @@ mod monitoring;
 mod packaging;
 mod roundtrip;
 mod tamper;
+mod trust;

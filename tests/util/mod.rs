@@ -180,7 +180,20 @@ impl Fixture {
     /// A command running the binary with this fixture's config and a clean,
     /// isolated environment (no D-Bus, so no keyring; its own HOME).
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(vaultline_bin());
+        self.command_via(&[], args)
+    }
+
+    /// Like [`Fixture::command`], with the binary started through `wrapper`
+    /// (e.g. `["faketime", "-f", "+70y"]`: a host whose clock runs ahead).
+    pub fn command_via(&self, wrapper: &[&str], args: &[&str]) -> Command {
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(vaultline_bin());
+                c
+            }
+            None => Command::new(vaultline_bin()),
+        };
         cmd.arg("--config").arg(&self.config).args(args);
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -194,6 +207,11 @@ impl Fixture {
     /// Runs the binary and waits.
     pub fn run(&self, args: &[&str]) -> Run {
         Run::from(self.command(args).output().expect("run vaultline"))
+    }
+
+    /// Runs the binary through `wrapper` (see [`Fixture::command_via`]).
+    pub fn run_via(&self, wrapper: &[&str], args: &[&str]) -> Run {
+        Run::from(self.command_via(wrapper, args).output().expect("run vaultline"))
     }
 
     /// `init`, which must succeed.

@@ -179,12 +179,25 @@ impl App {
     /// master key (which must exist: `vaultline init` creates it) or the KMS
     /// key, resolved to its ARN.
     pub fn keys(&self) -> Result<Keys> {
+        self.keys_also_trusting(&[])
+    }
+
+    /// Like [`App::keys`], trusting also the KMS keys `extra` (ARNs) when
+    /// unwrapping (`rewrap` reads manifests it already moved to its new key).
+    pub fn keys_also_trusting(&self, extra: &[String]) -> Result<Keys> {
         match &self.config.key {
             KeyConfig::Local { .. } => Ok(CountingKeys::new(Box::new(self.local_key()?.provider()))),
-            KeyConfig::Kms { key_id, endpoint } => {
+            KeyConfig::Kms {
+                key_id,
+                endpoint,
+                accepted_keys,
+            } => {
                 let client =
                     crate::cloud::aws::kms_client(self.sdk.as_ref().context(NO_SDK)?, endpoint.as_deref());
-                Ok(CountingKeys::new(Box::new(KmsKeyWrap::connect(client, key_id)?)))
+                let kms = KmsKeyWrap::connect(client, key_id)?
+                    .trusting(accepted_keys)
+                    .trusting(extra);
+                Ok(CountingKeys::new(Box::new(kms)))
             }
         }
     }

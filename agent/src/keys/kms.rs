@@ -29,11 +29,14 @@ use crate::error::UsageError;
 /// The provider id written into envelopes.
 pub const PROVIDER: &str = "aws-kms";
 
-/// A KMS key, resolved to its ARN.
+/// A KMS key, resolved to its ARN, and the other keys a reader trusts.
 pub struct KmsKeyWrap {
     client: Client,
     /// The key's ARN (what envelopes and the repository marker record).
     arn: String,
+    /// Further key ARNs whose data keys may be unwrapped (a rotation
+    /// window: `[key] accepted-keys`).
+    accepted: Vec<String>,
 }
 
 /// Why KMS refused, with what it means for the operator.
@@ -77,7 +80,46 @@ impl KmsKeyWrap {
             .arn()
             .map(str::to_string)
             .with_context(|| format!("KMS DescribeKey of key {key_id}: the response has no ARN"))?;
-        Ok(KmsKeyWrap { client, arn })
+        Ok(KmsKeyWrap {
+            client,
+            arn,
+            accepted: Vec::new(),
+        })
+    }
+
+    /// Also trusts `keys` (key ARNs) when unwrapping.
+    #[must_use]
+    pub fn trusting(mut self, keys: &[String]) -> Self {
+        for k in keys {
+            if !self.accepted.contains(k) && *k != self.arn {
+                self.accepted.push(k.clone());
+            }
+        }
+        self
+    }
+
+    /// The key to ask KMS to decrypt with for an envelope naming `key`, if
+    /// `key` is trusted: the configured key or an accepted one, or a replica
+    /// of one of them (the replica in this configuration's Region is used).
+    /// KMS would decrypt under any key this principal may use, so an
+    /// envelope is never taken at its word: an object sealed under a key
+    /// nobody configured (planted by someone who may use some other key) is
+    /// refused before KMS is asked.
+    fn trusted(&self, key: &str) -> Option<&str> {
+        std::iter::once(&self.arn)
+            .chain(&self.accepted)
+            .find(|t| key == t.as_str() || same_multi_region_key(key, t))
+            .map(String::as_str)
+    }
+
+    fn untrusted(&self, key: &str) -> CryptoError {
+        CryptoError::UntrustedKey {
+            sealed_with: key.to_string(),
+            trusted: std::iter::once(&self.arn)
+                .chain(&self.accepted)
+                .cloned()
+                .collect(),
+        }
     }
 
     /// Moves a data key from the KMS key its envelope names to `to`'s key
@@ -97,11 +139,14 @@ impl KmsKeyWrap {
                 found: envelope.provider.clone(),
             });
         }
+        let source = self
+            .trusted(&envelope.key_id)
+            .ok_or_else(|| self.untrusted(&envelope.key_id))?;
         let req = self
             .client
             .re_encrypt()
             .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(envelope.wrapped.clone()))
-            .source_key_id(&envelope.key_id)
+            .source_key_id(source)
             .set_source_encryption_context(Some(kms_context(context)))
             .destination_key_id(&to.arn)
             .set_destination_encryption_context(Some(kms_context(context)));
@@ -323,15 +368,13 @@ impl KeyWrap for KmsKeyWrap {
                 found: envelope.provider.clone(),
             });
         }
-        // Decrypt under the key the envelope names (it may be an older key
-        // than the configured one, e.g. before a rewrap), never "any key";
-        // a replica of the same multi-Region key in the configured Region
-        // stands in for it (a restore in another Region).
-        let decrypt_with = if same_multi_region_key(&envelope.key_id, &self.arn) {
-            &self.arn
-        } else {
-            &envelope.key_id
-        };
+        // Decrypt under a trusted key only (the configured one, or one the
+        // operator accepted, e.g. the old key during a rotation), named in
+        // the request so KMS cannot pick another; a replica of the same
+        // multi-Region key stands in for it (a restore in another Region).
+        let decrypt_with = self
+            .trusted(&envelope.key_id)
+            .ok_or_else(|| self.untrusted(&envelope.key_id))?;
         let req = self
             .client
             .decrypt()
@@ -397,7 +440,58 @@ pub fn same_multi_region_key(a: &str, b: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::same_multi_region_key;
+    use super::*;
+
+    fn provider(arn: &str, accepted: &[&str]) -> KmsKeyWrap {
+        let conf = aws_sdk_kms::Config::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("eu-west-1"))
+            .build();
+        KmsKeyWrap {
+            client: Client::from_conf(conf),
+            arn: arn.into(),
+            accepted: Vec::new(),
+        }
+        .trusting(&accepted.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn only_configured_and_accepted_keys_are_trusted() {
+        let configured = "arn:aws:kms:eu-west-1:111122223333:key/11111111-1111-1111-1111-111111111111";
+        let old = "arn:aws:kms:eu-west-1:111122223333:key/22222222-2222-2222-2222-222222222222";
+        let foreign = "arn:aws:kms:eu-west-1:444455556666:key/33333333-3333-3333-3333-333333333333";
+        let p = provider(configured, &[old]);
+        assert_eq!(p.trusted(configured), Some(configured));
+        assert_eq!(p.trusted(old), Some(old));
+        assert_eq!(p.trusted(foreign), None);
+        let envelope = KeyEnvelope {
+            provider: PROVIDER.into(),
+            key_id: foreign.into(),
+            wrapped: vec![1, 2, 3],
+        };
+        let ctx = EncryptionContext::new().with("job", "j").unwrap();
+        // Refused before any request: this client has no credentials or endpoint.
+        match p.unwrap(&envelope, &ctx) {
+            Err(e @ CryptoError::UntrustedKey { .. }) => {
+                assert!(e.is_integrity());
+                assert_eq!(
+                    e.to_string(),
+                    format!(
+                        "this object's data key is wrapped by key {foreign}, which is not a trusted key \
+                         (trusted: {configured}, {old})"
+                    )
+                );
+            }
+            other => panic!("expected UntrustedKey, got {:?}", other.map(|_| ())),
+        }
+        let mrk = "arn:aws:kms:eu-west-1:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab";
+        let replica = "arn:aws:kms:eu-central-1:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab";
+        assert_eq!(
+            provider(mrk, &[]).trusted(replica),
+            Some(mrk),
+            "the replica here decrypts"
+        );
+    }
 
     #[test]
     fn replicas_of_a_multi_region_key_are_the_same_key() {

@@ -164,7 +164,17 @@ fn choose_base(
             h.host
         )));
     }
-    let newest = repo.list_snapshots(host, Some(&job.name))?.pop();
+    // The newest by the repository's time; a future-dated snapshot (a
+    // clock far ahead, or one planted to take over "latest") is no base.
+    let newest = repo
+        .list_snapshots(host, Some(&job.name))?
+        .into_iter()
+        .rfind(|s| {
+            if s.future_dated() {
+                tracing::warn!("{}", s.future_note());
+            }
+            !s.future_dated()
+        });
     match newest {
         Some(s) if s.id == h.snapshot => {}
         Some(s) => {

@@ -45,14 +45,18 @@ pub type Visit<'v> = dyn FnMut(&Entry, Option<&mut dyn Read>) -> Result<()> + 'v
 /// most (a PAX header with a path and a link target of PATH_MAX each).
 const TAR_SLACK: u64 = 16 << 10;
 
-/// Finds the snapshot `spec` (an id or `latest`) of `host`, in `job` if given.
+/// The snapshots `spec` (an id or `latest`) of `host` may mean, in `job`
+/// if given, best first: for an id, that snapshot; for `latest`, the job's
+/// snapshots newest first by [`SnapshotRef::time`], leaving out (with a
+/// warning) those that are future-dated. [`open_first`] then opens the
+/// first one whose manifest can be trusted.
 pub fn resolve(
     repo: &Repo,
     host: &str,
     job: Option<&str>,
     configured: &[String],
     spec: &str,
-) -> Result<SnapshotRef> {
+) -> Result<Vec<SnapshotRef>> {
     let all = repo.list_snapshots(host, job)?;
     if spec == "latest" {
         let job = match job {
@@ -81,10 +85,18 @@ pub fn resolve(
                 }
             }
         };
-        return all
-            .into_iter()
-            .rfind(|s| s.job == job)
-            .ok_or_else(|| UsageError(format!("job {job} of host {host} has no snapshots yet")).into());
+        let mut candidates = Vec::new();
+        for s in all.into_iter().rev().filter(|s| s.job == job) {
+            if s.future_dated() {
+                tracing::warn!("{}", s.future_note());
+            } else {
+                candidates.push(s);
+            }
+        }
+        if candidates.is_empty() {
+            return Err(UsageError(format!("job {job} of host {host} has no snapshots yet")).into());
+        }
+        return Ok(candidates);
     }
     if !crate::repo::valid_snapshot_id(spec) {
         return Err(UsageError(format!(
@@ -92,13 +104,48 @@ pub fn resolve(
         ))
         .into());
     }
-    all.into_iter().find(|s| s.id == spec).ok_or_else(|| {
+    let found = all.into_iter().find(|s| s.id == spec).ok_or_else(|| {
         let scope = job.map_or_else(|| format!("host {host}"), |j| format!("job {j} of host {host}"));
-        UsageError(format!(
+        anyhow::Error::from(UsageError(format!(
             "no snapshot {spec} of {scope} (see `vaultline snapshots`)"
-        ))
-        .into()
-    })
+        )))
+    })?;
+    if found.future_dated() {
+        tracing::warn!(
+            "snapshot {} claims {} but the repository recorded it at {}: it is future-dated",
+            found.id,
+            found.claimed(),
+            found.recorded.map_or_else(|| "?".to_string(), |r| r.to_string())
+        );
+    }
+    Ok(vec![found])
+}
+
+/// Opens the first of `candidates` whose manifest authenticates and
+/// parses. A candidate that fails so (damaged, planted, under a key that
+/// is not trusted) is skipped with a warning when others follow, and the
+/// last one's failure is the error; any other failure (the store cannot be
+/// reached) stops at once.
+pub fn open_first<'a>(
+    repo: &'a Repo,
+    keys: &'a (dyn KeyWrap + Sync),
+    candidates: Vec<SnapshotRef>,
+) -> Result<SnapshotReader<'a>> {
+    let mut rest = candidates.into_iter().peekable();
+    while let Some(snap) = rest.next() {
+        match SnapshotReader::open(repo, keys, snap.clone()) {
+            Ok(reader) => return Ok(reader),
+            Err(e) if rest.peek().is_some() && crate::error::is_integrity(&e) => {
+                tracing::warn!(
+                    "skipping snapshot {} of job {}: its manifest cannot be trusted: {e:#}",
+                    snap.id,
+                    snap.job
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(anyhow!("no snapshot to open"))
 }
 
 /// A sealed manifest fetched once into an unnamed temporary file
@@ -260,6 +307,11 @@ impl<'a> SnapshotReader<'a> {
             archives,
             end,
         })
+    }
+
+    /// The snapshot it reads.
+    pub fn snapshot(&self) -> &SnapshotRef {
+        &self.snapshot
     }
 
     /// A fresh pass over the manifest's lines.

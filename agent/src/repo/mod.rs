@@ -90,6 +90,13 @@ pub struct Repo {
     prefix: String,
 }
 
+/// How far the time a snapshot id claims may run ahead of the time the
+/// repository recorded its manifest before the snapshot is treated as
+/// future-dated. Runs take time, so a real id is older than its manifest;
+/// 15 minutes is also how far S3 lets a client's clock drift before it
+/// refuses the client's signed requests (RequestTimeTooSkewed).
+pub const FUTURE_TOLERANCE: jiff::SignedDuration = jiff::SignedDuration::from_mins(15);
+
 /// A committed snapshot found by listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotRef {
@@ -101,6 +108,51 @@ pub struct SnapshotRef {
     pub id: String,
     /// Size of its manifest object.
     pub manifest_size: u64,
+    /// When the repository recorded its manifest (the listing's time), if
+    /// the store says.
+    pub recorded: Option<jiff::Timestamp>,
+}
+
+impl SnapshotRef {
+    /// The time its id claims (the client's clock when the run started).
+    pub fn claimed(&self) -> jiff::Timestamp {
+        snapshot_timestamp(&self.id)
+    }
+
+    /// When the snapshot was taken, as far as the repository can vouch for
+    /// it: the time its id claims, but never later than the time the
+    /// repository recorded its manifest. A client can make a snapshot look
+    /// older than it is, never newer. Snapshots are ordered by this (ties
+    /// by id), and retention periods count it.
+    pub fn time(&self) -> jiff::Timestamp {
+        match self.recorded {
+            Some(r) => r.min(self.claimed()),
+            None => self.claimed(),
+        }
+    }
+
+    /// True when its id claims a time more than [`FUTURE_TOLERANCE`] after
+    /// the repository recorded it: a client clock far ahead, or a planted
+    /// snapshot trying to become "latest". Such snapshots are listed as
+    /// future-dated and ignored by `latest`, `forget` and incremental runs.
+    pub fn future_dated(&self) -> bool {
+        self.recorded.is_some_and(|r| {
+            r.checked_add(FUTURE_TOLERANCE)
+                .is_ok_and(|limit| self.claimed() > limit)
+        })
+    }
+
+    /// Why it is future-dated, for a warning.
+    pub fn future_note(&self) -> String {
+        format!(
+            "snapshot {} of job {} claims {} but the repository recorded it at {}: future-dated (a clock \
+             ahead, or a planted snapshot), ignored",
+            self.id,
+            self.job,
+            self.claimed(),
+            self.recorded.map_or_else(|| "?".to_string(), |r| r.to_string())
+        )
+    }
 }
 
 impl Repo {
@@ -287,7 +339,8 @@ impl Repo {
         Ok((header, data_key))
     }
 
-    /// Committed snapshots of `host`, for one job or all, oldest first.
+    /// Committed snapshots of `host`, for one job or all, oldest first by
+    /// [`SnapshotRef::time`] (future-dated ones included: callers decide).
     pub fn list_snapshots(&self, host: &str, job: Option<&str>) -> Result<Vec<SnapshotRef>> {
         let prefix = match job {
             Some(j) => self.join(&format!("{host}/{j}/snapshots/")),
@@ -300,7 +353,9 @@ impl Repo {
         let host_prefix = self.join(&format!("{host}/"));
         let mut out = Vec::new();
         for o in objects {
-            let rest = &o.name[host_prefix.len()..];
+            let Some(rest) = o.name.strip_prefix(&host_prefix) else {
+                continue;
+            };
             let parts: Vec<&str> = rest.split('/').collect();
             if let [job, "snapshots", file] = parts[..]
                 && let Some(id) = file.strip_suffix(".manifest")
@@ -311,10 +366,16 @@ impl Repo {
                     job: job.to_string(),
                     id: id.to_string(),
                     manifest_size: o.size,
+                    recorded: o.modified,
                 });
             }
         }
-        out.sort_by(|a, b| a.id.cmp(&b.id).then(a.job.cmp(&b.job)));
+        out.sort_by(|a, b| {
+            a.time()
+                .cmp(&b.time())
+                .then(a.id.cmp(&b.id))
+                .then(a.job.cmp(&b.job))
+        });
         Ok(out)
     }
 }
@@ -356,6 +417,30 @@ pub fn valid_snapshot_id(id: &str) -> bool {
             .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
 }
 
+/// The time a snapshot id names (the second; ids carry milliseconds too,
+/// in hex, after the dash). An id that passed [`valid_snapshot_id`] always
+/// parses; anything else reads as the epoch.
+pub fn snapshot_timestamp(id: &str) -> jiff::Timestamp {
+    let parsed = (|| -> Option<jiff::Timestamp> {
+        let num = |r: std::ops::Range<usize>| id.get(r)?.parse::<i16>().ok();
+        let date = jiff::civil::Date::new(num(0..4)?, num(4..6)? as i8, num(6..8)? as i8).ok()?;
+        let time =
+            jiff::civil::Time::new(num(9..11)? as i8, num(11..13)? as i8, num(13..15)? as i8, 0).ok()?;
+        let millis = id
+            .get(17..20)
+            .and_then(|m| i64::from_str_radix(m, 16).ok())
+            .unwrap_or(0)
+            .min(999);
+        let at = date
+            .to_datetime(time)
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .ok()?
+            .timestamp();
+        at.checked_add(jiff::SignedDuration::from_millis(millis)).ok()
+    })();
+    parsed.unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
 /// The time a snapshot id names, as RFC 3339.
 pub fn snapshot_time(id: &str) -> String {
     format!(
@@ -382,6 +467,47 @@ mod tests {
         assert!(!valid_snapshot_id("../../etc/passwd"));
         assert!("20261122T103000Z-ffffffff" < "20261122T103001Z-00000000");
         assert_eq!(snapshot_time("20261122T103000Z-1a2b3c4d"), "2026-11-22T10:30:00Z");
+        assert_eq!(
+            snapshot_timestamp("20261122T103000Z-1a2b3c4d").to_string(),
+            "2026-11-22T10:30:00.418Z",
+            "the hex milliseconds (0x1a2) count"
+        );
+        assert_eq!(
+            snapshot_timestamp("20261322T103000Z-1a2b3c4d"),
+            jiff::Timestamp::UNIX_EPOCH
+        );
+    }
+
+    fn snap(id: &str, recorded: Option<&str>) -> SnapshotRef {
+        SnapshotRef {
+            host: "h".into(),
+            job: "j".into(),
+            id: id.into(),
+            manifest_size: 1,
+            recorded: recorded.map(|r| r.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn the_repository_time_caps_what_an_id_claims() {
+        let honest = snap("20261122T103000Z-00000000", Some("2026-11-22T10:31:10Z"));
+        assert_eq!(honest.time().to_string(), "2026-11-22T10:30:00Z");
+        assert!(!honest.future_dated());
+        let skewed = snap("20261122T104400Z-00000000", Some("2026-11-22T10:31:10Z"));
+        assert!(
+            !skewed.future_dated(),
+            "a clock within the tolerance is not future-dated"
+        );
+        assert_eq!(skewed.time().to_string(), "2026-11-22T10:31:10Z");
+        let planted = snap("20960101T000000Z-00000000", Some("2026-11-22T10:31:10Z"));
+        assert!(planted.future_dated());
+        assert_eq!(
+            planted.time().to_string(),
+            "2026-11-22T10:31:10Z",
+            "never newer than recorded"
+        );
+        let unknown = snap("20960101T000000Z-00000000", None);
+        assert!(!unknown.future_dated());
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! Which snapshots a retention policy keeps, and why.
 //!
 //! The rules of `[jobs.retention]`, each over the job's snapshots from the
-//! newest back (times in UTC, from the snapshot ids):
+//! newest back. Times are UTC and are each snapshot's
+//! [`time`](crate::repo::SnapshotRef::time): what its id claims, capped by
+//! when the repository recorded it, so a client clock cannot move a
+//! snapshot into a later period (future-dated snapshots never get here:
+//! `forget` leaves them out).
 //!
 //! - `keep-last = N`: the N newest;
 //! - `keep-hourly/daily/weekly/monthly/yearly = N`: for each of the N most
@@ -27,10 +31,21 @@ pub struct Decision {
     pub reasons: Vec<String>,
 }
 
-/// Applies `policy` to the snapshot ids of one job (any order).
-pub fn apply(policy: &Retention, ids: &[String]) -> Vec<Decision> {
-    let mut sorted: Vec<&String> = ids.iter().collect();
-    sorted.sort_unstable_by(|a, b| b.cmp(a));
+/// A snapshot as retention sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dated {
+    /// Snapshot id.
+    pub id: String,
+    /// When it was taken (see the module doc).
+    pub time: jiff::Timestamp,
+}
+
+/// Applies `policy` to the snapshots of one job (any order).
+pub fn apply(policy: &Retention, snapshots: &[Dated]) -> Vec<Decision> {
+    let mut by_time: Vec<&Dated> = snapshots.iter().collect();
+    by_time.sort_unstable_by(|a, b| b.time.cmp(&a.time).then(b.id.cmp(&a.id)));
+    let times: BTreeMap<&str, jiff::Timestamp> = by_time.iter().map(|d| (d.id.as_str(), d.time)).collect();
+    let sorted: Vec<&String> = by_time.iter().map(|d| &d.id).collect();
     let mut reasons: BTreeMap<&str, Vec<String>> =
         sorted.iter().map(|id| (id.as_str(), Vec::new())).collect();
     let everything = *policy == Retention::default();
@@ -56,17 +71,17 @@ pub fn apply(policy: &Retention, ids: &[String]) -> Vec<Decision> {
                 .push(format!("last {}", i + 1));
         }
     }
-    type Bucket = fn(&str) -> String;
+    type Bucket = fn(jiff::Timestamp) -> String;
     let rules: [(&str, u32, Bucket); 5] = [
-        ("hourly", policy.keep_hourly, |id| {
-            format!("{}T{}", day(id), &id[9..11])
+        ("hourly", policy.keep_hourly, |t| {
+            t.strftime("%Y-%m-%dT%H").to_string()
         }),
-        ("daily", policy.keep_daily, day),
+        ("daily", policy.keep_daily, |t| t.strftime("%Y-%m-%d").to_string()),
         ("weekly", policy.keep_weekly, week),
-        ("monthly", policy.keep_monthly, |id| {
-            format!("{}-{}", &id[0..4], &id[4..6])
+        ("monthly", policy.keep_monthly, |t| {
+            t.strftime("%Y-%m").to_string()
         }),
-        ("yearly", policy.keep_yearly, |id| id[0..4].to_string()),
+        ("yearly", policy.keep_yearly, |t| t.strftime("%Y").to_string()),
     ];
     for (name, count, bucket_of) in rules {
         let mut seen: Vec<String> = Vec::new();
@@ -74,7 +89,7 @@ pub fn apply(policy: &Retention, ids: &[String]) -> Vec<Decision> {
             if seen.len() as u32 >= count {
                 break;
             }
-            let bucket = bucket_of(id);
+            let bucket = bucket_of(times[id.as_str()]);
             if seen.last() == Some(&bucket) {
                 continue;
             }
@@ -94,29 +109,23 @@ pub fn apply(policy: &Retention, ids: &[String]) -> Vec<Decision> {
         .collect()
 }
 
-/// `2026-11-22` from a snapshot id.
-fn day(id: &str) -> String {
-    format!("{}-{}-{}", &id[0..4], &id[4..6], &id[6..8])
-}
-
-/// ISO week, `2026-W47`, from a snapshot id.
-fn week(id: &str) -> String {
-    let date: Option<jiff::civil::Date> = day(id).parse().ok();
-    match date {
-        Some(d) => {
-            let w = d.iso_week_date();
-            format!("{}-W{:02}", w.year(), w.week())
-        }
-        None => day(id),
-    }
+/// ISO week, `2026-W47`.
+fn week(t: jiff::Timestamp) -> String {
+    let w = t.to_zoned(jiff::tz::TimeZone::UTC).date().iso_week_date();
+    format!("{}-W{:02}", w.year(), w.week())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ids(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
+    fn ids(list: &[&str]) -> Vec<Dated> {
+        list.iter()
+            .map(|s| Dated {
+                id: s.to_string(),
+                time: crate::repo::snapshot_timestamp(s),
+            })
+            .collect()
     }
 
     fn kept(d: &[Decision]) -> Vec<&str> {
@@ -190,7 +199,10 @@ mod tests {
             ]
         );
         // 2025-12-30 is in ISO week 2026-W01.
-        assert_eq!(week("20251230T000000Z-00000002"), "2026-W01");
+        assert_eq!(
+            week(crate::repo::snapshot_timestamp("20251230T000000Z-00000002")),
+            "2026-W01"
+        );
     }
 
     #[test]
@@ -215,5 +227,35 @@ mod tests {
         };
         let d = apply(&one_day, &all);
         assert_eq!(kept(&d), ["20261121T010000Z-00000002"]);
+    }
+
+    #[test]
+    fn periods_and_order_come_from_the_times_given_not_the_ids() {
+        // An id claiming a later day, recorded earlier: its time is what counts.
+        let all = vec![
+            Dated {
+                id: "20261125T000000Z-00000001".into(),
+                time: "2026-11-20T10:00:00Z".parse().unwrap(),
+            },
+            Dated {
+                id: "20261121T000000Z-00000002".into(),
+                time: "2026-11-21T00:00:00Z".parse().unwrap(),
+            },
+        ];
+        let d = apply(
+            &Retention {
+                keep_daily: 1,
+                ..Retention::default()
+            },
+            &all,
+        );
+        assert_eq!(kept(&d), ["20261121T000000Z-00000002"]);
+        assert_eq!(
+            d[0].reasons,
+            [
+                "newest (the next incremental run builds on it)",
+                "daily 2026-11-21"
+            ]
+        );
     }
 }

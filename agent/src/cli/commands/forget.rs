@@ -25,10 +25,12 @@ use serde::Serialize;
 
 use crate::cli::app::App;
 use crate::cli::args::ForgetArgs;
+use crate::error::is_integrity;
 use crate::pipeline::snapshot::SnapshotReader;
 use crate::repo::lock::JobLock;
 use crate::repo::retention;
-use crate::repo::valid_snapshot_id;
+use crate::repo::store::ObjectInfo;
+use crate::repo::{SnapshotRef, valid_snapshot_id};
 use crate::units::human_bytes;
 
 #[derive(Serialize)]
@@ -135,25 +137,79 @@ fn plan_job(
     job: &vaultline_config::Job,
 ) -> Result<JobPlan> {
     let store = app.repo.store();
-    let snaps = app.repo.list_snapshots(host, Some(&job.name))?;
-    let ids: Vec<String> = snaps.iter().map(|s| s.id.clone()).collect();
-    let decisions = retention::apply(&job.retention, &ids);
+    let listed = app.repo.list_snapshots(host, Some(&job.name))?;
     let now = jiff::Timestamp::now();
 
-    // Every manifest's archive table; a manifest that cannot be read stops
-    // the plan (nothing is deleted on a doubt).
+    // Every manifest's archive table. A future-dated snapshot and one whose
+    // manifest fails authentication or does not parse (planted, damaged, or
+    // under a key this configuration does not trust) take no part in the
+    // policy: they could otherwise push real snapshots out of it. They are
+    // kept and reported. A manifest that cannot be fetched at all stops the
+    // plan (nothing is deleted on a doubt).
     let mut tables: BTreeMap<String, (Vec<String>, bool)> = BTreeMap::new();
-    for s in &snaps {
-        let reader = SnapshotReader::open(&app.repo, keys, s.clone())?;
-        let objects = reader
-            .archives()
-            .iter()
-            .flatten()
-            .map(|a| a.object.clone())
-            .collect();
-        let full = reader.header().parent.is_none();
-        tables.insert(s.id.clone(), (objects, full));
+    let mut judged = Vec::new();
+    let mut set_aside: Vec<(SnapshotRef, String)> = Vec::new();
+    for s in listed {
+        if s.future_dated() {
+            tracing::warn!("{}", s.future_note());
+            let why = format!(
+                "future-dated: it claims {} but the repository recorded it at {}; left alone",
+                s.claimed(),
+                s.recorded.map_or_else(|| "?".to_string(), |r| r.to_string())
+            );
+            if let Ok(reader) = SnapshotReader::open(&app.repo, keys, s.clone()) {
+                let objects = reader
+                    .archives()
+                    .iter()
+                    .flatten()
+                    .map(|a| a.object.clone())
+                    .collect();
+                tables.insert(s.id.clone(), (objects, reader.header().parent.is_none()));
+            }
+            set_aside.push((s, why));
+            continue;
+        }
+        match SnapshotReader::open(&app.repo, keys, s.clone()) {
+            Ok(reader) => {
+                let objects = reader
+                    .archives()
+                    .iter()
+                    .flatten()
+                    .map(|a| a.object.clone())
+                    .collect();
+                tables.insert(s.id.clone(), (objects, reader.header().parent.is_none()));
+                judged.push(s);
+            }
+            Err(e) if is_integrity(&e) => {
+                tracing::warn!(
+                    "snapshot {} of job {}: unreadable manifest, left alone: {e:#}",
+                    s.id,
+                    job.name
+                );
+                set_aside.push((s, format!("unreadable manifest, left alone: {e:#}")));
+            }
+            Err(e) => return Err(e),
+        }
     }
+    // An unreadable manifest may be a real snapshot whose tables we cannot
+    // see: no archive is deleted while one is there.
+    let unreadable: Vec<String> = set_aside
+        .iter()
+        .filter(|(s, _)| !tables.contains_key(&s.id))
+        .map(|(s, _)| s.id.clone())
+        .collect();
+    let dated: Vec<retention::Dated> = judged
+        .iter()
+        .map(|s| retention::Dated {
+            id: s.id.clone(),
+            time: s.time(),
+        })
+        .collect();
+    let decisions = retention::apply(&job.retention, &dated);
+    // Archives recorded after the newest snapshot may belong to a run in
+    // progress. Recorded times, not ids: a planted id far in the future
+    // must not make a real run's archives look old.
+    let newest = judged.iter().max_by_key(|s| (s.time(), s.id.clone())).cloned();
 
     let mut snapshots = Vec::new();
     let mut locked = Vec::new();
@@ -187,6 +243,19 @@ fn plan_job(
             reasons,
         });
     }
+    for (s, why) in &set_aside {
+        kept.insert(s.id.clone());
+        snapshots.push(SnapshotAction {
+            id: s.id.clone(),
+            kind: match tables.get(&s.id) {
+                Some((_, true)) => "full",
+                Some((_, false)) => "incremental",
+                None => "unreadable",
+            },
+            action: "keep",
+            reasons: vec![why.clone()],
+        });
+    }
     snapshots.sort_by(|a, b| a.id.cmp(&b.id));
 
     // Which kept snapshots need each archive.
@@ -204,7 +273,6 @@ fn plan_job(
             }
         }
     }
-    let newest = ids.iter().max().cloned().unwrap_or_default();
     let archives_prefix = format!("{}archives/", app.repo.job_prefix(host, &job.name));
     let mut archives = Vec::new();
     let mut freed = 0;
@@ -227,10 +295,18 @@ fn plan_job(
                 "keep",
                 "not under a snapshot id: not vaultline's, left alone".to_string(),
             )
-        } else if snapshot >= newest {
+        } else if recorded_after(&o, &snapshot, newest.as_ref()) {
             (
                 "keep",
-                "newer than every snapshot: a run may be writing it".to_string(),
+                "recorded after the newest snapshot: a run may be writing it".to_string(),
+            )
+        } else if !unreadable.is_empty() {
+            (
+                "keep",
+                format!(
+                    "snapshot(s) {} could not be read, and may need it",
+                    unreadable.join(", ")
+                ),
             )
         } else if let Some(by) = referenced_by_forgotten.get(&o.name) {
             (
@@ -282,6 +358,19 @@ fn plan_job(
         freed_bytes: freed,
         applied: false,
     })
+}
+
+/// True when archive object `o` (of snapshot id `snapshot`) may be newer
+/// than the newest snapshot: recorded after its manifest (or, where the
+/// store gives no times, named by a later id).
+fn recorded_after(o: &ObjectInfo, snapshot: &str, newest: Option<&SnapshotRef>) -> bool {
+    let Some(newest) = newest else {
+        return true;
+    };
+    match (o.modified, newest.recorded) {
+        (Some(archive), Some(manifest)) => archive > manifest,
+        _ => snapshot >= newest.id.as_str(),
+    }
 }
 
 /// Carries out a plan: manifests first, then archives. An object whose

@@ -18,7 +18,7 @@ use crate::cli::app::App;
 use crate::cli::args::RestoreArgs;
 use crate::error::{IntegrityError, UsageError};
 use crate::pipeline::extract::{Extractor, Refused};
-use crate::pipeline::snapshot::{SnapshotReader, resolve};
+use crate::pipeline::snapshot::{open_first, resolve};
 use crate::repo::manifest::Entry;
 use crate::units::human_bytes;
 
@@ -62,9 +62,9 @@ fn restore(app: &App, args: &RestoreArgs, keys: &crate::keys::Keys) -> Result<()
     app.repo.check_key(keys.as_ref())?;
     let host = app.host(&args.host);
     let configured: Vec<String> = app.config.jobs.iter().map(|j| j.name.clone()).collect();
-    let snap = resolve(&app.repo, host, args.job.as_deref(), &configured, &args.snapshot)?;
-
-    let reader = SnapshotReader::open(&app.repo, keys.as_ref(), snap.clone())?;
+    let candidates = resolve(&app.repo, host, args.job.as_deref(), &configured, &args.snapshot)?;
+    let reader = open_first(&app.repo, keys.as_ref(), candidates)?;
+    let snap = reader.snapshot().clone();
     let mut select = |e: &Entry| selection.selects(&e.path.0);
     let plan = reader.plan(&mut select)?;
     if plan.entries == 0 && !selection.is_all() {

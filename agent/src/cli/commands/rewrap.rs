@@ -65,7 +65,12 @@ struct RewrapReport {
 
 /// Runs `rewrap`.
 pub fn run(app: &App, args: &RewrapArgs) -> Result<()> {
-    let KeyConfig::Kms { key_id, endpoint } = &app.config.key else {
+    let KeyConfig::Kms {
+        key_id,
+        endpoint,
+        accepted_keys,
+    } = &app.config.key
+    else {
         return Err(UsageError(format!(
             "{} configures a local master key: `vaultline rewrap` moves data keys from one AWS KMS key to \
              another with KMS ReEncrypt and works only with the aws-kms key provider ([key] provider = \"kms\")",
@@ -81,7 +86,6 @@ pub fn run(app: &App, args: &RewrapArgs) -> Result<()> {
     };
     let mut keys: Option<Keys> = None;
     let result = (|| -> Result<()> {
-        let keys = keys.insert(app.keys()?);
         let owned_sdk;
         let sdk = match app.aws() {
             Ok((sdk, _)) => sdk,
@@ -92,9 +96,11 @@ pub fn run(app: &App, args: &RewrapArgs) -> Result<()> {
             }
         };
         let client = crate::cloud::aws::kms_client(sdk, endpoint.as_deref());
-        let from = KmsKeyWrap::connect(client.clone(), key_id)?;
+        let from = KmsKeyWrap::connect(client.clone(), key_id)?.trusting(accepted_keys);
         let to =
             KmsKeyWrap::connect(client, &args.to_key).with_context(|| format!("--to-key {}", args.to_key))?;
+        // Manifests a previous, interrupted run moved are under the new key.
+        let keys = keys.insert(app.keys_also_trusting(&[to.key_id().to_string()])?);
         report.from_key = from.key_id().to_string();
         report.to_key = to.key_id().to_string();
         Rewrap {

@@ -1,23 +1,39 @@
 //! `vaultline snapshots [JOB]`: the committed snapshots of a host, oldest
-//! first, with their totals (read from each manifest's end record): full or
+//! first (by the time the repository vouches for, see `SnapshotRef::time`),
+//! with their totals (read from each manifest's end record): full or
 //! incremental, files in the snapshot and files it archived, and the bytes
 //! it added to the repository (its own archive and its manifest).
+//!
+//! A future-dated snapshot (its id claims a time well after the repository
+//! recorded it) is listed and marked. A manifest that fails authentication
+//! or does not parse is listed as unreadable with the reason, the others
+//! are still listed, and the command exits with code 5.
 
 use anyhow::Result;
 use serde::Serialize;
 
 use crate::cli::app::App;
 use crate::cli::args::SnapshotsArgs;
+use crate::error::{IntegrityError, is_integrity};
 use crate::pipeline::snapshot::SnapshotReader;
 use crate::repo::snapshot_time;
 use crate::units::human_bytes;
 
-#[derive(Serialize)]
+#[derive(Serialize, Default)]
 struct Listed {
     id: String,
     host: String,
     job: String,
+    /// What the id claims (the client's clock at the start of the run).
     time: String,
+    /// When the repository recorded the manifest.
+    recorded: Option<String>,
+    /// The id claims a time well after `recorded`: ignored by `latest`,
+    /// `forget` and incremental runs.
+    future_dated: bool,
+    /// Why the manifest could not be read, if it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
     kind: &'static str,
     parent: Option<String>,
     archived_files: u64,
@@ -42,9 +58,38 @@ pub fn run(app: &App, args: &SnapshotsArgs) -> Result<()> {
     app.repo.check_key(keys.as_ref())?;
     let host = app.host(&args.host);
     let mut listed = Vec::new();
+    let mut unreadable = Vec::new();
     for snap in app.repo.list_snapshots(host, args.job.as_deref())? {
         let manifest_size = snap.manifest_size;
-        let reader = SnapshotReader::open(&app.repo, keys.as_ref(), snap.clone())?;
+        let base = Listed {
+            time: snapshot_time(&snap.id),
+            recorded: snap
+                .recorded
+                .map(|r| r.round(jiff::Unit::Second).unwrap_or(r).to_string()),
+            future_dated: snap.future_dated(),
+            id: snap.id.clone(),
+            host: snap.host.clone(),
+            job: snap.job.clone(),
+            ..Listed::default()
+        };
+        if base.future_dated {
+            tracing::warn!("{}", snap.future_note());
+        }
+        let reader = match SnapshotReader::open(&app.repo, keys.as_ref(), snap.clone()) {
+            Ok(reader) => reader,
+            Err(e) if is_integrity(&e) => {
+                tracing::error!("snapshot {} of job {}: {e:#}", snap.id, snap.job);
+                unreadable.push(snap.id.clone());
+                listed.push(Listed {
+                    kind: "unreadable",
+                    error: Some(format!("{e:#}")),
+                    stored_bytes: manifest_size,
+                    ..base
+                });
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let own_archives: u64 = reader
             .archives()
             .iter()
@@ -54,10 +99,6 @@ pub fn run(app: &App, args: &SnapshotsArgs) -> Result<()> {
             .sum();
         let (header, end) = reader.summary()?;
         listed.push(Listed {
-            time: snapshot_time(&snap.id),
-            id: snap.id,
-            host: snap.host,
-            job: snap.job,
             kind: if header.parent.is_some() {
                 "incremental"
             } else {
@@ -71,6 +112,7 @@ pub fn run(app: &App, args: &SnapshotsArgs) -> Result<()> {
             dirs: end.dirs,
             bytes: end.bytes,
             stored_bytes: own_archives + manifest_size,
+            ..base
         });
     }
     app.out.result(&listed, || {
@@ -96,7 +138,23 @@ pub fn run(app: &App, args: &SnapshotsArgs) -> Result<()> {
                 human_bytes(s.bytes),
                 human_bytes(s.stored_bytes)
             ));
+            if s.future_dated {
+                t.push_str(&format!(
+                    "  FUTURE-DATED (recorded {}; ignored by latest, forget and incremental runs)",
+                    s.recorded.as_deref().unwrap_or("?")
+                ));
+            }
         }
         t
-    })
+    })?;
+    if unreadable.is_empty() {
+        Ok(())
+    } else {
+        Err(IntegrityError(format!(
+            "{} snapshot manifest(s) could not be read: {} (see `vaultline verify`)",
+            unreadable.len(),
+            unreadable.join(", ")
+        ))
+        .into())
+    }
 }

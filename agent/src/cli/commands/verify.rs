@@ -38,12 +38,19 @@ pub fn run(app: &App, args: &VerifyArgs) -> Result<()> {
     let chosen: Vec<SnapshotRef> = if args.all {
         app.repo.list_snapshots(host, args.job.as_deref())?
     } else if let Some(spec) = &args.snapshot {
-        vec![resolve(&app.repo, host, args.job.as_deref(), &configured, spec)?]
+        // `latest` means the newest that is not future-dated.
+        resolve(&app.repo, host, args.job.as_deref(), &configured, spec)?
+            .into_iter()
+            .take(1)
+            .collect()
     } else {
+        // The newest of each job, leaving out future-dated ones.
         let all = app.repo.list_snapshots(host, args.job.as_deref())?;
         let mut latest: Vec<SnapshotRef> = Vec::new();
         for s in all.into_iter().rev() {
-            if !latest.iter().any(|l| l.job == s.job) {
+            if s.future_dated() {
+                tracing::warn!("{}", s.future_note());
+            } else if !latest.iter().any(|l| l.job == s.job) {
                 latest.push(s);
             }
         }

@@ -435,7 +435,7 @@ impl BucketState {
         )?;
         let kms_key = match &config.key {
             KeyConfig::Local { .. } => Obs::Absent,
-            KeyConfig::Kms { key_id, endpoint } => {
+            KeyConfig::Kms { key_id, endpoint, .. } => {
                 let kms = crate::cloud::aws::kms_client(sdk, endpoint.as_deref());
                 let enabled = read(
                     "kms:DescribeKey",
