@@ -230,7 +230,11 @@ fn an_unreadable_newest_manifest_is_skipped_reported_and_costs_no_history() {
     // one is kept, and no archive goes while it cannot be read.
     let plan = f.run(&["--json", "forget", "--apply"]).ok().json();
     let snaps = &plan[0]["snapshots"];
-    assert_eq!(ids_with(snaps, "action", "forget"), std::slice::from_ref(&r1), "{plan:#}");
+    assert_eq!(
+        ids_with(snaps, "action", "forget"),
+        std::slice::from_ref(&r1),
+        "{plan:#}"
+    );
     let mut kept = ids_with(snaps, "action", "keep");
     kept.sort();
     assert_eq!(kept, [r2.clone(), bad.clone()], "{plan:#}");

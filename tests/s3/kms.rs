@@ -165,3 +165,106 @@ fn credentials_never_reach_the_output_even_with_sdk_debug_logs() {
         .ok();
     assert!(!run.stderr.contains(secret) && !run.stdout.contains(secret));
 }
+
+/// A writer to the bucket (another account's role, or anyone who can put
+/// objects) plants a newer snapshot sealed under a KMS key of its own. KMS
+/// would decrypt it for anyone allowed to use that key; vaultline refuses
+/// it because the key is not one the operator configured, and goes on with
+/// the real snapshots. Listing the planted key as accepted (a rotation
+/// window) is what makes it readable.
+#[test]
+fn objects_sealed_under_another_kms_key_are_refused_by_name() {
+    let m = moto();
+    let (bucket, key_a) = m.bucket_and_key("pinned-a");
+    let (other_bucket, key_b) = m.bucket_and_key("pinned-b");
+    let src = tempfile::tempdir().unwrap();
+    let file = src.path().join("f");
+    fs::write(&file, b"real").unwrap();
+    let jobs = crate::util::moto::job("j", &[src.path()]);
+    let fx = crate::util::moto::s3_fixture(m, &bucket, &key_a, &jobs);
+    fx.init();
+    let real = fx.run(&["--json", "backup", "now"]).ok().json()[0]["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The same host, job and prefix in another bucket under key B; its
+    // objects are copied into the real bucket under the same names.
+    fs::write(&file, b"planted").unwrap();
+    let attacker = crate::util::moto::s3_fixture(m, &other_bucket, &key_b, &jobs);
+    attacker.init();
+    let planted = attacker.run(&["--json", "backup", "now"]).ok().json()[0]["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let copy = fx.path().join("object");
+    for name in m.object_sizes(&other_bucket).keys() {
+        if name.contains(&planted) {
+            m.ctl(&["get", &other_bucket, name, copy.to_str().unwrap()]);
+            m.ctl(&["put", &bucket, name, copy.to_str().unwrap()]);
+        }
+    }
+    fs::write(&file, b"real").unwrap();
+    let refusal = format!("is wrapped by key {key_b}, which is not a trusted key (trusted: {key_a})");
+
+    let listed = fx.run(&["--json", "snapshots"]).code(5);
+    let list = listed.json();
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == planted.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(row["kind"], "unreadable", "{row}");
+    assert!(row["error"].as_str().unwrap().contains(&refusal), "{row}");
+
+    let target = fx.path().join("t");
+    let run = fx
+        .run(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .ok();
+    assert!(
+        run.stderr.contains(&format!("skipping snapshot {planted}")),
+        "{}",
+        run.stderr
+    );
+    let restored = files_under(&target);
+    assert_eq!(restored.len(), 1, "{restored:?}");
+    assert_eq!(fs::read(&restored[0]).unwrap(), b"real");
+
+    let direct = fx
+        .run(&[
+            "restore",
+            &planted,
+            "--target",
+            fx.path().join("t2").to_str().unwrap(),
+        ])
+        .code(5);
+    assert!(direct.stderr.contains(&refusal), "{}", direct.stderr);
+    assert!(
+        files_under(&fx.path().join("t2")).is_empty(),
+        "nothing of it was written"
+    );
+
+    let verify = fx.run(&["verify", "--all"]).code(5);
+    assert!(
+        verify.stdout.contains(&format!("{real} (j): ok")),
+        "{}",
+        verify.stdout
+    );
+    assert!(verify.stderr.contains(&refusal), "{}", verify.stderr);
+
+    // Accepted by the operator (e.g. the old key of a rotation): readable.
+    let config = fs::read_to_string(&fx.config).unwrap();
+    let accepting = config.replacen(
+        &format!("key-id = \"{key_a}\"\n"),
+        &format!("key-id = \"{key_a}\"\naccepted-keys = [\"{key_b}\"]\n"),
+        1,
+    );
+    assert_ne!(accepting, config);
+    fs::write(&fx.config, accepting).unwrap();
+    let t3 = fx.path().join("t3");
+    fx.run(&["restore", &planted, "--target", t3.to_str().unwrap()])
+        .ok();
+    assert_eq!(fs::read(&files_under(&t3)[0]).unwrap(), b"planted");
+}
