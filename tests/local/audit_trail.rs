@@ -57,19 +57,27 @@ fn runs_are_recorded_chained_and_tampering_is_named() {
             >= 2
     );
 
-    // Shipped to the repository next to the snapshots.
-    let segments = f.objects(".jsonl");
-    assert_eq!(segments.len(), 1, "{:?}", f.repo_files());
-    let shipped = fs::read_to_string(&segments[0]).unwrap();
+    // Shipped to the repository next to the snapshots: each command's
+    // lines before it exited, the restore's too.
+    let mut segments = f.objects(".jsonl");
+    segments.sort();
+    assert_eq!(segments.len(), 2, "{:?}", f.repo_files());
+    let shipped = |i: usize| fs::read_to_string(&segments[i]).unwrap();
     assert_eq!(
-        shipped.lines().collect::<Vec<_>>(),
+        shipped(0).lines().collect::<Vec<_>>(),
         &lines[..3],
         "the backup's lines were shipped"
+    );
+    assert_eq!(
+        shipped(1).lines().collect::<Vec<_>>(),
+        &lines[3..],
+        "the restore's lines were shipped"
     );
 
     let ok = f.run(&["audit-log", "verify"]).ok();
     assert!(
-        ok.stdout.contains("5 line(s), hash chain intact"),
+        ok.stdout.contains("5 line(s), hash chain intact")
+            && ok.stdout.contains("the 5 line(s) shipped to the repository match"),
         "{}",
         ok.stdout
     );
@@ -96,11 +104,65 @@ fn runs_are_recorded_chained_and_tampering_is_named() {
     write(&reordered);
     bad("line 1: sequence number 2 where 1 belongs");
 
-    // Cutting lines off the end leaves a valid chain, but three lines were
+    // Cutting lines off the end leaves a valid chain, but five lines were
     // already shipped.
     write(&lines[..2]);
-    bad("it ends at line 2 but lines up to 3 were already shipped");
+    bad("it ends at line 2 but lines up to 5 were already shipped");
+
+    // The attacker who also rewrites the local marker and recomputes the
+    // chain: the shipped copy still says what happened.
+    let marker = f.state().join("audit.shipped");
+    write(&lines[..3]);
+    fs::write(&marker, "3\n").unwrap();
+    bad("it ends at line 3 but lines up to 5 were shipped (last in ");
+    let mut rewritten = lines.clone();
+    rewritten[3] = rewritten[3].replace("\"restore-started\"", "\"status-viewed\"");
+    assert_ne!(rewritten[3], lines[3]);
+    rechain(&mut rewritten);
+    write(&rewritten);
+    bad("line 4 differs from the copy shipped in ");
+    bad("it was altered after it was shipped");
 
     write(&lines);
+    fs::write(&marker, "5\n").unwrap();
     f.run(&["audit-log", "verify"]).ok();
+
+    // An auditor's copy, without any configuration: the chain alone, and
+    // the output says that is all it checked.
+    let copy = f.path().join("copy.jsonl");
+    rechain(&mut rewritten);
+    fs::write(&copy, rewritten.join("\n") + "\n").unwrap();
+    let alone = std::process::Command::new(crate::util::vaultline_bin())
+        .args(["audit-log", "verify", "--file", copy.to_str().unwrap()])
+        .env_clear()
+        .env("HOME", f.home())
+        .env("VAULTLINE_CONFIG", f.path().join("no-such-config.toml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&alone.stdout);
+    assert_eq!(alone.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&alone.stderr));
+    assert!(
+        stdout.contains("5 line(s), hash chain intact") && stdout.contains("NOT compared with the shipped copy"),
+        "{stdout}"
+    );
+    // With the configuration, the same copy is compared with what its host shipped.
+    let compared = f
+        .run(&["audit-log", "verify", "--file", copy.to_str().unwrap()])
+        .code(5);
+    assert!(
+        compared.stderr.contains("line 4 differs from the copy shipped in"),
+        "{}",
+        compared.stderr
+    );
+}
+
+/// Recomputes every `prev` hash, as someone rewriting the file would.
+fn rechain(lines: &mut [String]) {
+    use sha2::Digest;
+    let mut prev = "0".repeat(64);
+    for line in lines.iter_mut() {
+        let at = line.find("\"prev\":\"").unwrap() + "\"prev\":\"".len();
+        line.replace_range(at..at + 64, &prev);
+        prev = hex::encode(sha2::Sha256::digest(line.as_bytes()));
+    }
 }

@@ -377,12 +377,15 @@ fn forget_reports_objects_under_object_lock_and_leaves_them() {
         .unwrap()
         .to_string();
     fx.run(&["backup", "now", "--full"]).ok();
+    let mut segments = 0;
     for (name, _) in m.object_sizes(&bucket) {
-        if name.ends_with(".archive") || name.ends_with(".manifest") {
+        if name.ends_with(".archive") || name.ends_with(".manifest") || name.ends_with(".jsonl") {
             let r = m.ctl(&["retention", &bucket, &name]);
             assert_eq!(r["mode"], "GOVERNANCE", "{name}: {r}");
+            segments += usize::from(name.ends_with(".jsonl"));
         }
     }
+    assert_eq!(segments, 2, "each run's audit segment is locked like the job's objects");
     let run = fx.run(&["--json", "forget", "--apply"]).ok().json();
     let locked = run[0]["locked"].as_array().unwrap();
     let manifest = format!("vaultline/testhost/data/snapshots/{first}.manifest");

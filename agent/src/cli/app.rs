@@ -140,6 +140,13 @@ impl App {
                 repo: self.repo.clone(),
                 host: self.config.agent.host.clone(),
                 trigger: std::env::var("VAULTLINE_TRIGGER").unwrap_or_else(|_| "manual".into()),
+                lock: self
+                    .config
+                    .jobs
+                    .iter()
+                    .filter_map(|j| j.object_lock.as_ref())
+                    .max_by_key(|l| (l.days, l.mode == "COMPLIANCE"))
+                    .map(|l| (l.mode.clone(), l.days)),
             },
         )
     }

@@ -29,6 +29,17 @@ pub fn run(cli: &Cli, out: Output) -> anyhow::Result<()> {
     if let Command::Generate { dir } = &cli.command {
         return commands::generate::run(dir);
     }
+    // An auditor's copy of a trail is checked with or without one.
+    if let Command::AuditLog(AuditLogCommand::Verify { file: Some(file) }) = &cli.command {
+        return match App::load(cli, out) {
+            Ok(app) => commands::audit::verify_log(Some(&app), Some(file), &out),
+            Err(e) if cli.config.is_none() => {
+                tracing::info!("no configuration ({e:#}): checking the chain of {} alone", file.display());
+                commands::audit::verify_log(None, Some(file), &out)
+            }
+            Err(e) => Err(e),
+        };
+    }
     let app = App::load(cli, out)?;
     match &cli.command {
         Command::Init => commands::init::run(&app),
@@ -44,7 +55,7 @@ pub fn run(cli: &Cli, out: Output) -> anyhow::Result<()> {
         Command::Agent => service::run(&app),
         Command::Generate { .. } => Ok(()),
         Command::AuditLog(AuditLogCommand::Verify { file }) => {
-            commands::audit::verify_log(&app, file.as_deref())
+            commands::audit::verify_log(Some(&app), file.as_deref(), &app.out)
         }
         Command::Harden { apply } => commands::harden::run(&app, *apply),
     }

@@ -13,10 +13,22 @@
 //! ```
 //!
 //! `seq` counts from 1 and `prev` of line 1 is 64 zeros. `verify` walks the
-//! file and names the first line that breaks either. After each run the
-//! lines it wrote are shipped to the repository as one segment,
-//! `PREFIX/HOST/audit/FIRST-LAST.jsonl` (STANDARD, untagged, never
-//! overwritten), so removing lines locally cannot remove them from the bucket.
+//! file and names the first line that breaks either. Before every command
+//! that recorded lines exits, the lines not shipped yet go to the
+//! repository as one segment, `PREFIX/HOST/audit/FIRST-LAST.jsonl`
+//! (STANDARD, untagged, written with If-None-Match so never overwritten,
+//! under the jobs' Object Lock retention when they have one).
+//!
+//! What the chain proves, and what it does not: the chain alone shows that
+//! a file is internally consistent, nothing more; anyone who can write the
+//! file can rewrite it and recompute every hash. What makes it evidence is
+//! the shipped copy: [`ShippedTrail`] reads every segment of a host, and
+//! [`verify_against`] names the first local line that differs from what was
+//! shipped, and lines that were shipped but are gone locally. Lines written
+//! since the last shipment (at most those of the command that is running,
+//! or of commands whose shipment failed) are only as trustworthy as the
+//! host. A host that is compromised can still write lines that lie; it
+//! cannot take back lines already shipped.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -29,7 +41,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::IntegrityError;
 use crate::repo::Repo;
-use crate::repo::store::ObjectClass;
+use crate::repo::store::{ObjectClass, Retention};
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -164,7 +176,7 @@ impl AuditLog {
     /// `PREFIX/HOST/audit/`, and remembers how far it got in
     /// `STATE/audit.shipped`. Returns the segment's name, if there was
     /// anything to ship.
-    pub fn ship(&self, repo: &Repo, host: &str) -> Result<Option<String>> {
+    pub fn ship(&self, repo: &Repo, host: &str, retention: Option<&Retention>) -> Result<Option<String>> {
         // Under the trail's lock, so two processes do not ship the same lines.
         let lock = match File::open(&self.path) {
             Ok(f) => f,
@@ -202,9 +214,13 @@ impl AuditLog {
             return Ok(None);
         };
         let name = repo.audit_segment_name(host, first, last);
-        repo.store()
-            .put(&name, ObjectClass::Control, body.as_bytes())
-            .with_context(|| format!("shipping audit segment {name}"))?;
+        (|| -> std::io::Result<()> {
+            let mut object = repo.store().create(&name, ObjectClass::Control, retention)?;
+            object.write_all(body.as_bytes())?;
+            object.commit()?;
+            Ok(())
+        })()
+        .with_context(|| format!("shipping audit segment {name}"))?;
         let tmp = marker.with_extension("shipped.tmp");
         std::fs::write(&tmp, format!("{last}\n"))
             .and_then(|()| std::fs::rename(&tmp, &marker))
@@ -222,6 +238,9 @@ pub struct Verified {
     pub lines: u64,
     /// Hash of the last line (compare with a shipped copy).
     pub head: String,
+    /// Lines found shipped to the repository and compared (`None`: not
+    /// compared, the chain alone was checked).
+    pub shipped: Option<u64>,
 }
 
 /// Checks the chain of `path`; the first broken line is an integrity error.
@@ -293,6 +312,132 @@ fn verify_chain(path: &Path) -> Result<Verified> {
         file: path.display().to_string(),
         lines: n,
         head: prev_hash,
+        shipped: None,
+    })
+}
+
+/// Largest audit segment read back: segments hold the lines of one
+/// command (or of the commands since a failed shipment), kilobytes; a
+/// bigger object under `audit/` is not one vaultline wrote.
+const MAX_SEGMENT: u64 = 64 << 20;
+
+/// What a host shipped: the hash of every line by sequence number, and
+/// which segment it came from.
+#[derive(Debug, Default)]
+pub struct ShippedTrail {
+    lines: std::collections::BTreeMap<u64, (String, String)>,
+    /// Segments read.
+    pub segments: u64,
+}
+
+impl ShippedTrail {
+    /// Reads every segment `host` shipped to `repo`. Two segments that
+    /// disagree about a line are an integrity error: segments are never
+    /// overwritten, so one of them was added to cover a rewrite.
+    pub fn fetch(repo: &Repo, host: &str) -> Result<ShippedTrail> {
+        let prefix = repo.audit_segment_name(host, 0, 0);
+        let prefix = &prefix[..prefix.len() - "000000000000-000000000000.jsonl".len()];
+        let mut shipped = ShippedTrail::default();
+        for o in repo
+            .store()
+            .list(prefix)
+            .with_context(|| format!("cannot list the shipped audit trail under {prefix}"))?
+        {
+            if !o.name.ends_with(".jsonl") {
+                continue;
+            }
+            if o.size > MAX_SEGMENT {
+                return Err(IntegrityError(format!(
+                    "audit segment {} is {} bytes: not a segment vaultline wrote (at most {MAX_SEGMENT})",
+                    o.name, o.size
+                ))
+                .into());
+            }
+            let mut body = Vec::new();
+            repo.store()
+                .open(&o.name)
+                .and_then(|r| r.take(MAX_SEGMENT + 1).read_to_end(&mut body))
+                .with_context(|| format!("cannot read audit segment {}", o.name))?;
+            shipped.segments += 1;
+            for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                let seq = serde_json::from_slice::<Value>(line)
+                    .ok()
+                    .and_then(|v| v["seq"].as_u64())
+                    .ok_or_else(|| {
+                        IntegrityError(format!("audit segment {}: a line without a sequence number", o.name))
+                    })?;
+                let hash = sha256_hex(line);
+                match shipped.lines.get(&seq) {
+                    Some((h, other)) if *h != hash => {
+                        return Err(IntegrityError(format!(
+                            "audit segments {other} and {} disagree about line {seq}: a line was rewritten \
+                             and shipped again",
+                            o.name
+                        ))
+                        .into());
+                    }
+                    Some(_) => {}
+                    None => {
+                        shipped.lines.insert(seq, (hash, o.name.clone()));
+                    }
+                }
+            }
+        }
+        Ok(shipped)
+    }
+
+    /// The highest line number shipped.
+    pub fn last(&self) -> u64 {
+        self.lines.keys().next_back().copied().unwrap_or(0)
+    }
+}
+
+/// The host named by the first line of the trail at `path` (its `how`).
+pub fn trail_host(path: &Path) -> Result<Option<String>> {
+    let file = File::open(path).with_context(|| format!("cannot open audit trail {}", path.display()))?;
+    let Some(first) = BufReader::new(file).lines().next() else {
+        return Ok(None);
+    };
+    let first = first.with_context(|| format!("reading {}", path.display()))?;
+    Ok(serde_json::from_str::<Value>(&first)
+        .ok()
+        .and_then(|v| v["how"]["host"].as_str().map(str::to_string)))
+}
+
+/// Checks the chain of `path`, then every line against what was shipped:
+/// a line that differs from its shipped copy, or lines that were shipped
+/// but are missing from the file, are integrity errors naming them.
+pub fn verify_against(path: &Path, shipped: &ShippedTrail) -> Result<Verified> {
+    let verified = verify_chain(path)?;
+    let file = File::open(path).with_context(|| format!("cannot open audit trail {}", path.display()))?;
+    let mut n = 0u64;
+    for line in BufReader::new(file).lines() {
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        n += 1;
+        if let Some((hash, segment)) = shipped.lines.get(&n)
+            && *hash != sha256_hex(line.as_bytes())
+        {
+            return Err(IntegrityError(format!(
+                "audit trail {}: line {n} differs from the copy shipped in {segment}: it was altered after \
+                 it was shipped",
+                path.display()
+            ))
+            .into());
+        }
+    }
+    if shipped.last() > n {
+        return Err(IntegrityError(format!(
+            "audit trail {}: it ends at line {n} but lines up to {} were shipped (last in {}): lines were \
+             removed",
+            path.display(),
+            shipped.last(),
+            shipped.lines.values().next_back().map_or("?", |(_, s)| s.as_str())
+        ))
+        .into());
+    }
+    Ok(Verified {
+        shipped: Some(shipped.last()),
+        ..verified
     })
 }
 
@@ -381,5 +526,30 @@ mod tests {
 
         write(&path, &original);
         assert_eq!(verify(&path).unwrap().lines, 5);
+    }
+
+    #[test]
+    fn shipped_segments_anchor_the_trail_and_may_not_disagree() {
+        use crate::repo::store::memory::MemoryStore;
+        let store = MemoryStore::new();
+        let repo = Repo::new(std::sync::Arc::new(store.clone()), "p");
+        let (_d, path) = trail(3);
+        let log = AuditLog::new(path.parent().unwrap(), "tester".into(), how());
+        let shipped_name = log.ship(&repo, "h", None).unwrap().unwrap();
+        assert_eq!(shipped_name, "p/h/audit/000000000001-000000000003.jsonl");
+        assert_eq!(log.ship(&repo, "h", None).unwrap(), None, "nothing new to ship");
+        let shipped = ShippedTrail::fetch(&repo, "h").unwrap();
+        assert_eq!((shipped.last(), shipped.segments), (3, 1));
+        assert_eq!(verify_against(&path, &shipped).unwrap().shipped, Some(3));
+
+        // A second segment rewriting line 2 (the host cannot replace the first).
+        let mut rewritten = lines(&path);
+        rewritten[1] = rewritten[1].replace("\"i\":1", "\"i\":7");
+        store.insert("p/h/audit/000000000002-000000000002.jsonl", (rewritten[1].clone() + "\n").into_bytes());
+        let e = ShippedTrail::fetch(&repo, "h").unwrap_err().to_string();
+        assert!(
+            e.contains("disagree about line 2: a line was rewritten and shipped again"),
+            "{e}"
+        );
     }
 }

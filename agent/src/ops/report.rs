@@ -13,8 +13,14 @@
 //! |---|---|---|---|
 //! | `event` | – | – | one line |
 //! | `job` | the job's run record | – | `snapshot-committed` / `job-failed` |
-//! | `finish` | – | rewritten from every job's status | `run-finished` (backups), then shipped |
+//! | `finish` | – | rewritten from every job's status | `run-finished` (backups) |
+//! | (dropped) | – | – | unshipped lines go to the repository |
 //!
+//! When the recorder goes out of scope, whatever the command's outcome,
+//! the trail's unshipped lines are shipped to the repository (under the
+//! jobs' Object Lock retention, if any), so no command's record stays on
+//! the host only; [`Recorder::hold`] stops that for a run refused before it
+//! touched the repository (an unhardened bucket gets nothing).
 //! A new observer (a webhook, say) is added here, and nowhere else.
 //! Recording is best-effort where the run itself stands (a status file that
 //! cannot be written is logged), and strict for the audit trail: an action
@@ -29,6 +35,7 @@ use crate::ops::audit_log::AuditLog;
 use crate::ops::status::{HardeningRecord, RunRecord, record_run, write_metrics};
 use crate::pipeline::backup::BackupReport;
 use crate::repo::Repo;
+use crate::repo::store::Retention;
 
 /// How one job of a backup run ended.
 #[derive(Debug)]
@@ -72,7 +79,10 @@ pub struct Recorder {
     host: String,
     /// What started the run: `manual`, `schedule`, `watch`, `catch-up`.
     trigger: String,
-    committed: std::cell::Cell<u32>,
+    /// Object Lock for shipped segments: mode and days.
+    lock: Option<(String, u32)>,
+    /// Set by [`Recorder::hold`]: nothing is shipped.
+    held: std::cell::Cell<bool>,
 }
 
 /// Where a recorder writes, besides the audit trail.
@@ -89,6 +99,9 @@ pub struct Destinations {
     pub host: String,
     /// What started the run.
     pub trigger: String,
+    /// Object Lock for shipped audit segments (mode, days), if any job
+    /// locks its objects.
+    pub lock: Option<(String, u32)>,
 }
 
 impl Recorder {
@@ -102,7 +115,8 @@ impl Recorder {
             repo: to.repo,
             host: to.host,
             trigger: to.trigger,
-            committed: std::cell::Cell::new(0),
+            lock: to.lock,
+            held: std::cell::Cell::new(false),
         }
     }
 
@@ -144,9 +158,7 @@ impl Recorder {
             tracing::error!("cannot record the status of job {}: {e:#}", run.job);
         }
         match &run.outcome {
-            JobOutcome::Committed(r) => {
-                self.committed.set(self.committed.get() + 1);
-                self.audit.record(
+            JobOutcome::Committed(r) => self.audit.record(
                     "snapshot-committed",
                     json!({
                         "job": r.job,
@@ -163,8 +175,7 @@ impl Recorder {
                         "bytes_stored": r.bytes_stored,
                         "unreadable": r.unreadable.len(),
                     }),
-                )
-            }
+                ),
             JobOutcome::Failed(error) => self
                 .audit
                 .record("job-failed", json!({ "job": run.job, "error": error })),
@@ -173,32 +184,50 @@ impl Recorder {
     }
 
     /// A backup run ended with `result` (`ok` or the error): the metrics
-    /// file from every job's status, the `run-finished` line, and, when a
-    /// snapshot was committed, the trail's unshipped lines to the
-    /// repository (a run that wrote nothing, refused by hardening, say,
-    /// still writes nothing; its lines travel with the next one).
+    /// file from every job's status and the `run-finished` line.
     pub fn finish(&self, result: &str, key_use: Value) -> Result<()> {
         if let Err(e) = write_metrics(&self.state_dir, &self.metrics_file, &self.jobs) {
             tracing::error!("{e:#}");
         }
         self.audit
-            .record("run-finished", json!({ "result": result, "key_use": key_use }))?;
-        if self.committed.get() > 0 {
-            self.ship();
-        }
-        Ok(())
+            .record("run-finished", json!({ "result": result, "key_use": key_use }))
     }
 
-    /// Ships the trail's unshipped lines; a failure is a warning (the lines
-    /// stay and go with the next shipment).
+    /// Ships nothing for this command: it was refused before it reached
+    /// the repository (a bucket that failed hardening, a repository sealed
+    /// under another key), so it writes nothing there; its lines travel
+    /// with the next command's shipment.
+    pub fn hold(&self) {
+        self.held.set(true);
+    }
+
+    /// Ships the trail's unshipped lines now; a failure is a warning (the
+    /// lines stay and go with the next shipment).
     pub fn ship(&self) {
-        match self.audit.ship(&self.repo, &self.host) {
+        let retention = self.lock.as_ref().and_then(|(mode, days)| {
+            let until = jiff::Timestamp::now()
+                .checked_add(jiff::SignedDuration::from_hours(i64::from(*days) * 24))
+                .ok()?;
+            Some(Retention {
+                mode: mode.clone(),
+                until,
+            })
+        });
+        match self.audit.ship(&self.repo, &self.host, retention.as_ref()) {
             Ok(Some(name)) => tracing::debug!("audit trail shipped as {name}"),
             Ok(None) => {}
             Err(e) => tracing::warn!(
-                "{e:#}; kept locally in {}, shipped by the next run",
+                "{e:#}; kept locally in {}, shipped by the next command",
                 self.audit.path().display()
             ),
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if !self.held.get() {
+            self.ship();
         }
     }
 }

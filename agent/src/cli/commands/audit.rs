@@ -7,6 +7,10 @@ use vaultline_config::Repository;
 use crate::cli::app::App;
 use crate::cloud::hardening::{self, BucketState, HardeningError, Report};
 use crate::error::UsageError;
+use std::path::Path;
+
+use crate::cli::output::Output;
+use crate::ops::audit_log::{ShippedTrail, verify_against};
 use crate::ops::report::Recorder;
 
 /// Reads the bucket and judges it.
@@ -46,7 +50,12 @@ pub fn run(app: &App) -> Result<()> {
             UsageError("audit checks S3 buckets; this configuration uses a local repository".into()).into(),
         );
     };
-    record(&app.recorder("audit"), &report, &app.config.hardening)?;
+    let recorder = app.recorder("audit");
+    record(&recorder, &report, &app.config.hardening)?;
+    if !report.passed {
+        // Nothing is written into a bucket that is not hardened.
+        recorder.hold();
+    }
     app.out.result(&report, || report.render(&app.config.hardening))?;
     if report.passed {
         Ok(())
@@ -111,14 +120,55 @@ pub struct Gate {
     pub refused: Option<HardeningError>,
 }
 
-/// Runs `audit-log verify`.
-pub fn verify_log(app: &App, file: Option<&std::path::Path>) -> Result<()> {
-    let default = app.config.agent.state_dir.join("audit.jsonl");
-    let v = crate::ops::audit_log::verify(file.unwrap_or(&default))?;
-    app.out.result(&v, || {
-        format!(
-            "{}: {} line(s), hash chain intact (head {})",
+/// Runs `audit-log verify`: the hash chain of the trail (the local one, or
+/// `file`), then, when a configuration is at hand, every line against the
+/// segments its host shipped to the repository. `app` is `None` when no
+/// configuration could be loaded and a `file` was given: an auditor's
+/// copy is checked on its own, and the output says the comparison was not
+/// made.
+pub fn verify_log(app: Option<&App>, file: Option<&Path>, out: &Output) -> Result<()> {
+    let path = match (file, app) {
+        (Some(f), _) => f.to_path_buf(),
+        (None, Some(app)) => app.config.agent.state_dir.join("audit.jsonl"),
+        (None, None) => {
+            return Err(UsageError("audit-log verify needs a configuration, or --file".into()).into());
+        }
+    };
+    if !path.exists() {
+        return Err(UsageError(format!(
+            "no audit trail at {}: nothing has been recorded on this host yet{}",
+            path.display(),
+            if file.is_none() {
+                " (or the state directory is another one: see agent.state-dir)"
+            } else {
+                ""
+            }
+        ))
+        .into());
+    }
+    let v = match app {
+        Some(app) => {
+            // The trail's own host: a copy from another host is compared
+            // with that host's segments.
+            let host = crate::ops::audit_log::trail_host(&path)?
+                .unwrap_or_else(|| app.config.agent.host.clone());
+            let shipped = ShippedTrail::fetch(&app.repo, &host)?;
+            if file.is_none() {
+                crate::ops::audit_log::verify(&path)?;
+            }
+            verify_against(&path, &shipped)?
+        }
+        None => crate::ops::audit_log::verify(&path)?,
+    };
+    out.result(&v, || match v.shipped {
+        Some(n) => format!(
+            "{}: {} line(s), hash chain intact (head {}); the {n} line(s) shipped to the repository match",
             v.file, v.lines, v.head
-        )
+        ),
+        None => format!(
+            "{}: {} line(s), hash chain intact (head {}); NOT compared with the shipped copy (no \
+             configuration): the chain alone does not show the file was not rewritten",
+            v.file, v.lines, v.head
+        ),
     })
 }

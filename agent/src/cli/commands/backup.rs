@@ -23,7 +23,9 @@ pub fn run(app: &App, args: &BackupNowArgs) -> Result<()> {
     let keys = match app.keys() {
         Ok(keys) => keys,
         Err(e) => {
-            // No key, no run: still a failed run for status, metrics and the trail.
+            // No key, no run: still a failed run for status, metrics and the
+            // trail, which waits for a command that reaches the repository.
+            recorder.hold();
             not_started(&recorder, &jobs, "failed", &e, None)?;
             recorder.finish(&format!("{e:#}"), serde_json::Value::Null)?;
             return Err(e);
@@ -56,11 +58,14 @@ fn run_checked(
     let gate = match early {
         Ok(gate) => gate,
         Err(e) => {
+            recorder.hold();
             not_started(recorder, jobs, "failed", &e, None)?;
             return Err(e);
         }
     };
     if let Some(refusal) = gate.refused {
+        // Nothing is written into a bucket that failed hardening.
+        recorder.hold();
         let e = anyhow::Error::from(refusal);
         not_started(recorder, jobs, "refused", &e, gate.record)?;
         return Err(e);

@@ -50,7 +50,6 @@ pub fn run(app: &App, apply: bool) -> Result<()> {
                 )
             },
         );
-        recorder.ship();
         result?;
     }
     let out = HardenReport {
