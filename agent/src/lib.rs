@@ -45,4 +45,5 @@ pub mod keys;
 pub mod ops;
 pub mod pipeline;
 pub mod repo;
+pub mod state;
 pub mod units;

@@ -77,7 +77,9 @@ fn runs_are_recorded_chained_and_tampering_is_named() {
     let ok = f.run(&["audit-log", "verify"]).ok();
     assert!(
         ok.stdout.contains("5 line(s), hash chain intact")
-            && ok.stdout.contains("the 5 line(s) shipped to the repository match"),
+            && ok
+                .stdout
+                .contains("the 5 line(s) shipped to the repository match"),
         "{}",
         ok.stdout
     );
@@ -140,9 +142,15 @@ fn runs_are_recorded_chained_and_tampering_is_named() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&alone.stdout);
-    assert_eq!(alone.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&alone.stderr));
+    assert_eq!(
+        alone.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&alone.stderr)
+    );
     assert!(
-        stdout.contains("5 line(s), hash chain intact") && stdout.contains("NOT compared with the shipped copy"),
+        stdout.contains("5 line(s), hash chain intact")
+            && stdout.contains("NOT compared with the shipped copy"),
         "{stdout}"
     );
     // With the configuration, the same copy is compared with what its host shipped.
@@ -150,7 +158,9 @@ fn runs_are_recorded_chained_and_tampering_is_named() {
         .run(&["audit-log", "verify", "--file", copy.to_str().unwrap()])
         .code(5);
     assert!(
-        compared.stderr.contains("line 4 differs from the copy shipped in"),
+        compared
+            .stderr
+            .contains("line 4 differs from the copy shipped in"),
         "{}",
         compared.stderr
     );

@@ -14,6 +14,7 @@ mod hostile;
 mod keys;
 mod monitoring;
 mod packaging;
+mod private_state;
 mod roundtrip;
 mod tamper;
 mod trust;

@@ -385,7 +385,10 @@ fn forget_reports_objects_under_object_lock_and_leaves_them() {
             segments += usize::from(name.ends_with(".jsonl"));
         }
     }
-    assert_eq!(segments, 2, "each run's audit segment is locked like the job's objects");
+    assert_eq!(
+        segments, 2,
+        "each run's audit segment is locked like the job's objects"
+    );
     let run = fx.run(&["--json", "forget", "--apply"]).ok().json();
     let locked = run[0]["locked"].as_array().unwrap();
     let manifest = format!("vaultline/testhost/data/snapshots/{first}.manifest");

@@ -42,6 +42,9 @@ impl App {
         let path = vaultline_config::locate(cli.config.as_deref(), &env)?;
         let config = Config::load(&path, &env)?;
         tracing::debug!("configuration {}", path.display());
+        if env.is_root {
+            check_commands_file(&config)?;
+        }
         App::with_output(config, out)
     }
 
@@ -282,6 +285,67 @@ pub fn own_paths(config: &Config) -> Vec<PathBuf> {
     own.sort();
     own.dedup();
     own
+}
+
+/// A configuration that holds commands vaultline runs as root must be
+/// writable by root alone: whoever can edit it (or replace it, through its
+/// directory) chooses what root runs. Refused with the exact fix.
+fn check_commands_file(config: &Config) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let commands: Vec<String> = config
+        .jobs
+        .iter()
+        .filter(|j| j.on_failure.is_some())
+        .map(|j| format!("jobs {:?} on-failure", j.name))
+        .collect();
+    if commands.is_empty() {
+        return Ok(());
+    }
+    let file = &config.file;
+    let dir = file.parent().unwrap_or(std::path::Path::new("/"));
+    for (path, what) in [(file.as_path(), "file"), (dir, "directory")] {
+        let meta = std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
+        let problem = if meta.uid() != 0 {
+            Some((
+                format!("is owned by uid {}", meta.uid()),
+                format!("chown root: {}", path.display()),
+            ))
+        } else if meta.mode() & 0o022 != 0 && !(what == "directory" && meta.mode() & 0o1000 != 0) {
+            // (A sticky directory lets nobody but the owner replace the file.)
+            Some((
+                format!(
+                    "is writable by {} (mode {:04o})",
+                    if meta.mode() & 0o002 != 0 {
+                        "everyone"
+                    } else {
+                        "its group"
+                    },
+                    meta.mode() & 0o7777
+                ),
+                format!("chmod go-w {}", path.display()),
+            ))
+        } else {
+            None
+        };
+        if let Some((why, fix)) = problem {
+            let subject = if what == "file" {
+                format!("configuration file {}", path.display())
+            } else {
+                format!(
+                    "the directory {} of configuration file {}",
+                    path.display(),
+                    file.display()
+                )
+            };
+            return Err(UsageError(format!(
+                "{subject} {why}, and the configuration holds commands vaultline runs as root ({}): \
+                 anyone who can change it chooses what root runs; fix with `{fix}`",
+                commands.join(", ")
+            ))
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// Reads the facts configuration defaults depend on from this process.

@@ -34,7 +34,10 @@ pub fn run(cli: &Cli, out: Output) -> anyhow::Result<()> {
         return match App::load(cli, out) {
             Ok(app) => commands::audit::verify_log(Some(&app), Some(file), &out),
             Err(e) if cli.config.is_none() => {
-                tracing::info!("no configuration ({e:#}): checking the chain of {} alone", file.display());
+                tracing::info!(
+                    "no configuration ({e:#}): checking the chain of {} alone",
+                    file.display()
+                );
                 commands::audit::verify_log(None, Some(file), &out)
             }
             Err(e) => Err(e),

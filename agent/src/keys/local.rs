@@ -7,9 +7,9 @@
 //! can read it (as ssh refuses private keys). Key bytes live in zeroizing
 //! buffers and are never printed; only the fingerprint is.
 
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::fs::{DirBuilder, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -205,7 +205,21 @@ fn read_key_file(path: &Path) -> Result<Option<MasterKey>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("cannot open key file {}", path.display())),
     };
-    let mode = file.metadata()?.mode() & 0o777;
+    let meta = file.metadata()?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        // Whoever owns it could have swapped in a key of their choosing:
+        // backups would be sealed to them.
+        return Err(UsageError(format!(
+            "key file {} is owned by uid {}, not by this user (uid {me}): if it is the right key, run \
+             `chown {me} {}`",
+            path.display(),
+            meta.uid(),
+            path.display()
+        ))
+        .into());
+    }
+    let mode = meta.mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(UsageError(format!(
             "key file {} is accessible by other users (mode {mode:04o}); run `chmod 600 {}`",
@@ -238,11 +252,7 @@ fn write_key_file(path: &Path, master: &MasterKey) -> Result<()> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("cannot create key directory {}", dir.display()))?;
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
+    let mut file = crate::state::create_new(path, crate::state::PRIVATE)
         .with_context(|| format!("cannot create key file {}", path.display()))?;
     let line = Zeroizing::new(format!("{FILE_TAG} {}\n", hex::encode(master.expose_secret())));
     let written = file.write_all(line.as_bytes()).and_then(|()| file.sync_all());

@@ -30,7 +30,7 @@
 //! host. A host that is compromised can still write lines that lie; it
 //! cannot take back lines already shipped.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -121,13 +121,9 @@ impl AuditLog {
     /// cannot be audited is not done silently.
     pub fn record(&self, what: &str, details: Value) -> Result<()> {
         if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            crate::state::private_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&self.path)
+        let mut file = crate::state::open_append(&self.path, crate::state::PRIVATE)
             .with_context(|| format!("cannot open audit trail {}", self.path.display()))?;
         rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
             .with_context(|| format!("cannot lock audit trail {}", self.path.display()))?;
@@ -221,9 +217,7 @@ impl AuditLog {
             Ok(())
         })()
         .with_context(|| format!("shipping audit segment {name}"))?;
-        let tmp = marker.with_extension("shipped.tmp");
-        std::fs::write(&tmp, format!("{last}\n"))
-            .and_then(|()| std::fs::rename(&tmp, &marker))
+        crate::state::write_atomic(&marker, format!("{last}\n").as_bytes(), crate::state::PRIVATE)
             .with_context(|| format!("cannot update {}", marker.display()))?;
         Ok(Some(name))
     }
@@ -364,7 +358,10 @@ impl ShippedTrail {
                     .ok()
                     .and_then(|v| v["seq"].as_u64())
                     .ok_or_else(|| {
-                        IntegrityError(format!("audit segment {}: a line without a sequence number", o.name))
+                        IntegrityError(format!(
+                            "audit segment {}: a line without a sequence number",
+                            o.name
+                        ))
                     })?;
                 let hash = sha256_hex(line);
                 match shipped.lines.get(&seq) {
@@ -431,7 +428,11 @@ pub fn verify_against(path: &Path, shipped: &ShippedTrail) -> Result<Verified> {
              removed",
             path.display(),
             shipped.last(),
-            shipped.lines.values().next_back().map_or("?", |(_, s)| s.as_str())
+            shipped
+                .lines
+                .values()
+                .next_back()
+                .map_or("?", |(_, s)| s.as_str())
         ))
         .into());
     }
@@ -545,7 +546,10 @@ mod tests {
         // A second segment rewriting line 2 (the host cannot replace the first).
         let mut rewritten = lines(&path);
         rewritten[1] = rewritten[1].replace("\"i\":1", "\"i\":7");
-        store.insert("p/h/audit/000000000002-000000000002.jsonl", (rewritten[1].clone() + "\n").into_bytes());
+        store.insert(
+            "p/h/audit/000000000002-000000000002.jsonl",
+            (rewritten[1].clone() + "\n").into_bytes(),
+        );
         let e = ShippedTrail::fetch(&repo, "h").unwrap_err().to_string();
         assert!(
             e.contains("disagree about line 2: a line was rewritten and shipped again"),

@@ -159,23 +159,23 @@ impl Recorder {
         }
         match &run.outcome {
             JobOutcome::Committed(r) => self.audit.record(
-                    "snapshot-committed",
-                    json!({
-                        "job": r.job,
-                        "snapshot": r.snapshot,
-                        "objects": r
-                            .archive
-                            .iter()
-                            .cloned()
-                            .chain([self.repo.manifest_name(&self.host, &r.job, &r.snapshot)])
-                            .collect::<Vec<_>>(),
-                        "parent": r.parent,
-                        "files": r.files,
-                        "bytes_read": r.bytes_read,
-                        "bytes_stored": r.bytes_stored,
-                        "unreadable": r.unreadable.len(),
-                    }),
-                ),
+                "snapshot-committed",
+                json!({
+                    "job": r.job,
+                    "snapshot": r.snapshot,
+                    "objects": r
+                        .archive
+                        .iter()
+                        .cloned()
+                        .chain([self.repo.manifest_name(&self.host, &r.job, &r.snapshot)])
+                        .collect::<Vec<_>>(),
+                    "parent": r.parent,
+                    "files": r.files,
+                    "bytes_read": r.bytes_read,
+                    "bytes_stored": r.bytes_stored,
+                    "unreadable": r.unreadable.len(),
+                }),
+            ),
             JobOutcome::Failed(error) => self
                 .audit
                 .record("job-failed", json!({ "job": run.job, "error": error })),

@@ -5,7 +5,7 @@
 //! so a reader never sees half a file.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -75,7 +75,15 @@ fn status_dir(state_dir: &Path) -> PathBuf {
 /// The stored status of `job` (empty when it never ran).
 pub fn load(state_dir: &Path, job: &str) -> Result<JobStatus> {
     let path = status_dir(state_dir).join(format!("{job}.json"));
-    match std::fs::read(&path) {
+    let read = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&path)
+        .and_then(|mut f| {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut bytes).map(|_| bytes)
+        });
+    match read {
         Ok(bytes) => {
             serde_json::from_slice(&bytes).with_context(|| format!("{} is not valid", path.display()))
         }
@@ -92,25 +100,16 @@ pub fn is_dirty(state_dir: &Path, job: &str) -> bool {
     status_dir(state_dir).join(format!("{job}.dirty")).exists()
 }
 
-/// Writes `bytes` to `path` atomically.
+/// Writes `bytes` to `path` atomically (a private file in a private
+/// directory; see [`crate::state`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_mode(path, bytes, crate::state::PRIVATE)
+}
+
+fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let dir = path.parent().context("a file path has a parent")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
-        std::process::id()
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("cannot write {}", path.display()))
+    crate::state::private_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    crate::state::write_atomic(path, bytes, mode).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Holds an exclusive lock on `STATE/status/.lock` while `f` runs: status
@@ -118,12 +117,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// them, by concurrent runs.
 fn locked<T>(state_dir: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let dir = status_dir(state_dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(".lock"))
+    crate::state::private_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let lock = crate::state::open_rw(&dir.join(".lock"), crate::state::PRIVATE)
         .with_context(|| format!("cannot open the status lock in {}", dir.display()))?;
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
         .context("cannot lock the status files")?;
@@ -146,7 +141,12 @@ fn record_run_unlocked(
     run: RunRecord,
     hardening: Option<HardeningRecord>,
 ) -> Result<JobStatus> {
-    let mut status = load(state_dir, job)?;
+    // A status file that cannot be read (damaged, or a link someone put in
+    // its place) is started afresh rather than stopping every later record.
+    let mut status = load(state_dir, job).unwrap_or_else(|e| {
+        tracing::warn!("{e:#}; starting the status of job {job} afresh");
+        JobStatus::default()
+    });
     status.job = job.to_string();
     status.runs_total += 1;
     if run.result == "ok" {
@@ -271,7 +271,12 @@ pub fn write_metrics(state_dir: &Path, path: &Path, jobs: &[String]) -> Result<(
             .iter()
             .map(|j| load(state_dir, j))
             .collect::<Result<Vec<_>>>()?;
-        write_atomic(path, metrics_text(&statuses).as_bytes())
+        // node_exporter's textfile collector reads it, often as another
+        // user: the metrics say nothing a dashboard would not.
+        let dir = path.parent().context("a file path has a parent")?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        crate::state::write_atomic(path, metrics_text(&statuses).as_bytes(), 0o644)
+            .with_context(|| format!("cannot write {}", path.display()))
     })
 }
 

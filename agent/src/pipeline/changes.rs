@@ -27,9 +27,9 @@
 //! envelopes that only the key provider can open. It is 0600 all the same.
 
 use std::cmp::Ordering;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -276,15 +276,11 @@ impl RecordWriter {
     /// Starts writing the entries of a run.
     pub fn new(state_dir: &Path, job: &str) -> Result<Self> {
         let d = dir(state_dir);
-        fs::create_dir_all(&d).with_context(|| format!("cannot create {}", d.display()))?;
+        crate::state::private_dir(&d).with_context(|| format!("cannot create {}", d.display()))?;
         let mut suffix = [0u8; 6];
         getrandom::fill(&mut suffix).map_err(|e| io::Error::other(e.to_string()))?;
         let temp = d.join(format!(".{job}.{}.entries.tmp", hex::encode(suffix)));
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)
+        let file = crate::state::create_new(&temp, crate::state::PRIVATE)
             .with_context(|| format!("cannot create {}", temp.display()))?;
         Ok(RecordWriter {
             out: Some(zstd::stream::write::Encoder::new(
@@ -328,21 +324,8 @@ impl RecordWriter {
         let entries = entries_path(&self.state_dir, &self.job, &header.snapshot);
         fs::rename(&self.temp, &entries)?;
         let hp = header_path(&self.state_dir, &self.job);
-        let tmp = hp.with_extension("json.tmp");
-        {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            serde_json::to_writer(&mut f, header)?;
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, &hp)?;
-        if let Ok(d) = File::open(dir(&self.state_dir)) {
-            let _ = d.sync_all();
-        }
+        crate::state::write_atomic(&hp, &serde_json::to_vec(header)?, crate::state::PRIVATE)
+            .with_context(|| format!("cannot write {}", hp.display()))?;
         // Older records of this job, and leftovers of crashed runs.
         let keep = entries.file_name().map(|n| n.to_os_string());
         if let Ok(list) = fs::read_dir(dir(&self.state_dir)) {

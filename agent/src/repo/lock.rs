@@ -5,9 +5,8 @@
 //! so a crashed run never leaves a stale lock. The holder writes its pid into
 //! the file so that a waiting or refused run can say who holds it.
 
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -27,19 +26,10 @@ impl JobLock {
     /// [`BusyError`] (exit code 6).
     pub fn acquire(state_dir: &Path, job: &str, wait: bool) -> Result<JobLock> {
         let dir = state_dir.join("locks");
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
+        crate::state::private_dir(&dir)
             .with_context(|| format!("cannot create lock directory {}", dir.display()))?;
         let path = dir.join(format!("{job}.lock"));
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
+        let mut file = crate::state::open_rw(&path, crate::state::PRIVATE)
             .with_context(|| format!("cannot open lock file {}", path.display()))?;
         match flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}

@@ -150,8 +150,8 @@ pub fn verify_log(app: Option<&App>, file: Option<&Path>, out: &Output) -> Resul
         Some(app) => {
             // The trail's own host: a copy from another host is compared
             // with that host's segments.
-            let host = crate::ops::audit_log::trail_host(&path)?
-                .unwrap_or_else(|| app.config.agent.host.clone());
+            let host =
+                crate::ops::audit_log::trail_host(&path)?.unwrap_or_else(|| app.config.agent.host.clone());
             let shipped = ShippedTrail::fetch(&app.repo, &host)?;
             if file.is_none() {
                 crate::ops::audit_log::verify(&path)?;
