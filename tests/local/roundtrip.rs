@@ -66,9 +66,34 @@ fn round_trip_of_the_hard_cases() {
     f.init();
     f.run(&["backup", "now"]).ok();
     let target = f.path().join("restore");
-    f.run(&["restore", "latest", "--target", target.to_str().unwrap()])
-        .ok();
+    f.run(&[
+        "restore",
+        "latest",
+        "--keep-privileges",
+        "--target",
+        target.to_str().unwrap(),
+    ])
+    .ok();
     assert_same_tree(&src, &restored(&target, &src));
+
+    // Without asking, setuid/setgid bits do not come back, and restore says so.
+    let plain = f.path().join("plain");
+    let run = f
+        .run(&["restore", "latest", "--target", plain.to_str().unwrap()])
+        .ok();
+    use std::os::unix::fs::MetadataExt;
+    let mode = std::fs::metadata(restored(&plain, &src).join("setuid"))
+        .unwrap()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o750);
+    assert!(
+        run.stderr
+            .contains("1 file(s) restored without their setuid/setgid bits or file capabilities")
+            && run.stderr.contains("setuid"),
+        "{}",
+        run.stderr
+    );
 }
 
 /// A job over a directory that contains the repository and the state

@@ -228,9 +228,15 @@ pub struct RestoreArgs {
     pub request_only: bool,
 
     /// Replace existing files in the target (never follows or replaces a
-    /// directory with a file).
+    /// directory with a file), and set the owner, mode and times of
+    /// directories that exist already.
     #[arg(long)]
     pub overwrite: bool,
+
+    /// Restore setuid/setgid bits and file capabilities (security.capability),
+    /// which are otherwise dropped (and reported) unless root restores onto /.
+    #[arg(long)]
+    pub keep_privileges: bool,
 }
 
 /// `forget`.

@@ -19,8 +19,11 @@
 //! When the recorder goes out of scope, whatever the command's outcome,
 //! the trail's unshipped lines are shipped to the repository (under the
 //! jobs' Object Lock retention, if any), so no command's record stays on
-//! the host only; [`Recorder::hold`] stops that for a run refused before it
-//! touched the repository (an unhardened bucket gets nothing).
+//! the host only, provided the command reached the repository: it calls
+//! [`Recorder::reached`] once it knows the repository is the configured
+//! one (its key checked) and fit to write to (a backup's bucket passed
+//! hardening). A command refused before that writes nothing there; its
+//! lines travel with the next shipment.
 //! A new observer (a webhook, say) is added here, and nowhere else.
 //! Recording is best-effort where the run itself stands (a status file that
 //! cannot be written is logged), and strict for the audit trail: an action
@@ -81,7 +84,7 @@ pub struct Recorder {
     trigger: String,
     /// Object Lock for shipped segments: mode and days.
     lock: Option<(String, u32)>,
-    /// Set by [`Recorder::hold`]: nothing is shipped.
+    /// Until [`Recorder::reached`]: nothing is shipped.
     held: std::cell::Cell<bool>,
 }
 
@@ -116,7 +119,7 @@ impl Recorder {
             host: to.host,
             trigger: to.trigger,
             lock: to.lock,
-            held: std::cell::Cell::new(false),
+            held: std::cell::Cell::new(true),
         }
     }
 
@@ -193,10 +196,14 @@ impl Recorder {
             .record("run-finished", json!({ "result": result, "key_use": key_use }))
     }
 
-    /// Ships nothing for this command: it was refused before it reached
-    /// the repository (a bucket that failed hardening, a repository sealed
-    /// under another key), so it writes nothing there; its lines travel
-    /// with the next command's shipment.
+    /// The command reached the repository (its key matched, its bucket
+    /// may be written to): the trail is shipped when the recorder goes.
+    pub fn reached(&self) {
+        self.held.set(false);
+    }
+
+    /// Ships nothing after all (a backup whose every job was busy wrote
+    /// nothing): its lines travel with the next command's shipment.
     pub fn hold(&self) {
         self.held.set(true);
     }

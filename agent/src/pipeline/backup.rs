@@ -23,8 +23,10 @@
 //! a committed archive without a manifest is an orphan for `forget`.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::Instant;
@@ -36,9 +38,11 @@ use vaultline_crypto::{KeyWrap, SealedWriter};
 
 use crate::error::UsageError;
 use crate::pipeline::Progress;
-use crate::pipeline::archive::{Copied, TarEntry, TarWriter, Walker, entry_for, open_for_reading};
 use crate::pipeline::changes::{self, Record, RecordWriter, STATE_VERSION, Stat, StateHeader};
 use crate::pipeline::frames::FrameWriter;
+use crate::pipeline::fsmeta;
+use crate::pipeline::tar::{Content, Copied, TarWriter};
+use crate::pipeline::walk::{ChangedIdentity, Found, Kind as WalkKind, Walker};
 use crate::repo::manifest::{
     ArchiveRef, EncodedPath, Entry, EntryKind, EnvelopeJson, MANIFEST_VERSION, ManifestEnd, ManifestHeader,
     ManifestWriter,
@@ -83,6 +87,8 @@ pub struct BackupReport {
     pub symlinks: u64,
     /// Hard links.
     pub hardlinks: u64,
+    /// FIFOs and device nodes.
+    pub specials: u64,
     /// Bytes of file content in the snapshot.
     pub bytes_read: u64,
     /// Files whose content was archived (new or changed).
@@ -103,8 +109,11 @@ pub struct BackupReport {
     pub unreadable: Vec<SkippedPath>,
     /// Special files, and files that vanished during the walk.
     pub skipped: Vec<SkippedPath>,
-    /// Files that changed size while being read (archived padded or cut).
+    /// Files that grew while being read (archived cut at their size).
     pub changed: Vec<SkippedPath>,
+    /// Extended attributes that could not be read, one line per kind of
+    /// problem (with a count and the first path).
+    pub attributes: Vec<SkippedPath>,
 }
 
 impl BackupReport {
@@ -392,6 +401,7 @@ pub fn run(
         dirs: 0,
         symlinks: 0,
         hardlinks: 0,
+        specials: 0,
         bytes_read: 0,
         archived_files: 0,
         archived_bytes: 0,
@@ -403,6 +413,7 @@ pub fn run(
         unreadable: Vec::new(),
         skipped: Vec::new(),
         changed: Vec::new(),
+        attributes: Vec::new(),
     };
     let mut sinks = Sinks {
         repo,
@@ -472,6 +483,7 @@ pub fn run(
         dirs: report.dirs,
         symlinks: report.symlinks,
         hardlinks: report.hardlinks,
+        specials: report.specials,
         bytes: report.bytes_read,
         skipped: (report.skipped.len() + report.unreadable.len()) as u64,
         archived_files: report.archived_files,
@@ -515,9 +527,68 @@ pub fn run(
     Ok(report)
 }
 
+/// Largest file read whole from a pseudo file system (whose sizes lie):
+/// kernel interfaces hold kilobytes.
+const MAX_PSEUDO_FILE: u64 = 64 << 20;
+
+/// The archive path of an absolute path: without the leading `/`.
+pub fn archive_path(abs: &Path) -> EncodedPath {
+    let bytes = abs.as_os_str().as_bytes();
+    let trimmed = bytes.strip_prefix(b"/").unwrap_or(bytes);
+    EncodedPath(if trimmed.is_empty() {
+        b".".to_vec()
+    } else {
+        trimmed.to_vec()
+    })
+}
+
+/// The manifest entry for what the walk saw (before hard links, content
+/// and extended attributes are decided).
+fn entry_from(found: &Found<'_>) -> Entry {
+    let st = &found.stat;
+    let kind = match found.kind {
+        WalkKind::File => EntryKind::File,
+        WalkKind::Dir => EntryKind::Dir,
+        WalkKind::Symlink => EntryKind::Symlink,
+        WalkKind::Fifo => EntryKind::Fifo,
+        WalkKind::CharDevice => EntryKind::CharDevice,
+        WalkKind::BlockDevice => EntryKind::BlockDevice,
+    };
+    let device = matches!(kind, EntryKind::CharDevice | EntryKind::BlockDevice);
+    Entry {
+        path: archive_path(&found.abs),
+        kind,
+        size: if kind == EntryKind::File {
+            st.st_size.max(0) as u64
+        } else {
+            0
+        },
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mtime: st.st_mtime,
+        mtime_nsec: st.st_mtime_nsec.clamp(0, 999_999_999) as u32,
+        dev_major: if device { rustix::fs::major(st.st_rdev) } else { 0 },
+        dev_minor: if device { rustix::fs::minor(st.st_rdev) } else { 0 },
+        ..Entry::default()
+    }
+}
+
+/// What is archived of a file that was opened: size, mode, owner and times
+/// come from the descriptor read, not from the listing.
+fn refresh(entry: &mut Entry, st: &rustix::fs::Stat) {
+    entry.size = st.st_size.max(0) as u64;
+    entry.mode = st.st_mode & 0o7777;
+    entry.uid = st.st_uid;
+    entry.gid = st.st_gid;
+    entry.mtime = st.st_mtime;
+    entry.mtime_nsec = st.st_mtime_nsec.clamp(0, 999_999_999) as u32;
+}
+
 /// Walks the job; joins each entry against the parent's record (if any);
 /// writes changed content into the archive, every entry into the manifest
-/// and the new record.
+/// and the new record. An entry that cannot be read costs that entry: it is
+/// reported (NOT BACKED UP) and left out of the manifest, never the run.
 fn write_tar(
     job: &Job,
     own: &[PathBuf],
@@ -527,52 +598,53 @@ fn write_tar(
     progress: &dyn Progress,
 ) -> Result<()> {
     let full = parent.is_none();
-    // First archive path of each multiply-linked file, by (device, inode).
+    // First archive path of each multiply-linked inode, by (device, inode).
     let mut links: HashMap<(u64, u64), EncodedPath> = HashMap::new();
     let mut skipped = Vec::new();
+    // Attribute problems are reported once per kind, not once per file.
+    let mut attr_problems: HashMap<String, (u64, String)> = HashMap::new();
     Walker::new(job, own).walk(
         |found| {
-            let mut entry: TarEntry = match entry_for(&found) {
-                Ok(e) => e,
-                Err(e) => {
-                    report.unreadable.push(SkippedPath {
-                        path: found.abs.display().to_string(),
-                        reason: e.to_string(),
-                    });
-                    return Ok(());
+            let mut entry = entry_from(&found);
+            let shown = || found.abs.display().to_string();
+            if found.kind == WalkKind::Symlink {
+                match found.read_link() {
+                    Ok(t) => entry.target = Some(EncodedPath(t)),
+                    Err(e) => {
+                        let item = SkippedPath {
+                            path: shown(),
+                            reason: e.to_string(),
+                        };
+                        if e.kind() == io::ErrorKind::NotFound {
+                            report.skipped.push(SkippedPath {
+                                reason: "vanished during the backup".into(),
+                                ..item
+                            });
+                        } else {
+                            progress.warn(&format!("cannot read {}: {e}", item.path));
+                            report.unreadable.push(item);
+                        }
+                        return Ok(());
+                    }
                 }
-            };
-            let stat = Stat::of(&found.meta);
+            }
+            let stat = Stat::of(&found.stat);
             let looked_at = jiff::Timestamp::now().as_nanosecond();
-            let mut linked = false;
-            if entry.kind == EntryKind::File && found.meta.nlink() > 1 {
-                let key = (found.meta.dev(), found.meta.ino());
+            // A later name of a multiply-linked inode is a hard link to the
+            // first one recorded.
+            let link_key = (found.kind != WalkKind::Dir && found.stat.st_nlink > 1)
+                .then_some((found.stat.st_dev, found.stat.st_ino));
+            if let Some(key) = link_key {
                 match links.get(&key) {
                     Some(first) => {
                         entry.kind = EntryKind::Hardlink;
                         entry.target = Some(first.clone());
                         entry.size = 0;
+                        (entry.dev_major, entry.dev_minor) = (0, 0);
                     }
-                    None => {
-                        links.insert(key, entry.path.clone());
-                        linked = true;
-                    }
+                    None => entry.linked = true,
                 }
             }
-            let mut manifest_entry = Entry {
-                path: entry.path.clone(),
-                kind: entry.kind,
-                size: entry.size,
-                mode: entry.mode,
-                uid: entry.uid,
-                gid: entry.gid,
-                mtime: entry.mtime,
-                mtime_nsec: entry.mtime_nsec,
-                target: entry.target.clone(),
-                linked,
-                archive: None,
-                offset: None,
-            };
             let previous = match parent.as_deref_mut() {
                 Some(rec) => rec.advance_to(&entry.path.0, |gone| {
                     report.deleted += 1;
@@ -581,97 +653,138 @@ fn write_tar(
                 None => None,
             };
             let reuse = previous.filter(|(prev, prev_stat)| {
-                changes::unchanged(prev, *prev_stat, &manifest_entry, stat)
+                found.pseudo.is_none()
+                    && changes::unchanged(prev, *prev_stat, &entry, stat)
                     && (prev.kind != EntryKind::File || prev.size == 0 || prev.archive.is_some())
             });
             if let Some((prev, _)) = reuse {
-                manifest_entry.archive = prev.archive;
-                manifest_entry.offset = prev.offset;
+                entry.archive = prev.archive;
+                entry.offset = prev.offset;
+                entry.xattrs = prev.xattrs;
+                entry.sparse = prev.sparse;
                 report.reused += 1;
-            } else if (entry.kind == EntryKind::File && entry.size > 0) || full {
-                // New or changed content (or any entry of a full archive,
-                // which is a complete tar of the tree).
-                let mut file = None;
-                if entry.kind == EntryKind::File {
-                    match open_for_reading(&found.abs) {
-                        Ok(f) => file = Some(f),
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                            report.skipped.push(SkippedPath {
-                                path: found.abs.display().to_string(),
-                                reason: "vanished during the backup".into(),
-                            });
-                            return Ok(());
+            } else {
+                // New or changed: read what it is now.
+                let is_file = entry.kind == EntryKind::File;
+                let mut opened = None;
+                if is_file && (entry.size > 0 || found.pseudo.is_some()) {
+                    match found.open() {
+                        Ok((file, st)) => {
+                            refresh(&mut entry, &st);
+                            opened = Some((file, st));
                         }
                         Err(e) => {
-                            progress.warn(&format!("cannot read {}: {e}", found.abs.display()));
-                            report.unreadable.push(SkippedPath {
-                                path: found.abs.display().to_string(),
-                                reason: e.to_string(),
-                            });
+                            let path = shown();
+                            if e.get_ref().is_some_and(|i| i.is::<ChangedIdentity>()) {
+                                progress.warn(&format!("skipped {path}: {e}"));
+                                report.skipped.push(SkippedPath {
+                                    path,
+                                    reason: e.to_string(),
+                                });
+                            } else if e.kind() == io::ErrorKind::NotFound {
+                                report.skipped.push(SkippedPath {
+                                    path,
+                                    reason: "vanished during the backup".into(),
+                                });
+                            } else {
+                                progress.warn(&format!("cannot read {path}: {e}"));
+                                report.unreadable.push(SkippedPath {
+                                    path,
+                                    reason: e.to_string(),
+                                });
+                            }
                             return Ok(());
                         }
                     }
                 }
-                let new_index = sinks.new_index;
-                let out = sinks.archive()?;
-                let offset = out.tar.get_ref().position();
-                let copied = out
-                    .tar
-                    .append(&entry, file.as_mut().map(|f| f as &mut dyn Read))
-                    .with_context(|| format!("archiving {}", found.abs.display()))?;
-                match copied {
-                    Copied::Exact => {}
-                    Copied::Shrunk { read } => report.changed.push(SkippedPath {
-                        path: found.abs.display().to_string(),
-                        reason: format!(
-                            "shrank while being read: {read} of {} bytes, the rest stored as zeros",
-                            entry.size
-                        ),
-                    }),
-                    Copied::Grew => report.changed.push(SkippedPath {
-                        path: found.abs.display().to_string(),
-                        reason: format!("grew while being read: stored its first {} bytes", entry.size),
-                    }),
+                let fd_path;
+                let source = match (&opened, found.dir_fd()) {
+                    (Some((f, _)), _) => fsmeta::Source::Fd(f.as_fd()),
+                    (None, Some(d)) => fsmeta::Source::Fd(d),
+                    _ => {
+                        fd_path = found.fd_path();
+                        fsmeta::Source::Path(&fd_path)
+                    }
+                };
+                let mut note = |what: String| {
+                    let slot = attr_problems.entry(what).or_insert((0, shown()));
+                    slot.0 += 1;
+                };
+                match fsmeta::read(&source, &mut note) {
+                    Ok(x) => entry.xattrs = x,
+                    Err(e) => note(format!("extended attributes not readable: {e}")),
                 }
-                if entry.kind == EntryKind::File && entry.size > 0 {
-                    manifest_entry.archive = Some(new_index);
-                    manifest_entry.offset = Some(offset);
-                    report.archived_files += 1;
-                    report.archived_bytes += entry.size;
+                // Content: a kernel interface's file is read to its real end
+                // first (its size lies); a file with holes stores its data
+                // regions only.
+                let mut pseudo_bytes = None;
+                let mut regions = None;
+                if let (Some((file, st)), Some(fs)) = (&opened, found.pseudo) {
+                    let mut bytes = Vec::new();
+                    let read = file.take(MAX_PSEUDO_FILE + 1).read_to_end(&mut bytes);
+                    let too_big = bytes.len() as u64 > MAX_PSEUDO_FILE;
+                    if let Err(e) = &read {
+                        progress.warn(&format!("cannot read {}: {e}", shown()));
+                        report.unreadable.push(SkippedPath {
+                            path: shown(),
+                            reason: e.to_string(),
+                        });
+                        return Ok(());
+                    }
+                    if too_big {
+                        report.unreadable.push(SkippedPath {
+                            path: shown(),
+                            reason: format!("more than {} MiB on a {fs} file system", MAX_PSEUDO_FILE >> 20),
+                        });
+                        return Ok(());
+                    }
+                    let _ = st;
+                    entry.size = bytes.len() as u64;
+                    pseudo_bytes = Some(bytes);
+                } else if let Some((file, st)) = &opened
+                    && (st.st_blocks.max(0) as u64) * 512 < entry.size
+                {
+                    regions = fsmeta::data_regions(file.as_fd(), entry.size);
+                    entry.sparse = regions.is_some();
+                }
+                if (is_file && entry.size > 0) || full {
+                    // New or changed content (or any entry of a full archive,
+                    // which is a complete tar of the tree).
+                    let new_index = sinks.new_index;
+                    let out = sinks.archive()?;
+                    let offset = out.tar.get_ref().position();
+                    let mut bytes_reader: &[u8];
+                    let mut file_reader: &File;
+                    let content = match (&pseudo_bytes, &regions, &opened) {
+                        (Some(bytes), _, _) => {
+                            bytes_reader = &bytes[..];
+                            Content::Stream(&mut bytes_reader)
+                        }
+                        (None, Some(regions), Some((file, _))) => Content::Sparse { file, regions },
+                        (None, None, Some((file, _))) => {
+                            file_reader = file;
+                            Content::Stream(&mut file_reader)
+                        }
+                        _ => Content::None,
+                    };
+                    let kept = append_and_record(
+                        sinks,
+                        &mut entry,
+                        content,
+                        offset,
+                        new_index,
+                        report,
+                        progress,
+                        &shown(),
+                    )?;
+                    return finish_entry(
+                        sinks, &mut links, link_key, kept, entry, stat, looked_at, report, progress,
+                    );
                 }
             }
-            if let Some(a) = manifest_entry.archive {
-                if let Some(count) = sinks.refs.get_mut(a as usize) {
-                    *count += 1;
-                }
-            }
-            match entry.kind {
-                EntryKind::File => {
-                    report.files += 1;
-                    report.bytes_read += entry.size;
-                }
-                EntryKind::Dir => report.dirs += 1,
-                EntryKind::Symlink => report.symlinks += 1,
-                EntryKind::Hardlink => report.hardlinks += 1,
-            }
-            sinks.manifest.entry(&manifest_entry)?;
-            // A file whose ctime is within a timestamp tick of the moment we
-            // looked at it could change again in that same tick without
-            // its stat changing: record it so that the next run archives it
-            // anew (git's "racy" entries).
-            let ctime_ns = i128::from(stat.ctime) * 1_000_000_000 + i128::from(stat.ctime_nsec);
-            let racy = ctime_ns >= looked_at - RACY_MARGIN_NS;
-            let recorded = if racy {
-                Stat {
-                    ctime: i64::MIN,
-                    ..stat
-                }
-            } else {
-                stat
-            };
-            sinks.record.entry(&manifest_entry, recorded)?;
-            progress.add(entry.size, 1);
-            Ok(())
+            finish_entry(
+                sinks, &mut links, link_key, true, entry, stat, looked_at, report, progress,
+            )
         },
         |s| skipped.push(s),
     )?;
@@ -694,5 +807,118 @@ fn write_tar(
             report.skipped.push(item);
         }
     }
+    let mut problems: Vec<(String, (u64, String))> = attr_problems.into_iter().collect();
+    problems.sort();
+    for (what, (count, first)) in problems {
+        progress.warn(&format!(
+            "{what} ({count} entr{}; first: {first})",
+            if count == 1 { "y" } else { "ies" }
+        ));
+        report.attributes.push(SkippedPath {
+            path: first,
+            reason: format!("{what} ({count} entries)"),
+        });
+    }
+    Ok(())
+}
+
+/// Appends an entry's member to the archive. Returns whether the entry is
+/// kept: a file that could not be read to its end is reported and left
+/// out of the snapshot.
+#[allow(clippy::too_many_arguments)]
+fn append_and_record(
+    sinks: &mut Sinks<'_>,
+    entry: &mut Entry,
+    content: Content<'_>,
+    offset: u64,
+    new_index: u32,
+    report: &mut BackupReport,
+    progress: &dyn Progress,
+    shown: &str,
+) -> Result<bool> {
+    let out = sinks.archive()?;
+    let copied = out
+        .tar
+        .append(entry, content)
+        .with_context(|| format!("archiving {shown}"))?;
+    match copied {
+        Copied::Exact => {}
+        Copied::Grew => report.changed.push(SkippedPath {
+            path: shown.to_string(),
+            reason: format!("grew while being read: stored its first {} bytes", entry.size),
+        }),
+        Copied::Incomplete { read, why } => {
+            let reason = format!("{why} after {read} of {} bytes", entry.size);
+            progress.warn(&format!("cannot read {shown}: {reason}"));
+            report.unreadable.push(SkippedPath {
+                path: shown.to_string(),
+                reason,
+            });
+            return Ok(false);
+        }
+    }
+    if entry.kind == EntryKind::File && entry.size > 0 {
+        entry.archive = Some(new_index);
+        entry.offset = Some(offset);
+        report.archived_files += 1;
+        report.archived_bytes += entry.size;
+    }
+    Ok(true)
+}
+
+/// Records a walked entry (when `kept`) in the manifest and the new local
+/// record, and counts it.
+#[allow(clippy::too_many_arguments)]
+fn finish_entry(
+    sinks: &mut Sinks<'_>,
+    links: &mut HashMap<(u64, u64), EncodedPath>,
+    link_key: Option<(u64, u64)>,
+    kept: bool,
+    entry: Entry,
+    stat: Stat,
+    looked_at: i128,
+    report: &mut BackupReport,
+    progress: &dyn Progress,
+) -> Result<()> {
+    if !kept {
+        return Ok(());
+    }
+    if entry.linked
+        && let Some(key) = link_key
+    {
+        links.insert(key, entry.path.clone());
+    }
+    if let Some(a) = entry.archive
+        && let Some(count) = sinks.refs.get_mut(a as usize)
+    {
+        *count += 1;
+    }
+    match entry.kind {
+        EntryKind::File => {
+            report.files += 1;
+            report.bytes_read += entry.size;
+        }
+        EntryKind::Dir => report.dirs += 1,
+        EntryKind::Symlink => report.symlinks += 1,
+        EntryKind::Hardlink => report.hardlinks += 1,
+        EntryKind::Fifo | EntryKind::CharDevice | EntryKind::BlockDevice => report.specials += 1,
+    }
+    sinks.manifest.entry(&entry)?;
+    // A file whose ctime is within a timestamp tick of the moment we
+    // looked at it could change again in that same tick without its stat
+    // changing: record it so that the next run archives it anew (git's
+    // "racy" entries).
+    let ctime_ns = i128::from(stat.ctime) * 1_000_000_000 + i128::from(stat.ctime_nsec);
+    let racy = ctime_ns >= looked_at - RACY_MARGIN_NS;
+    let recorded = if racy {
+        Stat {
+            ctime: i64::MIN,
+            ..stat
+        }
+    } else {
+        stat
+    };
+    sinks.record.entry(&entry, recorded)?;
+    progress.add(entry.size, 1);
     Ok(())
 }

@@ -29,7 +29,6 @@
 use std::cmp::Ordering;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -37,8 +36,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::repo::manifest::{ArchiveRef, Entry};
 
-/// Version of the record's layout.
-pub const STATE_VERSION: u32 = 1;
+/// Version of the record's layout: 2 since entries carry extended
+/// attributes (a record without them must not vouch for files that have
+/// them: the first run after the upgrade is a full one).
+pub const STATE_VERSION: u32 = 2;
 
 /// The record's header.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,12 +75,12 @@ pub struct Stat {
 }
 
 impl Stat {
-    /// From metadata.
-    pub fn of(meta: &fs::Metadata) -> Stat {
+    /// From what `stat` said.
+    pub fn of(st: &rustix::fs::Stat) -> Stat {
         Stat {
-            ctime: meta.ctime(),
-            ctime_nsec: meta.ctime_nsec().clamp(0, 999_999_999) as u32,
-            ino: meta.ino(),
+            ctime: st.st_ctime,
+            ctime_nsec: st.st_ctime_nsec.clamp(0, 999_999_999) as u32,
+            ino: st.st_ino,
         }
     }
 }
@@ -364,6 +365,8 @@ pub fn unchanged(prev: &Entry, prev_stat: Stat, now: &Entry, now_stat: Stat) -> 
         && prev.gid == now.gid
         && prev.target == now.target
         && prev.linked == now.linked
+        && prev.dev_major == now.dev_major
+        && prev.dev_minor == now.dev_minor
         && prev_stat == now_stat
 }
 

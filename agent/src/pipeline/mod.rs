@@ -19,14 +19,16 @@
 //! output formatting, exit codes or the audit trail: what it did comes back
 //! as a report value.
 
-pub mod archive;
 pub mod backup;
 pub mod changes;
 pub mod extract;
 pub mod frames;
+pub mod fsmeta;
 pub mod pipe;
 pub mod snapshot;
+pub mod tar;
 pub mod thaw;
+pub mod walk;
 
 /// What a long run reports as it goes; the command line draws it as a bar
 /// or logs it.

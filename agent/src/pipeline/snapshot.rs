@@ -630,20 +630,36 @@ impl Cursor<'_> {
                     expected.path.display()
                 )),
                 Some(mut t) => {
-                    let path = t.path_bytes().into_owned();
+                    let sparse = if expected.sparse {
+                        sparse_records(&mut t)
+                    } else {
+                        None
+                    };
+                    let path = match &sparse {
+                        Some((name, _)) => name.clone(),
+                        None => t.path_bytes().into_owned(),
+                    };
+                    let size = sparse.as_ref().map_or(t.size(), |(_, real)| *real);
                     if path != expected.path.0
                         || t.header().entry_type() != tar::EntryType::Regular
-                        || t.size() != expected.size
+                        || size != expected.size
+                        || expected.sparse != sparse.is_some()
                     {
                         Err(format!(
-                            "at offset {offset} the manifest has {} (file, {} bytes), the archive has {} ({:?}, {} \
+                            "at offset {offset} the manifest has {} ({}file, {} bytes), the archive has {} ({:?}, {} \
                              bytes)",
                             expected.path.display(),
+                            if expected.sparse { "sparse " } else { "" },
                             expected.size,
                             String::from_utf8_lossy(&path),
                             t.header().entry_type(),
-                            t.size()
+                            size
                         ))
+                    } else if expected.sparse {
+                        match SparseReader::new(&mut t, expected.size) {
+                            Ok(mut expanded) => Ok(visit(expected, Some(&mut expanded))),
+                            Err(why) => Err(format!("{}: {why}", expected.path.display())),
+                        }
                     } else {
                         Ok(visit(expected, Some(&mut t)))
                     }
@@ -655,6 +671,90 @@ impl Cursor<'_> {
             Ok(visited) => visited,
             Err(what) => Err(self.mismatch(what)),
         }
+    }
+}
+
+/// A GNU sparse 1.0 member's real name and size, from its PAX records.
+fn sparse_records<R: Read>(t: &mut tar::Entry<'_, R>) -> Option<(Vec<u8>, u64)> {
+    let mut name = None;
+    let mut real = None;
+    let mut major = false;
+    for ext in t.pax_extensions().ok()??.flatten() {
+        match ext.key_bytes() {
+            b"GNU.sparse.name" => name = Some(ext.value_bytes().to_vec()),
+            b"GNU.sparse.realsize" => real = std::str::from_utf8(ext.value_bytes()).ok()?.parse().ok(),
+            b"GNU.sparse.major" => major = ext.value_bytes() == b"1",
+            _ => {}
+        }
+    }
+    (major).then_some(())?;
+    Some((name?, real?))
+}
+
+/// Largest sparse map read (its text precedes the data in the member).
+const MAX_SPARSE_MAP: usize = 16 << 20;
+
+/// A sparse member's content as the file it stands for: its data regions
+/// where they are, zeros in the holes.
+struct SparseReader<'r> {
+    data: &'r mut dyn Read,
+    regions: std::collections::VecDeque<(u64, u64)>,
+    pos: u64,
+    size: u64,
+}
+
+impl<'r> SparseReader<'r> {
+    fn new(data: &'r mut dyn Read, size: u64) -> Result<Self, String> {
+        let mut map = Vec::new();
+        loop {
+            let before = map.len();
+            (&mut *data)
+                .take(512)
+                .read_to_end(&mut map)
+                .map_err(|e| format!("reading its sparse map: {e}"))?;
+            if let Some((regions, len)) = crate::pipeline::tar::parse_sparse_map(&map, size)
+                && len == map.len()
+            {
+                return Ok(SparseReader {
+                    data,
+                    regions: regions.into(),
+                    pos: 0,
+                    size,
+                });
+            }
+            if map.len() == before || map.len() > MAX_SPARSE_MAP {
+                return Err("its sparse map is malformed".into());
+            }
+        }
+    }
+}
+
+impl Read for SparseReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.size || buf.is_empty() {
+            return Ok(0);
+        }
+        let (start, len) = self.regions.front().copied().unwrap_or((self.size, 0));
+        if self.pos < start {
+            let n = (start - self.pos).min(buf.len() as u64) as usize;
+            buf[..n].fill(0);
+            self.pos += n as u64;
+            return Ok(n);
+        }
+        let left = start + len - self.pos;
+        let want = left.min(buf.len() as u64) as usize;
+        let n = self.data.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "a sparse member ends before its data",
+            ));
+        }
+        self.pos += n as u64;
+        if self.pos == start + len {
+            self.regions.pop_front();
+        }
+        Ok(n)
     }
 }
 

@@ -19,7 +19,7 @@
 //! number of files. Paths are bytes (Linux names need not be UTF-8): they are
 //! JSON strings when they are UTF-8 and `{"hex": "…"}` otherwise.
 
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 
 use anyhow::{Context, Result, anyhow, bail};
 use serde::de::Error as _;
@@ -30,7 +30,7 @@ use crate::error::IntegrityError;
 use crate::repo::store::PendingObject;
 
 /// A path as stored in a manifest: raw bytes, relative, `/`-separated.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct EncodedPath(pub Vec<u8>);
 
 impl EncodedPath {
@@ -69,6 +69,26 @@ impl<'de> Deserialize<'de> for EncodedPath {
     }
 }
 
+/// An extended attribute's value: bytes, a JSON string when they are
+/// UTF-8 and `{"hex": …}` otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct XattrValue(pub Vec<u8>);
+
+impl Serialize for XattrValue {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        EncodedPath(self.0.clone()).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for XattrValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(XattrValue(EncodedPath::deserialize(d)?.0))
+    }
+}
+
+/// Extended attributes by name.
+pub type Xattrs = std::collections::BTreeMap<String, XattrValue>;
+
 /// A key envelope in JSON (the wrapped key in hex).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,8 +122,20 @@ impl EnvelopeJson {
     }
 }
 
-/// Schema version of manifests.
-pub const MANIFEST_VERSION: u32 = 2;
+/// Schema version of manifests this vaultline writes: 3 since entries
+/// carry FIFOs and device nodes, extended attributes and sparse files.
+pub const MANIFEST_VERSION: u32 = 3;
+/// The oldest schema version it reads (2 lacks only what 3 added).
+pub const MANIFEST_VERSION_MIN: u32 = 2;
+/// Longest manifest line read: an entry with a path and a link target of
+/// `PATH_MAX` each and its extended attributes (64 KiB each at most, a
+/// few per file in practice), or an archive table (frames of 4 MiB: a
+/// 1 TiB archive lists 262,144 lengths). A hostile manifest cannot make a
+/// reader hold more.
+pub const MAX_LINE: usize = 8 << 20;
+/// Most archives an archive table may list: a chain has at most 100
+/// incremental runs after its full, so a table needs at most 101.
+pub const MAX_ARCHIVES: usize = 128;
 
 /// An archive object that entries refer to by index.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,21 +221,31 @@ pub struct ManifestHeader {
 }
 
 /// What an entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum EntryKind {
     /// A regular file.
+    #[default]
     File,
     /// A directory.
     Dir,
     /// A symbolic link ([`Entry::target`] is its target).
     Symlink,
-    /// A hard link to an earlier file entry ([`Entry::target`] is its path).
+    /// A hard link to an earlier entry that is not a directory
+    /// ([`Entry::target`] is its path).
     Hardlink,
+    /// A named pipe.
+    Fifo,
+    /// A character device node ([`Entry::dev_major`], [`Entry::dev_minor`]).
+    #[serde(rename = "chardev")]
+    CharDevice,
+    /// A block device node.
+    #[serde(rename = "blockdev")]
+    BlockDevice,
 }
 
 /// One archived path.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Entry {
     /// Path relative to `/`, e.g. `etc/hosts`.
@@ -228,11 +270,26 @@ pub struct Entry {
     /// Symlink target, or the path a hard link points to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<EncodedPath>,
-    /// True on the first entry of a file with several hard links: later
+    /// True on the first entry of an inode with several hard links: later
     /// `hardlink` entries may point to it. Lets a restore remember only
     /// these paths rather than every file's.
     #[serde(default, skip_serializing_if = "is_false")]
     pub linked: bool,
+    /// Device nodes: the major device number.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dev_major: u32,
+    /// Device nodes: the minor device number.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dev_minor: u32,
+    /// Files: stored as GNU sparse 1.0 (data regions only); restored with
+    /// holes where the source had them.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sparse: bool,
+    /// Extended attributes by name, POSIX ACLs included
+    /// (`system.posix_acl_access`, `system.posix_acl_default`, in the
+    /// kernel's binary form).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub xattrs: Xattrs,
     /// Files: index in the archive table of the archive holding the content.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<u32>,
@@ -264,6 +321,9 @@ pub struct ManifestEnd {
     pub symlinks: u64,
     /// Hard links.
     pub hardlinks: u64,
+    /// FIFOs and device nodes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub specials: u64,
     /// Bytes of file content archived.
     pub bytes: u64,
     /// Entries left out (special files, unreadable paths).
@@ -359,7 +419,7 @@ impl<W: Write> ManifestWriter<W> {
 
 /// Reads a manifest, entry by entry.
 pub struct ManifestReader<R: Read> {
-    lines: io::Split<BufReader<zstd::stream::read::Decoder<'static, BufReader<R>>>>,
+    lines: Lines<BufReader<zstd::stream::read::Decoder<'static, BufReader<R>>>>,
     name: String,
     header: ManifestHeader,
     archives: Option<Vec<Option<ArchiveRef>>>,
@@ -374,16 +434,16 @@ impl<R: Read> ManifestReader<R> {
     /// Reads the header line from the opened (authenticated) plaintext.
     pub fn new(plaintext: R, name: &str) -> Result<Self> {
         let decoder = zstd::stream::read::Decoder::new(plaintext)?;
-        let mut lines = BufReader::with_capacity(1 << 16, decoder).split(b'\n');
+        let mut lines = Lines::new(BufReader::with_capacity(1 << 16, decoder), name);
         let first = lines
             .next()
-            .ok_or_else(|| IntegrityError(format!("manifest {name} is empty")))?
-            .with_context(|| format!("manifest {name}"))?;
+            .ok_or_else(|| IntegrityError(format!("manifest {name} is empty")))??;
         let header: ManifestHeader = serde_json::from_slice(&first)
             .map_err(|e| IntegrityError(format!("manifest {name}: invalid header line: {e}")))?;
-        if header.vaultline_manifest != MANIFEST_VERSION {
+        if !(MANIFEST_VERSION_MIN..=MANIFEST_VERSION).contains(&header.vaultline_manifest) {
             bail!(
-                "manifest {name} has schema version {}, this vaultline reads {MANIFEST_VERSION}",
+                "manifest {name} has schema version {}, this vaultline reads {MANIFEST_VERSION_MIN} to \
+                 {MANIFEST_VERSION}",
                 header.vaultline_manifest
             );
         }
@@ -429,7 +489,7 @@ impl<R: Read> ManifestReader<R> {
                     IntegrityError(format!("manifest {} ends without its end record", self.name)).into(),
                 );
             };
-            let line = line.with_context(|| format!("manifest {}", self.name))?;
+            let line = line?;
             self.line += 1;
             let bad = |what: &str, e: serde_json::Error, line: u64| -> anyhow::Error {
                 IntegrityError(format!(
@@ -509,6 +569,37 @@ impl<R: Read> ManifestReader<R> {
     }
 
     fn check_used(&self, table: &[Option<ArchiveRef>]) -> Result<()> {
+        if table.len() > MAX_ARCHIVES {
+            return Err(IntegrityError(format!(
+                "manifest {}: its archive table lists {} archives, more than a chain can have ({MAX_ARCHIVES})",
+                self.name,
+                table.len()
+            ))
+            .into());
+        }
+        for a in table.iter().flatten() {
+            let expected = if a.frame_size == 0 {
+                0
+            } else {
+                a.plain_size.div_ceil(a.frame_size)
+            };
+            if !(1..=64 << 20).contains(&a.frame_size)
+                || a.frames.len() as u64 != expected
+                || a.frames.len() as u64 > a.size
+            {
+                return Err(IntegrityError(format!(
+                    "manifest {}: archive {} has an impossible frame table ({} frames of {} bytes for {} bytes of \
+                     tar in {} bytes)",
+                    self.name,
+                    a.object,
+                    a.frames.len(),
+                    a.frame_size,
+                    a.plain_size,
+                    a.size
+                ))
+                .into());
+            }
+        }
         for &(index, line) in &self.used {
             if table.get(index as usize).and_then(Option::as_ref).is_none() {
                 return Err(IntegrityError(format!(
@@ -546,6 +637,52 @@ impl<R: Read> ManifestReader<R> {
     }
 }
 
+/// Lines of at most [`MAX_LINE`] bytes (without their `\n`); a longer one
+/// is an integrity error, found without holding more than that.
+struct Lines<B> {
+    input: B,
+    name: String,
+    number: u64,
+}
+
+impl<B: BufRead> Lines<B> {
+    fn new(input: B, name: &str) -> Self {
+        Lines {
+            input,
+            name: name.to_string(),
+            number: 0,
+        }
+    }
+
+    fn next(&mut self) -> Option<Result<Vec<u8>>> {
+        let mut line = Vec::new();
+        self.number += 1;
+        match (&mut self.input)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) => None,
+            Ok(_) => {
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                } else if line.len() > MAX_LINE {
+                    return Some(Err(IntegrityError(format!(
+                        "manifest {}: line {} is longer than {} MiB: not a manifest vaultline wrote",
+                        self.name,
+                        self.number,
+                        MAX_LINE >> 20
+                    ))
+                    .into()));
+                }
+                Some(Ok(line))
+            }
+            Err(e) => Some(Err(
+                anyhow::Error::new(e).context(format!("manifest {}", self.name))
+            )),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -575,6 +712,7 @@ mod tests {
             linked: false,
             archive: Some(0),
             offset: Some(1536),
+            ..Entry::default()
         };
         assert_eq!(
             serde_json::to_string(&e).unwrap(),

@@ -8,8 +8,8 @@ use anyhow::{Result, anyhow};
 use crate::cli::app::App;
 use crate::cli::args::BackupNowArgs;
 use crate::ops::report::{JobOutcome, JobRun, Recorder};
-use crate::pipeline::archive::Walker;
 use crate::pipeline::backup::{self, BackupReport};
+use crate::pipeline::walk::{Kind, Walker};
 use crate::repo::lock::JobLock;
 use crate::units::human_bytes;
 
@@ -25,7 +25,6 @@ pub fn run(app: &App, args: &BackupNowArgs) -> Result<()> {
         Err(e) => {
             // No key, no run: still a failed run for status, metrics and the
             // trail, which waits for a command that reaches the repository.
-            recorder.hold();
             not_started(&recorder, &jobs, "failed", &e, None)?;
             recorder.finish(&format!("{e:#}"), serde_json::Value::Null)?;
             return Err(e);
@@ -58,18 +57,17 @@ fn run_checked(
     let gate = match early {
         Ok(gate) => gate,
         Err(e) => {
-            recorder.hold();
             not_started(recorder, jobs, "failed", &e, None)?;
             return Err(e);
         }
     };
     if let Some(refusal) = gate.refused {
         // Nothing is written into a bucket that failed hardening.
-        recorder.hold();
         let e = anyhow::Error::from(refusal);
         not_started(recorder, jobs, "refused", &e, gate.record)?;
         return Err(e);
     }
+    recorder.reached();
     run_jobs(app, args, jobs, keys, recorder, gate.record)
 }
 
@@ -161,6 +159,11 @@ fn run_jobs(
     if app.out.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     }
+    let busy = |e: &anyhow::Error| e.chain().any(|c| c.is::<crate::error::BusyError>());
+    if reports.is_empty() && !failed.is_empty() && failed.iter().all(|(_, e)| busy(e)) {
+        // Every job was running already: this run wrote nothing.
+        recorder.hold();
+    }
     if !failed.is_empty() {
         let names: Vec<&str> = failed.iter().map(|(n, _)| n.as_str()).collect();
         let summary = format!(
@@ -196,8 +199,8 @@ fn estimate(job: &vaultline_config::Job, own: &[std::path::PathBuf]) -> u64 {
     let mut total = 0;
     let _ = Walker::new(job, own).walk(
         |f| {
-            if f.meta.is_file() {
-                total += f.meta.len();
+            if f.kind == Kind::File {
+                total += f.stat.st_size.max(0) as u64;
             }
             Ok(())
         },

@@ -77,6 +77,7 @@ pub fn run(app: &App, args: &ForgetArgs) -> Result<()> {
         None => app.select_jobs(&[])?,
     };
     let recorder = app.recorder("forget");
+    recorder.reached();
     let mut plans = Vec::new();
     for job in jobs {
         let _lock = JobLock::acquire(&app.config.agent.state_dir, &job.name, true)?;

@@ -32,6 +32,7 @@ pub fn run(app: &App, apply: bool) -> Result<()> {
     let plan = harden::plan(&state, &report, &app.config, s3)?;
     if apply && !plan.changes.is_empty() {
         let recorder = app.recorder("harden --apply");
+        recorder.reached();
         let result = harden::apply(
             client,
             sdk,

@@ -17,9 +17,13 @@ use serde::Serialize;
 use crate::cli::app::App;
 use crate::cli::args::RestoreArgs;
 use crate::error::{IntegrityError, UsageError};
-use crate::pipeline::extract::{Extractor, Refused};
-use crate::pipeline::snapshot::{open_first, resolve};
-use crate::repo::manifest::Entry;
+use crate::ops::report::Recorder;
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::pipeline::extract::{Extractor, Options, Refused};
+use crate::pipeline::snapshot::{SnapshotReader, open_first, resolve};
+use crate::repo::manifest::{EncodedPath, Entry, EntryKind};
 use crate::units::human_bytes;
 
 #[derive(Serialize)]
@@ -31,12 +35,18 @@ struct RestoreReport {
     entries: u64,
     files: u64,
     bytes: u64,
+    /// Entries found in place already, identical (a restore run again).
+    already: u64,
     refused: Vec<Refused>,
+    blocked: Vec<Refused>,
     existing: Vec<String>,
+    /// What was restored only in part, by kind.
+    notes: Vec<String>,
+    /// Files restored without their setuid/setgid bits or capabilities.
+    dropped_privileges: Vec<String>,
 }
 
-/// Runs `restore`, recording it in the audit trail (kept locally: a
-/// restore principal may not write to the bucket; the next backup ships it).
+/// Runs `restore`, recording it in the audit trail.
 pub fn run(app: &App, args: &RestoreArgs) -> Result<()> {
     let recorder = app.recorder("restore");
     recorder.event(
@@ -44,7 +54,7 @@ pub fn run(app: &App, args: &RestoreArgs) -> Result<()> {
         serde_json::json!({ "snapshot": args.snapshot, "job": args.job, "target": args.target }),
     )?;
     let keys = app.keys()?;
-    let result = restore(app, args, &keys);
+    let result = restore(app, args, &keys, &recorder);
     recorder.event(
         "restore-finished",
         serde_json::json!({
@@ -57,15 +67,17 @@ pub fn run(app: &App, args: &RestoreArgs) -> Result<()> {
     result
 }
 
-fn restore(app: &App, args: &RestoreArgs, keys: &crate::keys::Keys) -> Result<()> {
+fn restore(app: &App, args: &RestoreArgs, keys: &crate::keys::Keys, recorder: &Recorder) -> Result<()> {
     let selection = Selection::new(&args.paths, &args.include, &args.exclude)?;
     app.repo.check_key(keys.as_ref())?;
+    recorder.reached();
     let host = app.host(&args.host);
     let configured: Vec<String> = app.config.jobs.iter().map(|j| j.name.clone()).collect();
     let candidates = resolve(&app.repo, host, args.job.as_deref(), &configured, &args.snapshot)?;
     let reader = open_first(&app.repo, keys.as_ref(), candidates)?;
     let snap = reader.snapshot().clone();
-    let mut select = |e: &Entry| selection.selects(&e.path.0);
+    let donors = donors(&reader, &selection)?;
+    let mut select = |e: &Entry| selection.selects(&e.path.0) || donors.contains_key(&e.path.0);
     let plan = reader.plan(&mut select)?;
     if plan.entries == 0 && !selection.is_all() {
         return Err(UsageError(format!(
@@ -100,17 +112,46 @@ fn restore(app: &App, args: &RestoreArgs, keys: &crate::keys::Keys) -> Result<()
     let progress = app
         .out
         .progress(&format!("restoring {}", snap.id), Some(plan.bytes));
-    let mut extractor = Extractor::new(&args.target, args.overwrite)?;
+    let onto_root = args.target.canonicalize().is_ok_and(|t| t == Path::new("/"));
+    let options = Options {
+        overwrite: args.overwrite,
+        // Setuid/setgid bits and file capabilities grant privileges: a
+        // snapshot (from a host that may be compromised) gets them only
+        // when asked, or when root puts a system back where it was.
+        keep_privileges: args.keep_privileges || (onto_root && rustix::process::geteuid().is_root()),
+        journal: Some(restore_journal(
+            &app.config.agent.state_dir,
+            &args.target,
+            &snap.id,
+        )),
+    };
+    let mut extractor = Extractor::new(&args.target, options)?;
     let walked = reader.read(
         &plan,
         &mut select,
         &mut |entry: &Entry, data: Option<&mut dyn Read>| {
-            extractor.place(entry, data)?;
+            // A hard link whose first name is not selected is restored from
+            // that name's data, under its own name.
+            if let Some(link) = donors.get(&entry.path.0) {
+                let mut as_link = entry.clone();
+                as_link.path = link.clone();
+                as_link.linked = true;
+                extractor.place(&as_link, data)?;
+            } else if entry.kind == EntryKind::Hardlink
+                && let Some(link) = entry.target.as_ref().and_then(|t| donors.get(&t.0))
+                && *link != entry.path
+            {
+                let mut retargeted = entry.clone();
+                retargeted.target = Some(link.clone());
+                extractor.place(&retargeted, data)?;
+            } else if entry.kind != EntryKind::Hardlink || !donors.values().any(|l| *l == entry.path) {
+                extractor.place(entry, data)?;
+            }
             progress.add(entry.size, 1);
             Ok(())
         },
     )?;
-    let entries = walked.entries;
+    let entries = walked.entries - donors.len() as u64;
     progress.finish();
     let extracted = extractor.finish()?;
 
@@ -122,19 +163,52 @@ fn restore(app: &App, args: &RestoreArgs, keys: &crate::keys::Keys) -> Result<()
         entries,
         files: extracted.files,
         bytes: extracted.bytes,
+        already: extracted.already,
         refused: extracted.refused,
+        blocked: extracted.blocked,
         existing: extracted.existing,
+        notes: extracted.notes,
+        dropped_privileges: extracted.dropped_privileges,
     };
+    for n in &report.notes {
+        tracing::warn!("{n}");
+    }
+    if !report.dropped_privileges.is_empty() {
+        let shown: Vec<&str> = report
+            .dropped_privileges
+            .iter()
+            .take(5)
+            .map(String::as_str)
+            .collect();
+        tracing::warn!(
+            "{} file(s) restored without their setuid/setgid bits or file capabilities (restore with \
+             --keep-privileges to keep them): {}{}",
+            report.dropped_privileges.len(),
+            shown.join(", "),
+            if report.dropped_privileges.len() > shown.len() {
+                ", …"
+            } else {
+                ""
+            }
+        );
+    }
     app.out.result(&report, || {
-        format!(
+        let mut t = format!(
             "restored snapshot {} of {}/{} into {}: {} entries, {} in files",
             report.snapshot,
             report.host,
             report.job,
             report.target,
-            report.entries - report.refused.len() as u64 - report.existing.len() as u64,
+            report.entries
+                - report.refused.len() as u64
+                - report.blocked.len() as u64
+                - report.existing.len() as u64,
             human_bytes(report.bytes)
-        )
+        );
+        if report.already > 0 {
+            t.push_str(&format!(" ({} already in place)", report.already));
+        }
+        t
     })?;
     if !report.refused.is_empty() {
         let list: Vec<String> = report
@@ -150,6 +224,26 @@ fn restore(app: &App, args: &RestoreArgs, keys: &crate::keys::Keys) -> Result<()
             list.join("; ")
         ))
         .into());
+    }
+    if !report.blocked.is_empty() {
+        let list: Vec<String> = report
+            .blocked
+            .iter()
+            .take(5)
+            .map(|r| format!("{} ({})", r.path, r.reason))
+            .collect();
+        anyhow::bail!(
+            "{} entr{} could not be restored into {}: {}{}",
+            report.blocked.len(),
+            if report.blocked.len() == 1 { "y" } else { "ies" },
+            report.target,
+            list.join("; "),
+            if report.blocked.len() > list.len() {
+                "; …"
+            } else {
+                ""
+            }
+        );
     }
     if !report.existing.is_empty() {
         let shown: Vec<&str> = report.existing.iter().take(5).map(String::as_str).collect();
@@ -167,6 +261,37 @@ fn restore(app: &App, args: &RestoreArgs, keys: &crate::keys::Keys) -> Result<()
         );
     }
     Ok(())
+}
+
+/// Where the journal of a restore of `snapshot` into `target` is kept: one
+/// per (target, snapshot), so only a rerun of the same restore reads it.
+fn restore_journal(state_dir: &Path, target: &Path, snapshot: &str) -> std::path::PathBuf {
+    use sha2::Digest;
+    let target = std::path::absolute(target).unwrap_or_else(|_| target.to_path_buf());
+    let key = hex::encode(&sha2::Sha256::digest(target.as_os_str().as_encoded_bytes())[..8]);
+    state_dir
+        .join("restores")
+        .join(format!("{snapshot}-{key}.journal"))
+}
+
+/// Selected hard links whose first name is not selected: that name's entry
+/// (by path) → the first selected link's path, which it is restored as.
+fn donors(reader: &SnapshotReader<'_>, selection: &Selection) -> Result<HashMap<Vec<u8>, EncodedPath>> {
+    let mut donors: HashMap<Vec<u8>, EncodedPath> = HashMap::new();
+    if selection.is_all() {
+        return Ok(donors);
+    }
+    let mut pass = reader.pass()?;
+    while let Some(e) = pass.next_entry()? {
+        if e.kind == EntryKind::Hardlink
+            && selection.selects(&e.path.0)
+            && let Some(target) = &e.target
+            && !selection.selects(&target.0)
+        {
+            donors.entry(target.0.clone()).or_insert(e.path);
+        }
+    }
+    Ok(donors)
 }
 
 /// Which entries a restore takes: those matching a given path or include

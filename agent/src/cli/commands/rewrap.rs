@@ -105,6 +105,7 @@ pub fn run(app: &App, args: &RewrapArgs) -> Result<()> {
         report.to_key = to.key_id().to_string();
         Rewrap {
             app,
+            recorder: &recorder,
             keys,
             from: &from,
             to: &to,
@@ -167,6 +168,7 @@ fn render(r: &RewrapReport) -> String {
 
 struct Rewrap<'a> {
     app: &'a App,
+    recorder: &'a crate::ops::report::Recorder,
     /// The configured key provider (counted): opens manifests, whatever key
     /// their envelopes name.
     keys: &'a Keys,
@@ -182,6 +184,7 @@ struct Rewrap<'a> {
 impl Rewrap<'_> {
     fn run(&mut self) -> Result<()> {
         let marker = self.check_marker()?;
+        self.recorder.reached();
         self.preflight()?;
         if marker.key_id != self.to.key_id() {
             self.switch_marker(marker)?;

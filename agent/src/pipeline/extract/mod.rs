@@ -17,12 +17,22 @@
 //!   authenticated data. If reading fails (an integrity error), nothing is
 //!   left behind.
 //! - **No overwriting unless asked.** Linking and renaming never replace by
-//!   default; an existing file is left alone and reported. With `--overwrite`
-//!   a file may replace a file or symlink, never a directory.
-//! - Modes, mtimes (to the nanosecond) and, when running as root, owners are
-//!   restored; directories get theirs at the end, deepest first, so that
-//!   writing their contents does not disturb them and a read-only directory
-//!   can still be filled.
+//!   default; an existing file is left alone and reported, unless it is
+//!   identical to what would be written (a restore run again into its
+//!   target continues where it stopped). With `--overwrite` a file may
+//!   replace a file or symlink, never a directory.
+//! - **Nobody's guard lowered.** A directory that existed keeps its owner,
+//!   mode and times unless `--overwrite`. Directories this restore creates
+//!   are 0700 until their contents are done, then get their own metadata
+//!   (deepest first, so a read-only directory can still be filled); the
+//!   ones it created are journaled in the target, so a rerun of the same
+//!   snapshot finishes them too. Setuid/setgid bits of files and file
+//!   capabilities are restored only when asked (`--keep-privileges`) or when
+//!   root restores onto `/`; every file that lost them is reported.
+//! - Modes, mtimes (to the nanosecond), extended attributes and ACLs and,
+//!   when running as root, owners and device nodes are restored. An
+//!   attribute the target cannot hold (no ACL support, `trusted.*` as
+//!   another user) leaves the file restored and is reported once per kind.
 //!
 //! Creating many small files is dominated by the kernel's work per file, so
 //! small files (the bulk of most trees) are read whole from the stream and
@@ -44,7 +54,7 @@ use rustix::fs::{Mode, OFlags};
 use serde::Serialize;
 
 use crate::repo::manifest::{EncodedPath, Entry, EntryKind};
-use placer::{Meta, Placer, Refusal};
+use placer::{Meta, Notes, Placed, Placer, Policy, Refusal};
 
 /// Files up to this size are handed to worker threads whole.
 const SMALL_FILE: u64 = 1 << 20;
@@ -72,10 +82,37 @@ pub struct Extracted {
     pub files: u64,
     /// Their bytes.
     pub bytes: u64,
-    /// Entries refused as unsafe.
+    /// Entries found already in place, identical (a restore run again).
+    pub already: u64,
+    /// FIFOs and device nodes made.
+    pub specials: u64,
+    /// Entries refused as unsafe: the snapshot asks for what vaultline
+    /// never archives.
     pub refused: Vec<Refused>,
-    /// Entries left alone because something exists in their place.
+    /// Entries the target kept from being placed (a symlink or a file in
+    /// the way, a system error, a hard link whose target is not here).
+    pub blocked: Vec<Refused>,
+    /// Entries left alone because something different exists in their place.
     pub existing: Vec<String>,
+    /// What was restored only in part, one line per kind of problem
+    /// (attributes the target cannot hold, device nodes without root).
+    pub notes: Vec<String>,
+    /// Files whose setuid/setgid bits or capabilities were not restored.
+    pub dropped_privileges: Vec<String>,
+}
+
+/// How a restore treats what exists and what grants privileges.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Replace existing files (never directories), and set the metadata of
+    /// existing directories.
+    pub overwrite: bool,
+    /// Restore setuid/setgid bits and file capabilities.
+    pub keep_privileges: bool,
+    /// The journal of directories this restore creates (kept outside the
+    /// target, in the state directory), so a rerun of the same restore into
+    /// the same target finishes them. `None`: no journal.
+    pub journal: Option<std::path::PathBuf>,
 }
 
 /// Splits an archive path into safe components, or says why it is unsafe.
@@ -113,7 +150,7 @@ struct Done {
     path: EncodedPath,
     size: u64,
     linked: bool,
-    result: Result<Result<(), Refusal>>,
+    result: Result<Result<Placed, Refusal>>,
 }
 
 /// A directory whose metadata is applied at the end. Kept compact: a big
@@ -129,7 +166,15 @@ pub struct Extractor {
     main: Placer,
     jobs: Option<SyncSender<Job>>,
     done: Receiver<Done>,
-    workers: Vec<JoinHandle<()>>,
+    workers: Vec<JoinHandle<Notes>>,
+    options: Options,
+    is_root: bool,
+    /// Directories an earlier run of this restore created (from its journal).
+    journaled: HashSet<Vec<u8>>,
+    journal: Option<std::fs::File>,
+    /// Symlinks this restore made: an entry blocked by one of them is the
+    /// snapshot's doing (vaultline never archives a path below a symlink).
+    made_symlinks: HashSet<Vec<u8>>,
     in_flight: usize,
     dirs: Vec<DirMeta>,
     /// Restored files that hard links may point to (those the manifest
@@ -140,16 +185,20 @@ pub struct Extractor {
 
 impl Extractor {
     /// Restores into `target`, creating it if missing.
-    pub fn new(target: &Path, overwrite: bool) -> Result<Self> {
+    pub fn new(target: &Path, options: Options) -> Result<Self> {
         let workers = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(MAX_WORKERS);
-        Self::with_workers(target, overwrite, workers, true)
+        Self::with_workers(target, options, workers, true)
     }
 
     /// `workers` threads for small files (0: all on the calling thread);
     /// `unnamed`: use `O_TMPFILE` where the file system supports it.
-    fn with_workers(target: &Path, overwrite: bool, workers: usize, unnamed: bool) -> Result<Self> {
+    fn with_workers(target: &Path, options: Options, workers: usize, unnamed: bool) -> Result<Self> {
+        let policy = Policy {
+            overwrite: options.overwrite,
+            keep_privileges: options.keep_privileges,
+        };
         std::fs::create_dir_all(target)
             .with_context(|| format!("cannot create target {}", target.display()))?;
         let root = rustix::fs::open(
@@ -159,24 +208,33 @@ impl Extractor {
         )
         .with_context(|| format!("cannot open target {}", target.display()))?;
         let root = Arc::new(root);
-        let mut main = Placer::new(Arc::clone(&root), overwrite, None)?;
+        let mut main = Placer::new(Arc::clone(&root), policy, None)?;
         let link_mode = if unnamed { main.probe_link_mode() } else { None };
-        main = Placer::new(Arc::clone(&root), overwrite, link_mode)?;
+        main = Placer::new(Arc::clone(&root), policy, link_mode)?;
+        let (journaled, journal) = match &options.journal {
+            // Best effort: without it, a rerun leaves the directories an
+            // interrupted run made at 0700 (never looser).
+            Some(path) => open_journal(path).unwrap_or_else(|e| {
+                tracing::debug!("no restore journal {}: {e:#}", path.display());
+                (HashSet::new(), None)
+            }),
+            None => (HashSet::new(), None),
+        };
 
         let (jobs_tx, jobs_rx) = sync_channel::<Job>(QUEUE);
         let jobs_rx = Arc::new(std::sync::Mutex::new(jobs_rx));
         let (done_tx, done) = channel::<Done>();
         let mut handles = Vec::new();
         for _ in 0..workers {
-            let mut placer = Placer::new(Arc::clone(&root), overwrite, link_mode)?;
+            let mut placer = Placer::new(Arc::clone(&root), policy, link_mode)?;
             let (rx, tx) = (Arc::clone(&jobs_rx), done_tx.clone());
             handles.push(std::thread::spawn(move || {
                 loop {
                     let job = match rx.lock() {
                         Ok(rx) => rx.recv(),
-                        Err(_) => return,
+                        Err(_) => return placer.notes,
                     };
-                    let Ok(job) = job else { return };
+                    let Ok(job) = job else { return placer.notes };
                     let result = placer.file(&job.comps, &job.entry, &mut &job.data[..]);
                     let done = Done {
                         comps: job.comps,
@@ -186,7 +244,7 @@ impl Extractor {
                         result,
                     };
                     if tx.send(done).is_err() {
-                        return;
+                        return placer.notes;
                     }
                 }
             }));
@@ -196,6 +254,11 @@ impl Extractor {
             jobs: if workers > 0 { Some(jobs_tx) } else { None },
             done,
             workers: handles,
+            options,
+            is_root: rustix::process::geteuid().is_root(),
+            journaled,
+            journal,
+            made_symlinks: HashSet::new(),
             in_flight: 0,
             dirs: Vec::new(),
             link_targets: HashSet::new(),
@@ -211,7 +274,15 @@ impl Extractor {
         });
     }
 
-    /// Records the outcome of placing a file or link.
+    fn block(&mut self, path: &EncodedPath, reason: String) {
+        tracing::warn!("not restored: {}: {reason}", path.display());
+        self.out.blocked.push(Refused {
+            path: path.display().into_owned(),
+            reason,
+        });
+    }
+
+    /// Records the outcome of placing anything but a directory.
     fn settle(
         &mut self,
         comps: &[Vec<u8>],
@@ -219,20 +290,44 @@ impl Extractor {
         kind: EntryKind,
         size: u64,
         linked: bool,
-        r: Result<(), Refusal>,
+        r: Result<Placed, Refusal>,
     ) {
         match r {
-            Ok(()) => {
-                if kind == EntryKind::File {
-                    self.out.files += 1;
-                    self.out.bytes += size;
-                    if linked {
-                        self.link_targets.insert(comps.join(&b'/'));
+            Ok(placed) => {
+                if kind == EntryKind::Symlink && placed == Placed::New {
+                    self.made_symlinks.insert(comps.join(&b'/'));
+                }
+                match (placed, kind) {
+                    (Placed::Already, _) => self.out.already += 1,
+                    (Placed::New, EntryKind::File) => {
+                        self.out.files += 1;
+                        self.out.bytes += size;
                     }
+                    (Placed::New, EntryKind::Fifo | EntryKind::CharDevice | EntryKind::BlockDevice) => {
+                        self.out.specials += 1;
+                    }
+                    _ => {}
+                }
+                if linked {
+                    self.link_targets.insert(comps.join(&b'/'));
                 }
             }
             Err(Refusal::Exists) => self.out.existing.push(path.display().into_owned()),
             Err(Refusal::Unsafe(reason)) => self.refuse(path, reason),
+            Err(Refusal::Blocked(reason)) => {
+                // Below a symlink this snapshot made: the snapshot's doing.
+                let made = (1..comps.len()).find(|&n| self.made_symlinks.contains(&comps[..n].join(&b'/')));
+                match made {
+                    Some(n) => self.refuse(
+                        path,
+                        format!(
+                            "{} is a symlink this snapshot made; not following it",
+                            String::from_utf8_lossy(&comps[..n].join(&b'/'))
+                        ),
+                    ),
+                    None => self.block(path, reason),
+                }
+            }
         }
     }
 
@@ -286,15 +381,30 @@ impl Extractor {
         }
         let result = match entry.kind {
             EntryKind::Dir => {
-                let r = self.main.dir(&comps);
-                if r.is_ok() {
-                    self.dirs.push(DirMeta {
-                        path: comps.join(&b'/'),
-                        depth: comps.len(),
-                        meta: Meta::from(entry),
-                    });
+                match self.main.dir(&comps) {
+                    Ok(created) => {
+                        let path = comps.join(&b'/');
+                        if created && let Some(j) = &mut self.journal {
+                            use std::io::Write as _;
+                            let mut line = path.clone();
+                            line.push(0);
+                            j.write_all(&line).context("cannot write the restore journal")?;
+                        }
+                        // Metadata only for what this restore made (or a rerun
+                        // of it made), unless asked to overwrite.
+                        if created || self.options.overwrite || self.journaled.contains(&path) {
+                            self.dirs.push(DirMeta {
+                                path,
+                                depth: comps.len(),
+                                meta: Meta::from(entry),
+                            });
+                        }
+                    }
+                    Err(Refusal::Unsafe(r)) => self.refuse(&entry.path, r),
+                    Err(Refusal::Blocked(r)) => self.block(&entry.path, r),
+                    Err(Refusal::Exists) => {}
                 }
-                r
+                return Ok(());
             }
             EntryKind::File => {
                 let data =
@@ -324,6 +434,15 @@ impl Extractor {
                 }
             }
             EntryKind::Symlink => self.main.symlink(&comps, entry),
+            EntryKind::Fifo => self.main.special(&comps, entry),
+            EntryKind::CharDevice | EntryKind::BlockDevice if !self.is_root => {
+                self.main.notes_mut().note(
+                    "device nodes not restored: only root can make them".into(),
+                    &entry.path.0,
+                );
+                return Ok(());
+            }
+            EntryKind::CharDevice | EntryKind::BlockDevice => self.main.special(&comps, entry),
             EntryKind::Hardlink => {
                 // Its target may still be with a worker.
                 self.collect(true)?;
@@ -334,7 +453,7 @@ impl Extractor {
         Ok(())
     }
 
-    fn hardlink(&mut self, comps: &[Vec<u8>], entry: &Entry) -> Result<(), Refusal> {
+    fn hardlink(&mut self, comps: &[Vec<u8>], entry: &Entry) -> Result<Placed, Refusal> {
         let target = entry
             .target
             .as_ref()
@@ -342,8 +461,8 @@ impl Extractor {
         let target_comps =
             safe_components(&target.0).map_err(|r| Refusal::Unsafe(format!("link target: {r}")))?;
         if target_comps.is_empty() || !self.link_targets.contains(&target_comps.join(&b'/')) {
-            return Err(Refusal::Unsafe(format!(
-                "link target {} was not restored in this run",
+            return Err(Refusal::Blocked(format!(
+                "its target {} was not restored in this run",
                 target.display()
             )));
         }
@@ -354,22 +473,37 @@ impl Extractor {
     /// flushes everything to disk.
     pub fn finish(mut self) -> Result<Extracted> {
         self.collect(true)?;
-        self.stop_workers();
+        let mut notes = self.stop_workers();
         let dirs = std::mem::take(&mut self.dirs);
         self.apply_dir_metadata(dirs);
         self.main.sync()?;
+        notes.merge(std::mem::take(self.main.notes_mut()));
+        for (what, (count, first)) in notes.by_kind {
+            self.out.notes.push(format!(
+                "{what} ({count} entr{}; first: {first})",
+                if count == 1 { "y" } else { "ies" }
+            ));
+        }
+        self.out.dropped_privileges = notes.dropped;
+        // Finished: a later restore into this target starts afresh.
+        if let (Some(path), Some(_)) = (&self.options.journal, self.journal.take()) {
+            let _ = std::fs::remove_file(path);
+        }
         Ok(std::mem::take(&mut self.out))
     }
 
     /// Sets directories' metadata, deepest first (so a parent's mode never
-    /// blocks reaching its child).
+    /// blocks reaching its child). A failure is a note: the directory's
+    /// contents are restored.
     fn apply_dir_metadata(&mut self, mut dirs: Vec<DirMeta>) {
         dirs.sort_by_key(|d| std::cmp::Reverse(d.depth));
         for d in &dirs {
             let comps: Vec<Vec<u8>> = d.path.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
             if let Err(reason) = self.main.dir_metadata(&comps, &d.meta) {
-                let path = String::from_utf8_lossy(&d.path);
-                tracing::warn!("cannot set owner, mode or time of {path}: {reason}");
+                self.main.notes_mut().note(
+                    format!("directory owner, mode or time not set: {reason}"),
+                    &d.path,
+                );
             }
         }
     }
@@ -388,11 +522,15 @@ impl Extractor {
         Ok(())
     }
 
-    fn stop_workers(&mut self) {
+    fn stop_workers(&mut self) -> Notes {
         self.jobs = None;
+        let mut notes = Notes::default();
         for h in self.workers.drain(..) {
-            let _ = h.join();
+            if let Ok(n) = h.join() {
+                notes.merge(n);
+            }
         }
+        notes
     }
 }
 
@@ -400,8 +538,26 @@ impl Drop for Extractor {
     /// On an early return (an integrity failure), queued files are still
     /// complete and authentic: let the workers finish them, then stop.
     fn drop(&mut self) {
-        self.stop_workers();
+        let _ = self.stop_workers();
     }
+}
+
+/// Opens (creating) the journal at `path` and reads the directories an
+/// earlier run of the same restore created. A private state file, never
+/// opened through a symlink.
+fn open_journal(path: &Path) -> Result<(HashSet<Vec<u8>>, Option<std::fs::File>)> {
+    if let Some(dir) = path.parent() {
+        crate::state::private_dir(dir)?;
+    }
+    let file = crate::state::open_append(path, crate::state::PRIVATE)?;
+    let mut bytes = Vec::new();
+    (&file).take(256 << 20).read_to_end(&mut bytes)?;
+    let dirs = bytes
+        .split(|&b| b == 0)
+        .filter(|p| !p.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect();
+    Ok((dirs, Some(file)))
 }
 
 #[cfg(test)]
@@ -422,8 +578,14 @@ mod tests {
             mtime_nsec: 123,
             target: target.map(|t| EncodedPath(t.as_bytes().to_vec())),
             linked: true,
-            archive: None,
-            offset: None,
+            ..Entry::default()
+        }
+    }
+
+    fn opts(overwrite: bool) -> Options {
+        Options {
+            overwrite,
+            ..Options::default()
         }
     }
 
@@ -449,7 +611,7 @@ mod tests {
         for (workers, unnamed) in modes() {
             let outside = tempfile::tempdir().unwrap();
             let target = tempfile::tempdir().unwrap();
-            let mut x = Extractor::with_workers(target.path(), false, workers, unnamed).unwrap();
+            let mut x = Extractor::with_workers(target.path(), opts(false), workers, unnamed).unwrap();
             let link = entry(
                 "escape",
                 EntryKind::Symlink,
@@ -461,9 +623,9 @@ mod tests {
             x.place(&through, Some(&mut &b"bad"[..])).unwrap();
             let out = x.finish().unwrap();
             assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
-            assert_eq!(out.refused.len(), 1, "{workers} {unnamed}");
+            assert_eq!(out.blocked.len(), 1, "{workers} {unnamed}");
             assert_eq!(
-                out.refused[0].reason,
+                out.blocked[0].reason,
                 "escape is a symlink or not a directory; not following it"
             );
         }
@@ -475,11 +637,11 @@ mod tests {
             let target = tempfile::tempdir().unwrap();
             std::fs::write(target.path().join("f"), "old").unwrap();
             let f = entry("f", EntryKind::File, 3, None);
-            let mut x = Extractor::with_workers(target.path(), false, workers, unnamed).unwrap();
+            let mut x = Extractor::with_workers(target.path(), opts(false), workers, unnamed).unwrap();
             x.place(&f, Some(&mut &b"new"[..])).unwrap();
             assert_eq!(x.finish().unwrap().existing, ["f"]);
             assert_eq!(std::fs::read(target.path().join("f")).unwrap(), b"old");
-            let mut x = Extractor::with_workers(target.path(), true, workers, unnamed).unwrap();
+            let mut x = Extractor::with_workers(target.path(), opts(true), workers, unnamed).unwrap();
             x.place(&f, Some(&mut &b"new"[..])).unwrap();
             let out = x.finish().unwrap();
             assert!(out.existing.is_empty() && out.refused.is_empty());
@@ -503,7 +665,7 @@ mod tests {
         }
         for (workers, unnamed) in modes() {
             let target = tempfile::tempdir().unwrap();
-            let mut x = Extractor::with_workers(target.path(), false, workers, unnamed).unwrap();
+            let mut x = Extractor::with_workers(target.path(), opts(false), workers, unnamed).unwrap();
             assert!(
                 x.place(&entry("d/f", EntryKind::File, 10, None), Some(&mut Failing))
                     .is_err()
@@ -525,7 +687,7 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         for (workers, unnamed) in modes() {
             let target = tempfile::tempdir().unwrap();
-            let mut x = Extractor::with_workers(target.path(), false, workers, unnamed).unwrap();
+            let mut x = Extractor::with_workers(target.path(), opts(false), workers, unnamed).unwrap();
             let n = DIR_FLUSH * 2 + 7;
             for i in 0..n {
                 let mut d = entry(&format!("d{i:04}"), EntryKind::Dir, 0, None);
@@ -554,7 +716,7 @@ mod tests {
     fn hard_links_wait_for_their_target() {
         for (workers, unnamed) in modes() {
             let target = tempfile::tempdir().unwrap();
-            let mut x = Extractor::with_workers(target.path(), false, workers, unnamed).unwrap();
+            let mut x = Extractor::with_workers(target.path(), opts(false), workers, unnamed).unwrap();
             x.place(&entry("a", EntryKind::File, 5, None), Some(&mut &b"hello"[..]))
                 .unwrap();
             x.place(&entry("b", EntryKind::Hardlink, 0, Some("a")), None)
@@ -563,7 +725,11 @@ mod tests {
                 .unwrap();
             let out = x.finish().unwrap();
             assert_eq!((out.files, out.bytes), (1, 5));
-            assert_eq!(out.refused.len(), 1);
+            assert_eq!(out.blocked.len(), 1);
+            assert_eq!(
+                out.blocked[0].reason,
+                "its target missing was not restored in this run"
+            );
             use std::os::unix::fs::MetadataExt;
             let (a, b) = (
                 std::fs::metadata(target.path().join("a")).unwrap(),
@@ -571,5 +737,151 @@ mod tests {
             );
             assert_eq!(a.ino(), b.ino());
         }
+    }
+
+    #[test]
+    fn existing_directories_keep_their_guard_and_new_ones_are_private_until_done() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        for (workers, unnamed) in modes() {
+            let target = tempfile::tempdir().unwrap();
+            let existing = target.path().join("kept");
+            std::fs::create_dir(&existing).unwrap();
+            std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o750)).unwrap();
+            let before = std::fs::metadata(&existing).unwrap();
+            let mut x = Extractor::with_workers(target.path(), opts(false), workers, unnamed).unwrap();
+            let mut open = entry("kept", EntryKind::Dir, 0, None);
+            open.mode = 0o777;
+            open.mtime = 1;
+            x.place(&open, None).unwrap();
+            let mut private = entry("new", EntryKind::Dir, 0, None);
+            private.mode = 0o755;
+            x.place(&private, None).unwrap();
+            // While the restore runs, the new directory is 0700.
+            assert_eq!(
+                std::fs::metadata(target.path().join("new")).unwrap().mode() & 0o777,
+                0o700
+            );
+            x.place(&entry("new/f", EntryKind::File, 1, None), Some(&mut &b"x"[..]))
+                .unwrap();
+            x.finish().unwrap();
+            let after = std::fs::metadata(&existing).unwrap();
+            assert_eq!(
+                (after.mode(), after.mtime()),
+                (before.mode(), before.mtime()),
+                "untouched"
+            );
+            assert_eq!(
+                std::fs::metadata(target.path().join("new")).unwrap().mode() & 0o777,
+                0o755
+            );
+        }
+    }
+
+    #[test]
+    fn setuid_bits_and_capabilities_need_asking_for() {
+        use std::os::unix::fs::MetadataExt;
+        let target = tempfile::tempdir().unwrap();
+        let mut suid = entry("su", EntryKind::File, 2, None);
+        suid.mode = 0o4755;
+        let mut x = Extractor::with_workers(target.path(), opts(false), 0, true).unwrap();
+        x.place(&suid, Some(&mut &b"#!"[..])).unwrap();
+        let out = x.finish().unwrap();
+        assert_eq!(out.dropped_privileges, ["su"]);
+        assert_eq!(
+            std::fs::metadata(target.path().join("su")).unwrap().mode() & 0o7777,
+            0o755
+        );
+        let kept = tempfile::tempdir().unwrap();
+        let options = Options {
+            keep_privileges: true,
+            ..Options::default()
+        };
+        let mut x = Extractor::with_workers(kept.path(), options, 0, true).unwrap();
+        x.place(&suid, Some(&mut &b"#!"[..])).unwrap();
+        assert!(x.finish().unwrap().dropped_privileges.is_empty());
+        assert_eq!(
+            std::fs::metadata(kept.path().join("su")).unwrap().mode() & 0o7777,
+            0o4755
+        );
+    }
+
+    #[test]
+    fn a_rerun_finds_identical_work_done_and_finishes_the_directories() {
+        use std::os::unix::fs::MetadataExt;
+        for (workers, unnamed) in modes() {
+            let target = tempfile::tempdir().unwrap();
+            let state = tempfile::tempdir().unwrap();
+            let journal = state.path().join("restores/t.journal");
+            let options = Options {
+                journal: Some(journal.clone()),
+                ..Options::default()
+            };
+            let mut d = entry("d", EntryKind::Dir, 0, None);
+            d.mode = 0o755;
+            // An interrupted run: the directory and one file made, then stop.
+            let mut x = Extractor::with_workers(target.path(), options.clone(), workers, unnamed).unwrap();
+            x.place(&d, None).unwrap();
+            x.place(&entry("d/f", EntryKind::File, 5, None), Some(&mut &b"hello"[..]))
+                .unwrap();
+            drop(x);
+            assert_eq!(
+                std::fs::metadata(target.path().join("d")).unwrap().mode() & 0o777,
+                0o700
+            );
+            // The rerun: nothing is "in the way", and the directory is finished.
+            let mut x = Extractor::with_workers(target.path(), options, workers, unnamed).unwrap();
+            x.place(&d, None).unwrap();
+            x.place(&entry("d/f", EntryKind::File, 5, None), Some(&mut &b"hello"[..]))
+                .unwrap();
+            x.place(&entry("d/l", EntryKind::Hardlink, 0, Some("d/f")), None)
+                .unwrap();
+            let out = x.finish().unwrap();
+            assert!(out.existing.is_empty() && out.blocked.is_empty(), "{out:?}");
+            assert_eq!(out.already, 1);
+            assert_eq!(
+                std::fs::metadata(target.path().join("d")).unwrap().mode() & 0o777,
+                0o755
+            );
+            assert!(!journal.exists(), "a finished restore leaves no journal");
+        }
+    }
+
+    #[test]
+    fn fifos_sparse_files_and_links_to_symlinks_come_back() {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let target = tempfile::tempdir().unwrap();
+        let mut x = Extractor::with_workers(target.path(), opts(false), 0, true).unwrap();
+        x.place(&entry("p", EntryKind::Fifo, 0, None), None).unwrap();
+        let mut sparse = entry("s", EntryKind::File, 4 << 20, None);
+        sparse.sparse = true;
+        let mut data = vec![0u8; 4 << 20];
+        data[1 << 20] = 1;
+        x.place(&sparse, Some(&mut &data[..])).unwrap();
+        x.place(&entry("l", EntryKind::Symlink, 0, Some("nowhere")), None)
+            .unwrap();
+        x.place(&entry("l2", EntryKind::Hardlink, 0, Some("l")), None)
+            .unwrap();
+        let out = x.finish().unwrap();
+        assert!(out.blocked.is_empty() && out.refused.is_empty(), "{out:?}");
+        assert!(
+            std::fs::metadata(target.path().join("p"))
+                .unwrap()
+                .file_type()
+                .is_fifo()
+        );
+        let s = std::fs::metadata(target.path().join("s")).unwrap();
+        assert_eq!(s.len(), 4 << 20);
+        assert!(
+            s.blocks() * 512 < 1 << 20,
+            "holes stay holes: {} bytes allocated",
+            s.blocks() * 512
+        );
+        assert_eq!(std::fs::read(target.path().join("s")).unwrap(), data);
+        let (a, b) = (
+            std::fs::symlink_metadata(target.path().join("l")).unwrap(),
+            std::fs::symlink_metadata(target.path().join("l2")).unwrap(),
+        );
+        assert!(a.file_type().is_symlink());
+        assert_eq!(a.ino(), b.ino(), "a hard link to the symlink itself");
     }
 }
