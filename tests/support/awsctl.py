@@ -222,6 +222,16 @@ def misconfigure(name, check, key_arn=""):
         s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": [ABORT_RULE]})
     elif check == "lifecycle-abort-mpu":
         s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": [ARCHIVE_RULE]})
+    elif check == "lifecycle-no-early-expiry":
+        expire = {
+            "ID": "expire-everything",
+            "Status": "Enabled",
+            "Filter": {"Prefix": ""},
+            "Expiration": {"Days": 365},
+        }
+        s3.put_bucket_lifecycle_configuration(
+            Bucket=name, LifecycleConfiguration={"Rules": [ARCHIVE_RULE, ABORT_RULE, expire]}
+        )
     elif check == "object-lock":
         s3.put_object_lock_configuration(Bucket=name, ObjectLockConfiguration={"ObjectLockEnabled": "Enabled"})
     elif check == "kms-key":
