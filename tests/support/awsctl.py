@@ -24,7 +24,7 @@ Every command prints JSON on stdout.
   stats BUCKET                         the test server's GET bytes and restore requests for BUCKET
   restore-delay BUCKET SECS            Glacier restores in BUCKET take SECS seconds
   object-versions BUCKET               current version id of every object
-  retention BUCKET KEY                 an object's Object Lock retention
+  retention BUCKET KEY                 an object's Object Lock retention (mode, until, until_epoch)
 """
 
 import json
@@ -393,7 +393,11 @@ def retention(bucket, key):
     # From HEAD: the test server has no GetObjectRetention.
     head = client("s3").head_object(Bucket=bucket, Key=key)
     until = head.get("ObjectLockRetainUntilDate")
-    return {"mode": head.get("ObjectLockMode"), "until": until.isoformat() if until else None}
+    return {
+        "mode": head.get("ObjectLockMode"),
+        "until": until.isoformat() if until else None,
+        "until_epoch": int(until.timestamp()) if until else None,
+    }
 
 
 COMMANDS = {
