@@ -27,8 +27,9 @@ use std::path::{Path, PathBuf};
 pub use cron::Schedule;
 pub use error::{ConfigError, Problem};
 pub use model::{
-    Agent, Aws, CHECKS, CheckPolicy, ChecksumPolicy, Config, Excludes, Hardening, Job, KeyConfig, KeyStorage,
-    Lifecycle, ObjectLock, OnChange, Repository, Retention, S3Repository, StorageClass, Tag,
+    Agent, Aws, CHECKS, CheckPolicy, ChecksumPolicy, Config, Excludes, Hardening, Job,
+    KEEP_EVERYTHING_FLOOR_DAYS, KeyConfig, KeyStorage, Lifecycle, ObjectLock, OnChange, Repository,
+    Retention, RetentionFloor, S3Repository, StorageClass, Tag,
 };
 pub use validate::{
     DEFAULT_COMPRESSION_LEVEL, DEFAULT_FULL_EVERY_DAYS, DEFAULT_FULL_EVERY_RUNS, DEFAULT_MAX_ATTEMPTS,

@@ -223,6 +223,7 @@ pub const CHECKS: &[(&str, CheckPolicy)] = &[
     ("access-logging", CheckPolicy::Warn),
     ("lifecycle-archive", CheckPolicy::Warn),
     ("lifecycle-abort-mpu", CheckPolicy::Warn),
+    ("lifecycle-no-early-expiry", CheckPolicy::Abort),
     ("object-lock", CheckPolicy::Warn),
     ("kms-key", CheckPolicy::Warn),
     ("account-public-access-block", CheckPolicy::Warn),
@@ -342,6 +343,71 @@ impl Excludes {
     }
 }
 
+/// How long the configuration keeps history: no lifecycle rule may delete a
+/// noncurrent version sooner (the `lifecycle-no-early-expiry` check).
+///
+/// A noncurrent version of a vaultline object exists because someone
+/// deleted the object (vaultline never overwrites one): `forget`, or a
+/// mistake, or an attacker with delete rights. Until S3 expires it, an
+/// administrator can bring it back; after that it is gone. So noncurrent
+/// versions must be kept at least as long as the configuration promises to
+/// keep snapshots, or a deletion destroys history the retention policy (or
+/// an Object Lock) still covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionFloor {
+    /// The minimum, in days.
+    pub days: u32,
+    /// Why, worded to follow "the N days ": `job etc keeps snapshots (keep-daily = 14)`.
+    pub why: String,
+}
+
+/// Days a deletion must stay recoverable for a job without a retention
+/// policy. Such a job's snapshots are never deleted by vaultline, so a
+/// noncurrent version of them is a deletion someone else made; a month is
+/// the time to notice it (an alert, a failed restore test) and undo it.
+pub const KEEP_EVERYTHING_FLOOR_DAYS: u32 = 30;
+
+impl Config {
+    /// The longest time any job keeps its history, with the job and setting
+    /// that ask for it: each job's Object Lock days; its time-based keep-*
+    /// rules as days (hourly N → N/24 rounded up, daily N → N, weekly N → 7N,
+    /// monthly N → 31N, yearly N → 366N); [`KEEP_EVERYTHING_FLOOR_DAYS`] for a
+    /// job without a retention policy. `keep-last` counts snapshots, not
+    /// time, so it sets no minimum; `None` when no job sets one.
+    pub fn retention_floor(&self) -> Option<RetentionFloor> {
+        let mut floor: Option<RetentionFloor> = None;
+        let mut consider = |days: u32, why: String| {
+            if floor.as_ref().is_none_or(|f| days > f.days) {
+                floor = Some(RetentionFloor { days, why });
+            }
+        };
+        for job in &self.jobs {
+            if let Some(lock) = &job.object_lock {
+                consider(
+                    lock.days,
+                    format!(
+                        "job {} locks its objects (object-lock.days = {})",
+                        job.name, lock.days
+                    ),
+                );
+            }
+            if job.retention.keeps_everything() {
+                consider(
+                    KEEP_EVERYTHING_FLOOR_DAYS,
+                    format!(
+                        "job {} keeps every snapshot (no retention policy: a noncurrent version is a deletion \
+                         vaultline did not make, to be noticed and undone)",
+                        job.name
+                    ),
+                );
+            } else if let Some((days, rule)) = job.retention.longest_days() {
+                consider(days, format!("job {} keeps snapshots ({rule})", job.name));
+            }
+        }
+        floor
+    }
+}
+
 /// `[jobs.retention]`: how many snapshots to keep per period (0 = none by
 /// that rule). All zero means keep everything.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -358,4 +424,42 @@ pub struct Retention {
     pub keep_monthly: u32,
     /// … years.
     pub keep_yearly: u32,
+}
+
+impl Retention {
+    /// Whether every rule is zero: `forget` keeps every snapshot.
+    pub fn keeps_everything(&self) -> bool {
+        *self == Retention::default()
+    }
+
+    /// The longest time one of the time-based rules keeps a snapshot, in
+    /// whole days, with that rule as written (`keep-monthly = 12`); `None`
+    /// when only `keep-last` (or nothing) is set.
+    pub fn longest_days(&self) -> Option<(u32, String)> {
+        [
+            ("keep-hourly", self.keep_hourly, self.keep_hourly.div_ceil(24)),
+            ("keep-daily", self.keep_daily, self.keep_daily),
+            (
+                "keep-weekly",
+                self.keep_weekly,
+                self.keep_weekly.saturating_mul(7),
+            ),
+            (
+                "keep-monthly",
+                self.keep_monthly,
+                self.keep_monthly.saturating_mul(31),
+            ),
+            (
+                "keep-yearly",
+                self.keep_yearly,
+                self.keep_yearly.saturating_mul(366),
+            ),
+        ]
+        .into_iter()
+        .filter(|&(_, n, _)| n > 0)
+        .fold(None, |best: Option<(u32, String)>, (rule, n, days)| match best {
+            Some((d, _)) if d >= days => best,
+            _ => Some((days, format!("{rule} = {n}"))),
+        })
+    }
 }

@@ -152,6 +152,7 @@ pub(crate) struct RawChecks {
     pub access_logging: Option<RawPolicy>,
     pub lifecycle_archive: Option<RawPolicy>,
     pub lifecycle_abort_mpu: Option<RawPolicy>,
+    pub lifecycle_no_early_expiry: Option<RawPolicy>,
     pub object_lock: Option<RawPolicy>,
     pub kms_key: Option<RawPolicy>,
     pub account_public_access_block: Option<RawPolicy>,

@@ -546,6 +546,7 @@ fn hardening(c: &mut Checker<'_>, raw: &RawHardening) -> Hardening {
         c.access_logging,
         c.lifecycle_archive,
         c.lifecycle_abort_mpu,
+        c.lifecycle_no_early_expiry,
         c.object_lock,
         c.kms_key,
         c.account_public_access_block,

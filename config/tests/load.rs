@@ -91,6 +91,45 @@ fn the_packaged_example_config_is_valid() {
 }
 
 #[test]
+fn lifecycle_rules_must_keep_history_as_long_as_the_jobs_do() {
+    let floor = |jobs: &str| {
+        load(&format!(
+            "[repository]\ntype = \"local\"\npath = \"/srv/backups\"\n{jobs}"
+        ))
+        .unwrap()
+        .retention_floor()
+        .map(|f| (f.days, f.why))
+    };
+    let job = |name: &str, rest: &str| format!("\n[[jobs]]\nname = \"{name}\"\npaths = [\"/etc\"]\n{rest}");
+    assert_eq!(floor(""), None, "no job, no minimum");
+    assert_eq!(
+        floor(&job("etc", "")),
+        Some((
+            30,
+            "job etc keeps every snapshot (no retention policy: a noncurrent version is a deletion vaultline did \
+             not make, to be noticed and undone)"
+                .into()
+        ))
+    );
+    assert_eq!(floor(&job("etc", "[jobs.retention]\nkeep-last = 5\n")), None);
+    assert_eq!(
+        floor(&format!(
+            "{}{}",
+            job("etc", "[jobs.retention]\nkeep-hourly = 25\nkeep-last = 5\n"),
+            job("db", "[jobs.retention]\nkeep-daily = 3\nkeep-yearly = 1\n")
+        )),
+        Some((366, "job db keeps snapshots (keep-yearly = 1)".into()))
+    );
+    assert_eq!(
+        load(MINIMAL)
+            .unwrap()
+            .hardening
+            .policy("lifecycle-no-early-expiry"),
+        Some(CheckPolicy::Abort)
+    );
+}
+
+#[test]
 fn excludes_match_names_and_paths() {
     let c = load(&format!(
         "{MINIMAL}exclude = [\"*.tmp\", \"/etc/ssl/private/**\", \"/etc/*/cache\"]\n"
@@ -183,7 +222,7 @@ fn each_mistake_has_its_exact_message() {
             &format!("{MINIMAL}[hardening.checks]\nversionin = 'warn'\n"),
             "config.toml:10:1: hardening.checks.versionin: unknown field `versionin`, expected one of `public-access-block`, \
              `no-public-policy`, `acls-disabled`, `versioning`, `default-encryption`, `tls-only`, `access-logging`, \
-             `lifecycle-archive`, `lifecycle-abort-mpu`, `object-lock`, `kms-key`, `account-public-access-block`",
+             `lifecycle-archive`, `lifecycle-abort-mpu`, `lifecycle-no-early-expiry`, `object-lock`, `kms-key`, `account-public-access-block`",
         ),
         // 15. a hardening policy that is neither abort nor warn
         (

@@ -254,7 +254,7 @@ fn misspelt_hardening_check() {
         &text,
         "17:1: hardening.checks.versionin: unknown field `versionin`, expected one of `public-access-block`, \
          `no-public-policy`, `acls-disabled`, `versioning`, `default-encryption`, `tls-only`, `access-logging`, \
-         `lifecycle-archive`, `lifecycle-abort-mpu`, `object-lock`, `kms-key`, `account-public-access-block`",
+         `lifecycle-archive`, `lifecycle-abort-mpu`, `lifecycle-no-early-expiry`, `object-lock`, `kms-key`, `account-public-access-block`",
     );
 }
 

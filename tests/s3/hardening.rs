@@ -11,9 +11,9 @@ use std::fs;
 use serde_json::Value;
 
 use crate::util::Fixture;
-use crate::util::moto::{ADMIN, Moto, aws_env, job, unique_bucket, write_s3_config};
+use crate::util::moto::{ADMIN, Moto, aws_env, job, moto, s3_fixture, unique_bucket, write_s3_config};
 
-const CHECKS: [&str; 12] = [
+const CHECKS: [&str; 13] = [
     "public-access-block",
     "no-public-policy",
     "acls-disabled",
@@ -23,6 +23,7 @@ const CHECKS: [&str; 12] = [
     "access-logging",
     "lifecycle-archive",
     "lifecycle-abort-mpu",
+    "lifecycle-no-early-expiry",
     "object-lock",
     "kms-key",
     // Last: it changes the whole (test) account.
@@ -286,5 +287,120 @@ fn a_setting_the_principal_cannot_read_is_unknown_and_refuses_unless_accepted() 
         text.replace("[[jobs]]", "[hardening]\naccept-unknown = true\n\n[[jobs]]"),
     )
     .unwrap();
+    fx.run(&["backup", "now"]).ok();
+}
+
+/// The finding of check `id` in an audit report.
+fn finding<'a>(audit: &'a Value, id: &str) -> &'a Value {
+    audit["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("no check {id}: {audit}"))
+}
+
+#[test]
+fn a_lifecycle_rule_that_deletes_backups_refuses_the_backup_but_transitions_pass() {
+    // The shared server: this test never touches the account's settings, and
+    // the checks it does not set up are `warn` by default.
+    let m = moto();
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("f"), b"data").unwrap();
+    let (bucket, key) = m.bucket_and_key("lc-expiry");
+    let jobs = format!("{}\n[jobs.retention]\nkeep-daily = 14\n", job("j", &[src.path()]));
+    let fx = s3_fixture(m, &bucket, &key, &jobs);
+    fx.init();
+    fx.run(&["backup", "now"]).ok();
+
+    let archive = serde_json::json!({"ID": "archive", "Status": "Enabled",
+        "Filter": {"Tag": {"Key": "vaultline-tier", "Value": "archive"}},
+        "Transitions": [{"Days": 30, "StorageClass": "DEEP_ARCHIVE"}]});
+    let abort = serde_json::json!({"ID": "abort-uploads", "Status": "Enabled", "Filter": {"Prefix": ""},
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}});
+    let refused = |rules: Value, found: &str, fix: &str| {
+        m.ctl(&["put-lifecycle", &bucket, &rules.to_string()]);
+        let audit = fx.run(&["audit", "--json"]).code(3).json();
+        assert_eq!(audit["passed"], false);
+        let f = finding(&audit, "lifecycle-no-early-expiry");
+        assert_eq!(f["status"], "fail", "{f}");
+        assert_eq!(f["severity"], "high");
+        assert_eq!(f["policy"], "abort");
+        assert_eq!(f["finding"], found, "{f}");
+        assert_eq!(f["fix"], fix, "{f}");
+        // Every other required check passes: this rule alone refuses the run.
+        let blocking: Vec<&str> = audit["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["policy"] == "abort" && c["status"] != "pass")
+            .map(|c| c["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(blocking, vec!["lifecycle-no-early-expiry"], "{audit}");
+
+        let text = fx.run(&["audit"]).code(3);
+        assert!(
+            text.stdout
+                .contains("FAIL    lifecycle-no-early-expiry   high     [abort] - | -")
+                && text.stdout.contains(&format!("found: {found}")),
+            "{}",
+            text.stdout
+        );
+        let before = m.ctl(&["versions", &bucket]);
+        let run = fx.run(&["backup", "now"]).code(3);
+        assert!(
+            run.stderr
+                .contains("fails required check(s) lifecycle-no-early-expiry "),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(m.ctl(&["versions", &bucket]), before, "nothing was written");
+    };
+    let edit = format!(
+        " — edit the rules: aws s3api get-bucket-lifecycle-configuration --bucket {bucket} > rules.json, change \
+         them, aws s3api put-bucket-lifecycle-configuration --bucket {bucket} --lifecycle-configuration \
+         file://rules.json"
+    );
+
+    // Expiring current versions under the repository's prefix.
+    refused(
+        serde_json::json!([archive, abort, {"ID": "expire-old", "Status": "Enabled",
+            "Filter": {"Prefix": "vaultline/"}, "Expiration": {"Days": 30}}]),
+        "rule expire-old expires current versions after 30 days under prefix vaultline/: S3 would delete live \
+         backups",
+        &format!(
+            "rule expire-old: remove its Expiration, or narrow its filter so that it leaves vaultline/ alone \
+             (vaultline forget deletes what the retention policy lets go){edit}"
+        ),
+    );
+    // Expiring noncurrent versions sooner than the retention policy keeps them.
+    refused(
+        serde_json::json!([archive, {"ID": "tidy", "Status": "Enabled", "Filter": {"Prefix": ""},
+            "NoncurrentVersionExpiration": {"NoncurrentDays": 7}}]),
+        "rule tidy expires noncurrent versions 7 days after they become noncurrent on every object, sooner than \
+         the 14 days job j keeps snapshots (keep-daily = 14): a deleted backup would be gone for good before the \
+         configuration lets it go",
+        &format!(
+            "rule tidy: raise NoncurrentDays to at least 14, or remove its NoncurrentVersionExpiration{edit}"
+        ),
+    );
+
+    // Transitions, aborted uploads and noncurrent versions kept long enough
+    // delete nothing vaultline still needs.
+    m.ctl(&[
+        "put-lifecycle",
+        &bucket,
+        &serde_json::json!([archive, abort, {"ID": "tidy", "Status": "Enabled", "Filter": {"Prefix": "vaultline/"},
+            "NoncurrentVersionExpiration": {"NoncurrentDays": 14}},
+            {"ID": "old-logs", "Status": "Enabled", "Filter": {"Prefix": "logs/"}, "Expiration": {"Days": 1}},
+            {"ID": "paused", "Status": "Disabled", "Filter": {"Prefix": ""}, "Expiration": {"Days": 1}}])
+        .to_string(),
+    ]);
+    let audit = fx.run(&["audit", "--json"]).ok().json();
+    assert_eq!(
+        finding(&audit, "lifecycle-no-early-expiry")["status"],
+        "pass",
+        "{audit}"
+    );
     fx.run(&["backup", "now"]).ok();
 }

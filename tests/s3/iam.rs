@@ -6,16 +6,20 @@
 //! Two adaptations to moto, both to statements moto cannot evaluate: it
 //! authorizes every KMS call against the resource `*` (not the key ARN), so
 //! the Resource of the printed KMS statements is widened to `*`; and it
-//! treats condition keys it does not know (`s3:if-none-match`,
-//! `s3:ObjectCreationOperation`) as always matching, which would turn the
-//! `NeverOverwrite` Deny into "deny every upload", so that statement is left
-//! out. Every other statement is used exactly as printed.
+//! evaluates no condition of an identity policy at all (moto 5.2.5,
+//! `moto/iam/access_control.py`: S3 requests are checked without request
+//! context, so every condition matches), which would turn each conditioned
+//! Deny (`NeverOverwrite`, `NoLocks`, `NoOtherLockMode`, `NoLongerLock`)
+//! into "deny every upload", so those are left out. Every other statement,
+//! conditioned Allows included (they are then unconditional), is used
+//! exactly as printed. What the conditions allow and deny is asserted
+//! statement by statement in the unit tests of `agent/src/cloud/iam.rs`.
 
 use std::fs;
 
 use serde_json::Value;
 
-use crate::util::moto::{ADMIN, Moto, aws_env, job, write_s3_config};
+use crate::util::moto::{ADMIN, Moto, aws_env, job, unique_bucket, write_s3_config};
 use crate::util::{Fixture, assert_same_tree, restored};
 
 fn creds(v: &Value) -> (String, String) {
@@ -25,12 +29,13 @@ fn creds(v: &Value) -> (String, String) {
     )
 }
 
-/// The printed policy, adapted to moto's KMS resource model.
+/// The printed policy, adapted to moto's KMS resource model and to its
+/// ignoring conditions.
 fn for_moto(mut policy: Value) -> Value {
     policy["Statement"]
         .as_array_mut()
         .unwrap()
-        .retain(|st| st["Sid"] != "NeverOverwrite");
+        .retain(|st| !(st["Effect"] == "Deny" && st.get("Condition").is_some()));
     for st in policy["Statement"].as_array_mut().unwrap() {
         let kms = st["Action"]
             .as_array()
@@ -170,4 +175,97 @@ fn backup_role_cannot_read_back_restore_role_can() {
     rs.run(&["restore", "latest", "--target", target.to_str().unwrap()])
         .ok();
     assert_same_tree(src.path(), &restored(&target, src.path()));
+}
+
+#[test]
+fn backup_role_locks_within_the_bound_it_is_printed_with() {
+    let (m, admin) = Moto::start_with_iam();
+    let dir = tempfile::tempdir().unwrap();
+    let admin = (admin.0.as_str(), admin.1.as_str());
+    let bucket = unique_bucket("iam-lock");
+    m.ctl_as(admin, &["create-bucket", &bucket, "--object-lock"]);
+    let key = m.ctl_as(admin, &["create-key"])["arn"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("ledger"), b"locked for three days").unwrap();
+    let jobs = format!(
+        "{}\n[jobs.object-lock]\nmode = \"GOVERNANCE\"\ndays = 3\n",
+        job("data", &[src.path()])
+    );
+    let as_principal = |creds: (&str, &str)| {
+        let mut fx = Fixture::new("");
+        write_s3_config(&fx, &m, &bucket, &key, &jobs);
+        fx.env = aws_env(creds);
+        fx
+    };
+    let adm = as_principal(admin);
+    adm.init();
+
+    // The printed policy grants locks only in the job's mode and for at
+    // most its days plus one, and denies any other lock on uploads.
+    let policy: Value =
+        serde_json::from_str(&adm.run(&["policy", "iam", "--role", "backup"]).ok().stdout).unwrap();
+    let sid = |s: &str| {
+        policy["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|st| st["Sid"] == s)
+            .unwrap_or_else(|| panic!("no statement {s}: {policy}"))
+            .clone()
+    };
+    let objects = format!("arn:aws:s3:::{bucket}/vaultline/testhost/*");
+    assert_eq!(
+        sid("LockOwnObjectsWithinConfiguredRetention"),
+        serde_json::json!({"Sid": "LockOwnObjectsWithinConfiguredRetention", "Effect": "Allow",
+            "Action": ["s3:PutObjectRetention"], "Resource": objects,
+            "Condition": {"StringEquals": {"s3:object-lock-mode": ["GOVERNANCE"]},
+                "NumericLessThanEquals": {"s3:object-lock-remaining-retention-days": "4"}}})
+    );
+    assert_eq!(
+        sid("NoLongerLock")["Condition"],
+        serde_json::json!({"NumericGreaterThan": {"s3:object-lock-remaining-retention-days": "4"}})
+    );
+    assert_eq!(sid("NoOtherLockMode")["Effect"], "Deny");
+    let file = dir.path().join("backup.json");
+    fs::write(&file, for_moto(policy.clone()).to_string()).unwrap();
+    let backup_creds = creds(&m.ctl_as(admin, &["iam-user", "backup", file.to_str().unwrap()]));
+
+    // The backup role writes a locked snapshot...
+    let secs = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    let start = secs();
+    as_principal((&backup_creds.0, &backup_creds.1))
+        .run(&["backup", "now"])
+        .ok();
+    let end = secs();
+    // ...whose every object is locked in the configured mode until its start
+    // plus three days: within the printed bound, so the conditions the
+    // policy carries on AWS allow exactly these requests.
+    let locked: Vec<String> = m
+        .ctl_as(admin, &["objects", &bucket])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["key"].as_str().unwrap().to_string())
+        .filter(|k| k.ends_with(".manifest") || k.ends_with(".archive"))
+        .collect();
+    assert!(locked.len() >= 2, "a manifest and an archive: {locked:?}");
+    for name in &locked {
+        let r = m.ctl_as(admin, &["retention", &bucket, name]);
+        assert_eq!(r["mode"], "GOVERNANCE", "{name}: {r}");
+        let until = r["until_epoch"].as_i64().unwrap();
+        let days = 3 * 86_400;
+        assert!(
+            (start - 1 + days..=end + days).contains(&until),
+            "{name}: locked until {until}, the run took {start}..{end}"
+        );
+        assert!(until - start < 4 * 86_400, "within the printed bound");
+    }
 }

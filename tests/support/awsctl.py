@@ -24,7 +24,7 @@ Every command prints JSON on stdout.
   stats BUCKET                         the test server's GET bytes and restore requests for BUCKET
   restore-delay BUCKET SECS            Glacier restores in BUCKET take SECS seconds
   object-versions BUCKET               current version id of every object
-  retention BUCKET KEY                 an object's Object Lock retention
+  retention BUCKET KEY                 an object's Object Lock retention (mode, until, until_epoch)
 """
 
 import json
@@ -222,6 +222,16 @@ def misconfigure(name, check, key_arn=""):
         s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": [ABORT_RULE]})
     elif check == "lifecycle-abort-mpu":
         s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": [ARCHIVE_RULE]})
+    elif check == "lifecycle-no-early-expiry":
+        expire = {
+            "ID": "expire-everything",
+            "Status": "Enabled",
+            "Filter": {"Prefix": ""},
+            "Expiration": {"Days": 365},
+        }
+        s3.put_bucket_lifecycle_configuration(
+            Bucket=name, LifecycleConfiguration={"Rules": [ARCHIVE_RULE, ABORT_RULE, expire]}
+        )
     elif check == "object-lock":
         s3.put_object_lock_configuration(Bucket=name, ObjectLockConfiguration={"ObjectLockEnabled": "Enabled"})
     elif check == "kms-key":
@@ -383,7 +393,11 @@ def retention(bucket, key):
     # From HEAD: the test server has no GetObjectRetention.
     head = client("s3").head_object(Bucket=bucket, Key=key)
     until = head.get("ObjectLockRetainUntilDate")
-    return {"mode": head.get("ObjectLockMode"), "until": until.isoformat() if until else None}
+    return {
+        "mode": head.get("ObjectLockMode"),
+        "until": until.isoformat() if until else None,
+        "until_epoch": int(until.timestamp()) if until else None,
+    }
 
 
 COMMANDS = {

@@ -15,7 +15,11 @@
 //!
 //! Every statement names the exact bucket, prefix and key ARN; KMS
 //! statements are conditioned on the encryption context (`host`), so a
-//! host's role cannot ask for another host's keys.
+//! host's role cannot ask for another host's keys. The backup role's Object
+//! Lock retention is bounded by the configured modes and days (see
+//! [`LOCK_MARGIN_DAYS`]); `s3:ListBucketMultipartUploads` takes no prefix
+//! condition and is granted on the bucket (docs/s3.md says what that
+//! reveals).
 
 use anyhow::Result;
 use serde_json::{Value, json};
@@ -45,6 +49,88 @@ pub enum Role {
     Restore,
     /// Manages the repository and bucket.
     Admin,
+}
+
+/// Days added to the largest configured `object-lock.days` in the backup
+/// role's bound. A retain-until date is the snapshot's start on the host's
+/// clock plus `days`, while S3 computes the remaining days on its own clock
+/// (and does not document its rounding): a host clock a little ahead must
+/// not make every locked upload fail. One day is that slack, and all an
+/// attacker gains from it.
+pub const LOCK_MARGIN_DAYS: u32 = 1;
+
+/// Object Lock for the backup role. New manifests and archives carry their
+/// retention in the upload, and archives a snapshot reuses get theirs
+/// extended; S3 authorizes both as `s3:PutObjectRetention`, which is
+/// granted only for the configured modes and at most the longest configured
+/// days (plus [`LOCK_MARGIN_DAYS`]). Unbounded, a compromised host could
+/// lock its objects in COMPLIANCE mode for a century: storage nobody, not
+/// even the root user, could delete. The same bounds are also Denies on
+/// `s3:PutObject` (which takes the same condition keys), so no other policy
+/// attached to the role can lift them; without a locking job every lock
+/// header is denied.
+fn lock_statements(config: &Config, host_objects: &str, host_archives: &str) -> Vec<Value> {
+    let locks: Vec<&vaultline_config::ObjectLock> = config
+        .jobs
+        .iter()
+        .filter_map(|j| j.object_lock.as_ref())
+        .collect();
+    let Some(days) = locks.iter().map(|l| l.days).max() else {
+        return vec![json!({
+            "Sid": "NoLocks",
+            "Effect": "Deny",
+            "Action": ["s3:PutObject", "s3:PutObjectRetention"],
+            "Resource": host_objects,
+            "Condition": { "Null": { "s3:object-lock-mode": "false" } }
+        })];
+    };
+    let modes: Vec<&str> = locks
+        .iter()
+        .map(|l| l.mode.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let bound = days.saturating_add(LOCK_MARGIN_DAYS).to_string();
+    vec![
+        json!({
+            "Sid": "ReadLocksOfOwnArchives",
+            "Effect": "Allow",
+            "Action": ["s3:GetObjectRetention"],
+            "Resource": host_archives
+        }),
+        json!({
+            "Sid": "LockOwnObjectsWithinConfiguredRetention",
+            "Effect": "Allow",
+            "Action": ["s3:PutObjectRetention"],
+            "Resource": host_objects,
+            "Condition": {
+                "StringEquals": { "s3:object-lock-mode": modes },
+                "NumericLessThanEquals": { "s3:object-lock-remaining-retention-days": bound }
+            }
+        }),
+        // Null: a request without the header (an UploadPart, an upload
+        // without a lock) is not a lock in another mode.
+        json!({
+            "Sid": "NoOtherLockMode",
+            "Effect": "Deny",
+            "Action": ["s3:PutObject", "s3:PutObjectRetention"],
+            "Resource": host_objects,
+            "Condition": {
+                "Null": { "s3:object-lock-mode": "false" },
+                "StringNotEquals": { "s3:object-lock-mode": modes }
+            }
+        }),
+        // A missing key never matches NumericGreaterThan.
+        json!({
+            "Sid": "NoLongerLock",
+            "Effect": "Deny",
+            "Action": ["s3:PutObject", "s3:PutObjectRetention"],
+            "Resource": host_objects,
+            "Condition": {
+                "NumericGreaterThan": { "s3:object-lock-remaining-retention-days": bound }
+            }
+        }),
+    ]
 }
 
 /// The policy document for `role`. `key_arn` is the KMS key's ARN (KMS
@@ -89,6 +175,10 @@ pub fn iam_policy(config: &Config, role: Role, key_arn: Option<&str>) -> Result<
     match role {
         Role::Backup => {
             statements.push(list_own.clone());
+            // ListBucketMultipartUploads supports no s3:prefix (nor any
+            // key that narrows what it lists): the bucket is as tight as
+            // IAM allows. It reveals other hosts' in-progress object names
+            // and start times, nothing more (docs/s3.md).
             statements.push(json!({
                 "Sid": "FindOwnIncompleteUploads",
                 "Effect": "Allow",
@@ -145,17 +235,11 @@ pub fn iam_policy(config: &Config, role: Role, key_arn: Option<&str>) -> Result<
                     "StringEquals": { format!("s3:RequestObjectTag/{}", tier.key): tier.value.as_str() }
                 }
             }));
-            // Object Lock: new objects carry their retention in the upload;
-            // the archives a snapshot reuses from its chain get theirs
-            // extended to the snapshot's (never shortened).
-            if config.jobs.iter().any(|j| j.object_lock.is_some()) {
-                statements.push(json!({
-                    "Sid": "ExtendLocksOfOwnArchives",
-                    "Effect": "Allow",
-                    "Action": ["s3:GetObjectRetention", "s3:PutObjectRetention"],
-                    "Resource": format!("{bucket}/{base}{host}/*/archives/*")
-                }));
-            }
+            statements.extend(lock_statements(
+                config,
+                &host_objects,
+                &format!("{bucket}/{base}{host}/*/archives/*"),
+            ));
             let topics: Vec<&str> = config
                 .jobs
                 .iter()
@@ -280,4 +364,206 @@ pub fn iam_policy(config: &Config, role: Role, key_arn: Option<&str>) -> Result<
         }
     }
     Ok(json!({ "Version": "2012-10-17", "Statement": statements }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use serde_json::json;
+    use vaultline_config::Environment;
+
+    use super::*;
+
+    const KEY: &str = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+
+    fn config(jobs: &str) -> Config {
+        let text = format!(
+            "[agent]\nhost = \"web1\"\nstate-dir = \"/var/lib/vaultline\"\n\n\
+             [repository]\ntype = \"s3\"\nbucket = \"acme-backups\"\n\n{jobs}"
+        );
+        Config::parse(&text, Path::new("config.toml"), &Environment::default())
+            .expect("a valid configuration")
+    }
+
+    fn statements(config: &Config) -> Vec<Value> {
+        let doc = iam_policy(config, Role::Backup, Some(KEY)).expect("policy");
+        assert_eq!(doc["Version"], "2012-10-17");
+        doc["Statement"].as_array().expect("statements").clone()
+    }
+
+    /// The statements every backup policy has, before the Object Lock ones.
+    fn common() -> Vec<Value> {
+        vec![
+            json!({
+                "Sid": "ListOwnSnapshots",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": "arn:aws:s3:::acme-backups",
+                "Condition": { "StringLike": { "s3:prefix": ["vaultline/web1/*"] } }
+            }),
+            // ListBucketMultipartUploads takes no s3:prefix: the bucket is
+            // as narrow as IAM allows (docs/s3.md).
+            json!({
+                "Sid": "FindOwnIncompleteUploads",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucketMultipartUploads"],
+                "Resource": "arn:aws:s3:::acme-backups"
+            }),
+            json!({
+                "Sid": "CheckBucketHardening",
+                "Effect": "Allow",
+                "Action": HARDENING_READS,
+                "Resource": "arn:aws:s3:::acme-backups"
+            }),
+            json!({
+                "Sid": "CheckAccountPublicAccessBlock",
+                "Effect": "Allow",
+                "Action": ["s3:GetAccountPublicAccessBlock"],
+                "Resource": "*"
+            }),
+            json!({
+                "Sid": "ReadRepositoryMarker",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": "arn:aws:s3:::acme-backups/vaultline/repository.json"
+            }),
+            json!({
+                "Sid": "WriteOwnObjects",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:AbortMultipartUpload"],
+                "Resource": "arn:aws:s3:::acme-backups/vaultline/web1/*"
+            }),
+            json!({
+                "Sid": "NeverOverwrite",
+                "Effect": "Deny",
+                "Action": ["s3:PutObject"],
+                "Resource": "arn:aws:s3:::acme-backups/vaultline/web1/*",
+                "Condition": {
+                    "Null": { "s3:if-none-match": "true" },
+                    "Bool": { "s3:ObjectCreationOperation": "true" }
+                }
+            }),
+            json!({
+                "Sid": "TagOwnArchivesWithTheTierTag",
+                "Effect": "Allow",
+                "Action": ["s3:PutObjectTagging"],
+                "Resource": "arn:aws:s3:::acme-backups/vaultline/web1/*/archives/*",
+                "Condition": {
+                    "ForAllValues:StringEquals": { "s3:RequestObjectTagKeys": ["vaultline-tier"] },
+                    "StringEquals": { "s3:RequestObjectTag/vaultline-tier": "archive" }
+                }
+            }),
+        ]
+    }
+
+    fn kms() -> Vec<Value> {
+        vec![
+            json!({
+                "Sid": "GenerateDataKeysForThisHost",
+                "Effect": "Allow",
+                "Action": ["kms:GenerateDataKey"],
+                "Resource": KEY,
+                "Condition": { "StringEquals": { "kms:EncryptionContext:host": "web1" } }
+            }),
+            json!({
+                "Sid": "ReadKeyState",
+                "Effect": "Allow",
+                "Action": ["kms:DescribeKey", "kms:GetKeyRotationStatus"],
+                "Resource": KEY
+            }),
+        ]
+    }
+
+    #[test]
+    fn locks_are_bounded_by_the_configured_modes_and_days() {
+        // Two locking jobs: their modes, and the longest days plus a day.
+        let c = config(
+            "[[jobs]]\nname = \"etc\"\npaths = [\"/etc\"]\n\
+             [jobs.object-lock]\nmode = \"GOVERNANCE\"\ndays = 35\n\n\
+             [[jobs]]\nname = \"db\"\npaths = [\"/srv/db\"]\n\
+             [jobs.object-lock]\nmode = \"COMPLIANCE\"\ndays = 10\n\n\
+             [[jobs]]\nname = \"logs\"\npaths = [\"/var/log\"]\n",
+        );
+        let mut want = common();
+        want.extend([
+            json!({
+                "Sid": "ReadLocksOfOwnArchives",
+                "Effect": "Allow",
+                "Action": ["s3:GetObjectRetention"],
+                "Resource": "arn:aws:s3:::acme-backups/vaultline/web1/*/archives/*"
+            }),
+            // Uploads with lock headers need s3:PutObjectRetention too, so
+            // this bounds new manifests and archives as well as extensions.
+            json!({
+                "Sid": "LockOwnObjectsWithinConfiguredRetention",
+                "Effect": "Allow",
+                "Action": ["s3:PutObjectRetention"],
+                "Resource": "arn:aws:s3:::acme-backups/vaultline/web1/*",
+                "Condition": {
+                    "StringEquals": { "s3:object-lock-mode": ["COMPLIANCE", "GOVERNANCE"] },
+                    "NumericLessThanEquals": { "s3:object-lock-remaining-retention-days": "36" }
+                }
+            }),
+            json!({
+                "Sid": "NoOtherLockMode",
+                "Effect": "Deny",
+                "Action": ["s3:PutObject", "s3:PutObjectRetention"],
+                "Resource": "arn:aws:s3:::acme-backups/vaultline/web1/*",
+                "Condition": {
+                    "Null": { "s3:object-lock-mode": "false" },
+                    "StringNotEquals": { "s3:object-lock-mode": ["COMPLIANCE", "GOVERNANCE"] }
+                }
+            }),
+            json!({
+                "Sid": "NoLongerLock",
+                "Effect": "Deny",
+                "Action": ["s3:PutObject", "s3:PutObjectRetention"],
+                "Resource": "arn:aws:s3:::acme-backups/vaultline/web1/*",
+                "Condition": {
+                    "NumericGreaterThan": { "s3:object-lock-remaining-retention-days": "36" }
+                }
+            }),
+        ]);
+        want.extend(kms());
+        assert_eq!(Value::Array(statements(&c)), Value::Array(want));
+
+        // One GOVERNANCE job: COMPLIANCE is refused outright.
+        let c = config(
+            "[[jobs]]\nname = \"etc\"\npaths = [\"/etc\"]\n\
+             [jobs.object-lock]\nmode = \"GOVERNANCE\"\ndays = 7\n",
+        );
+        let st = statements(&c);
+        let sid = |s: &str| st.iter().find(|x| x["Sid"] == s).cloned().expect("statement");
+        assert_eq!(
+            sid("LockOwnObjectsWithinConfiguredRetention")["Condition"],
+            json!({
+                "StringEquals": { "s3:object-lock-mode": ["GOVERNANCE"] },
+                "NumericLessThanEquals": { "s3:object-lock-remaining-retention-days": "8" }
+            })
+        );
+        assert_eq!(
+            sid("NoOtherLockMode")["Condition"]["StringNotEquals"],
+            json!({ "s3:object-lock-mode": ["GOVERNANCE"] })
+        );
+        assert_eq!(
+            sid("NoLongerLock")["Condition"],
+            json!({ "NumericGreaterThan": { "s3:object-lock-remaining-retention-days": "8" } })
+        );
+    }
+
+    #[test]
+    fn without_object_lock_the_backup_role_can_lock_nothing() {
+        let c = config("[[jobs]]\nname = \"etc\"\npaths = [\"/etc\"]\n");
+        let mut want = common();
+        want.push(json!({
+            "Sid": "NoLocks",
+            "Effect": "Deny",
+            "Action": ["s3:PutObject", "s3:PutObjectRetention"],
+            "Resource": "arn:aws:s3:::acme-backups/vaultline/web1/*",
+            "Condition": { "Null": { "s3:object-lock-mode": "false" } }
+        }));
+        want.extend(kms());
+        assert_eq!(Value::Array(statements(&c)), Value::Array(want));
+    }
 }

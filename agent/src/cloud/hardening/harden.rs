@@ -2,7 +2,8 @@
 //! state and applied idempotently. Settings are only ever tightened: an
 //! existing bucket policy keeps every statement (the TLS-only Deny is
 //! added), existing lifecycle rules are kept (ours are added only where no
-//! rule already does the job), and nothing that passes is touched, so a
+//! rule already does the job; a rule that deletes backups is left to a
+//! person, with the exact change), and nothing that passes is touched, so a
 //! second run plans nothing.
 
 use anyhow::{Context, Result, anyhow};
@@ -239,7 +240,6 @@ pub fn plan(state: &BucketState, report: &Report, config: &Config, s3: &S3Reposi
             lc.abort_incomplete_uploads_days
         ));
     }
-    let wants_noncurrent = lc.noncurrent_expire_days > 0 || lc.noncurrent_transition_days > 0;
     // Only the repository's objects: other data in the bucket is not ours.
     let repo_prefix = if s3.prefix.is_empty() {
         String::new()
@@ -250,7 +250,26 @@ pub fn plan(state: &BucketState, report: &Report, config: &Config, s3: &S3Reposi
         super::enabled(r)
             && (r.noncurrent_version_expiration().is_some() || !r.noncurrent_version_transitions().is_empty())
     });
-    if wants_noncurrent && !has_noncurrent && !matches!(state.lifecycle, Obs::Unknown(_)) {
+    let may_add_noncurrent = !has_noncurrent && !matches!(state.lifecycle, Obs::Unknown(_));
+    // Never install an expiration the lifecycle-no-early-expiry check fails:
+    // it would refuse every backup from then on.
+    let mut expire_days = lc.noncurrent_expire_days;
+    if let Some(floor) = config.retention_floor()
+        && expire_days > 0
+        && expire_days < floor.days
+    {
+        if may_add_noncurrent {
+            manual.push(format!(
+                "lifecycle-no-early-expiry: hardening.noncurrent-expire-days = {expire_days} is shorter than the {} \
+                 days {}, so harden does not install that expiration: raise it to at least {}, or 0 to keep \
+                 noncurrent versions",
+                floor.days, floor.why, floor.days
+            ));
+        }
+        expire_days = 0;
+    }
+    let wants_noncurrent = expire_days > 0 || lc.noncurrent_transition_days > 0;
+    if wants_noncurrent && may_add_noncurrent {
         let mut r = rule(NONCURRENT_RULE).filter(LifecycleRuleFilter::builder().prefix(&repo_prefix).build());
         if lc.noncurrent_transition_days > 0 {
             r = r.noncurrent_version_transitions(
@@ -260,10 +279,10 @@ pub fn plan(state: &BucketState, report: &Report, config: &Config, s3: &S3Reposi
                     .build(),
             );
         }
-        if lc.noncurrent_expire_days > 0 {
+        if expire_days > 0 {
             r = r.noncurrent_version_expiration(
                 NoncurrentVersionExpiration::builder()
-                    .noncurrent_days(lc.noncurrent_expire_days as i32)
+                    .noncurrent_days(expire_days as i32)
                     .build(),
             );
         }
@@ -271,7 +290,7 @@ pub fn plan(state: &BucketState, report: &Report, config: &Config, s3: &S3Reposi
         added.push(format!(
             "{NONCURRENT_RULE} (noncurrent versions under {repo_prefix:?}: transition after {} days, expire after \
              {} days; 0 = never)",
-            lc.noncurrent_transition_days, lc.noncurrent_expire_days
+            lc.noncurrent_transition_days, expire_days
         ));
     }
     if !added.is_empty() {
@@ -304,6 +323,16 @@ pub fn plan(state: &BucketState, report: &Report, config: &Config, s3: &S3Reposi
                     .into(),
             ),
         }
+    }
+    if let Some(f) = report
+        .checks
+        .iter()
+        .find(|f| f.id == "lifecycle-no-early-expiry" && f.status == Status::Fail)
+    {
+        manual.push(format!(
+            "lifecycle-no-early-expiry: harden never deletes or edits lifecycle rules it did not write; {}",
+            f.fix
+        ));
     }
     if failing(report, "object-lock") {
         manual.push(

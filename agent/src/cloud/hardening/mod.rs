@@ -102,6 +102,15 @@ pub const CHECKS: &[CheckInfo] = &[
         control: "S3.13",
     },
     CheckInfo {
+        id: "lifecycle-no-early-expiry",
+        title: "no enabled lifecycle rule deletes backups before vaultline lets them go",
+        severity: "high",
+        // No managed rule or control looks at what lifecycle rules delete
+        // (s3-lifecycle-policy-check and S3.13 only ask that rules exist).
+        config_rule: "-",
+        control: "-",
+    },
+    CheckInfo {
         id: "object-lock",
         title: "object lock enabled with a default retention",
         severity: "medium",
@@ -580,6 +589,189 @@ fn rule_freezes_everything(rule: &LifecycleRule, s3: &S3Repository) -> bool {
         })
 }
 
+/// The repository's objects as a key prefix (`vaultline/`; empty when the
+/// repository is the whole bucket).
+fn repository_keys(s3: &S3Repository) -> String {
+    if s3.prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", s3.prefix)
+    }
+}
+
+/// Which of the repository's objects `rule` applies to, in words ("under
+/// prefix vaultline/", "on every object", "on objects tagged
+/// vaultline-tier=archive"); `None` when it applies to none of them.
+///
+/// A prefix reaches the repository when either it or the repository's
+/// prefix starts with the other. Archives carry exactly one tag, the tier
+/// tag, and manifests none, so a tag filter reaches the archives only when
+/// every tag it asks for is the tier tag. Size filters still select some
+/// archives, so they narrow the words, never the verdict.
+fn reach(rule: &LifecycleRule, s3: &S3Repository) -> Option<String> {
+    // Rules written with the original API have a top-level Prefix and no
+    // Filter; S3 still returns them that way.
+    #[allow(deprecated)]
+    let legacy = rule.prefix();
+    let (prefix, tags, larger, smaller) = match rule.filter() {
+        None => (legacy, Vec::new(), None, None),
+        Some(f) => match f.and() {
+            Some(a) => (
+                a.prefix(),
+                a.tags().iter().collect(),
+                a.object_size_greater_than(),
+                a.object_size_less_than(),
+            ),
+            None => (
+                f.prefix(),
+                f.tag().into_iter().collect::<Vec<_>>(),
+                f.object_size_greater_than(),
+                f.object_size_less_than(),
+            ),
+        },
+    };
+    let keys = repository_keys(s3);
+    let prefix = prefix.filter(|p| !p.is_empty());
+    if prefix.is_some_and(|p| !keys.starts_with(p) && !p.starts_with(&keys))
+        || !tags
+            .iter()
+            .all(|t| t.key() == s3.tier_tag.key && t.value() == s3.tier_tag.value)
+    {
+        return None;
+    }
+    let mut objects = match (tags.is_empty(), prefix) {
+        (false, _) => format!("on objects tagged {}={}", s3.tier_tag.key, s3.tier_tag.value),
+        (true, None) => "on every object".to_string(),
+        (true, Some(_)) => String::new(),
+    };
+    for (bound, words) in [(larger, "larger"), (smaller, "smaller")] {
+        if let Some(n) = bound {
+            if objects.is_empty() {
+                objects.push_str("on objects");
+            }
+            objects.push_str(&format!(" {words} than {n} bytes"));
+        }
+    }
+    Some(match prefix {
+        Some(p) if objects.is_empty() => format!("under prefix {p}"),
+        Some(p) => format!("under prefix {p} {objects}"),
+        None => objects,
+    })
+}
+
+/// The `lifecycle-no-early-expiry` verdict on `rules`: no enabled rule that
+/// reaches the repository may expire current versions (S3 would put a delete
+/// marker on live backups, and `snapshots` would no longer see them), nor
+/// expire noncurrent versions sooner than the configuration keeps history
+/// ([`Config::retention_floor`]). Transitions, aborting incomplete uploads
+/// and removing expired delete markers delete nothing vaultline needs.
+fn early_expiry(
+    rules: &[LifecycleRule],
+    s3: &S3Repository,
+    config: &Config,
+    b: &str,
+) -> (Status, String, String) {
+    let keys = repository_keys(s3);
+    let (under, leave) = if keys.is_empty() {
+        (
+            "in the bucket".to_string(),
+            "the repository's objects".to_string(),
+        )
+    } else {
+        (format!("under {keys}"), keys.clone())
+    };
+    let floor = config.retention_floor();
+    let mut problems = Vec::new();
+    let mut fixes = Vec::new();
+    let mut kept = Vec::new();
+    for rule in rules.iter().filter(|r| enabled(r)) {
+        let Some(scope) = reach(rule, s3) else {
+            continue;
+        };
+        let id = rule.id().unwrap_or("(without an ID)");
+        if let Some(exp) = rule.expiration() {
+            let when = match (exp.days(), exp.date()) {
+                (Some(days), _) => Some(format!("after {days} days")),
+                (None, Some(date)) => Some(format!(
+                    "on {}",
+                    date.fmt(aws_smithy_types::date_time::Format::DateTime)
+                        .ok()
+                        .and_then(|d| d.split('T').next().map(str::to_string))
+                        .unwrap_or_else(|| date.secs().to_string())
+                )),
+                // ExpiredObjectDeleteMarker alone: S3 removes a delete
+                // marker only once no version is left behind it.
+                (None, None) => None,
+            };
+            if let Some(when) = when {
+                problems.push(format!(
+                    "rule {id} expires current versions {when} {scope}: S3 would delete live backups"
+                ));
+                fixes.push(format!(
+                    "rule {id}: remove its Expiration, or narrow its filter so that it leaves {leave} alone \
+                     (vaultline forget deletes what the retention policy lets go)"
+                ));
+            }
+        }
+        if let Some(nve) = rule.noncurrent_version_expiration() {
+            // Missing days would mean "at once": judged as 0.
+            let days = nve.noncurrent_days().unwrap_or(0).max(0) as u32;
+            // Only postpones: a version must also have this many newer
+            // noncurrent versions, and vaultline writes each object once.
+            let newer = match nve.newer_noncurrent_versions() {
+                Some(n) if n > 0 => format!(" (once {n} newer noncurrent versions of the same object exist)"),
+                _ => String::new(),
+            };
+            match &floor {
+                Some(f) if days < f.days => {
+                    problems.push(format!(
+                        "rule {id} expires noncurrent versions {days} days after they become noncurrent \
+                         {scope}{newer}, sooner than the {} days {}: a deleted backup would be gone for good \
+                         before the configuration lets it go",
+                        f.days, f.why
+                    ));
+                    fixes.push(format!(
+                        "rule {id}: raise NoncurrentDays to at least {}, or remove its \
+                         NoncurrentVersionExpiration",
+                        f.days
+                    ));
+                }
+                Some(f) => kept.push(format!(
+                    "rule {id} expires noncurrent versions after {days} days{newer}, no sooner than the {} days {}",
+                    f.days, f.why
+                )),
+                None => kept.push(format!(
+                    "rule {id} expires noncurrent versions after {days} days{newer} (no job sets a minimum: \
+                     keep-last counts snapshots, not days)"
+                )),
+            }
+        }
+    }
+    if problems.is_empty() {
+        let noncurrent = if kept.is_empty() {
+            "no rule expires noncurrent versions".to_string()
+        } else {
+            kept.join("; ")
+        };
+        (
+            Status::Pass,
+            format!("no enabled rule expires current versions {under}; {noncurrent}"),
+            String::new(),
+        )
+    } else {
+        (
+            Status::Fail,
+            problems.join("; "),
+            format!(
+                "{} — edit the rules: aws s3api get-bucket-lifecycle-configuration --bucket {b} > rules.json, \
+                 change them, aws s3api put-bucket-lifecycle-configuration --bucket {b} --lifecycle-configuration \
+                 file://rules.json",
+                fixes.join("; ")
+            ),
+        )
+    }
+}
+
 /// Judges `state` under the configuration.
 pub fn evaluate(state: &BucketState, config: &Config) -> Report {
     let Repository::S3(s3) = &config.repository else {
@@ -791,6 +983,15 @@ pub fn evaluate(state: &BucketState, config: &Config) -> Report {
                     Obs::Unknown(w) => unknown(w),
                 }
             }
+            "lifecycle-no-early-expiry" => match &state.lifecycle {
+                Obs::Set(rules) => early_expiry(rules, s3, config, b),
+                Obs::Absent => (
+                    Status::Pass,
+                    "no lifecycle configuration: nothing expires".into(),
+                    String::new(),
+                ),
+                Obs::Unknown(w) => unknown(w),
+            },
             "object-lock" => match &state.object_lock {
                 Obs::Set((true, Some(ret))) => (Status::Pass, format!("enabled, default {ret}"), String::new()),
                 Obs::Set((true, None)) => (
@@ -915,5 +1116,725 @@ impl Report {
     /// The findings that refuse a run.
     pub fn blocking<'a>(&'a self, hardening: &'a Hardening) -> impl Iterator<Item = &'a Finding> + 'a {
         self.checks.iter().filter(move |f| f.blocks(hardening))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use aws_sdk_s3::types::{
+        AbortIncompleteMultipartUpload, ExpirationStatus, LifecycleExpiration, LifecycleRuleAndOperator,
+        LifecycleRuleFilter, NoncurrentVersionExpiration, Tag, Transition, TransitionStorageClass,
+    };
+    use vaultline_config::Environment;
+
+    use super::*;
+
+    const CHECK: &str = "lifecycle-no-early-expiry";
+
+    /// An S3 configuration (prefix `vaultline`, tier tag
+    /// `vaultline-tier=archive`) with `jobs` and further settings.
+    fn config(rest: &str) -> Config {
+        let text = format!(
+            "[agent]\nhost = \"web1\"\nstate-dir = \"/var/lib/vaultline\"\n\n\
+             [repository]\ntype = \"s3\"\nbucket = \"acme-backups\"\n\n{rest}"
+        );
+        Config::parse(&text, Path::new("config.toml"), &Environment::default())
+            .expect("a valid configuration")
+    }
+
+    fn job(name: &str, settings: &str) -> String {
+        format!("[[jobs]]\nname = \"{name}\"\npaths = [\"/etc\"]\n{settings}\n")
+    }
+
+    /// A job that keeps snapshots for 14 days.
+    fn daily14() -> Config {
+        config(&job("etc", "[jobs.retention]\nkeep-daily = 14"))
+    }
+
+    /// A bucket that passes every check, with these lifecycle rules.
+    fn state(lifecycle: Obs<Vec<LifecycleRule>>) -> BucketState {
+        let all = PublicAccessBlock {
+            block_public_acls: true,
+            ignore_public_acls: true,
+            block_public_policy: true,
+            restrict_public_buckets: true,
+        };
+        BucketState {
+            bucket: "acme-backups".into(),
+            public_access_block: Obs::Set(all),
+            policy: Obs::Set(serde_json::json!({"Version": "2012-10-17", "Statement": [
+                policy_doc::tls_only_statement("acme-backups")]})),
+            ownership: Obs::Set("BucketOwnerEnforced".into()),
+            public_grants: Obs::Set(Vec::new()),
+            versioning: Obs::Set(("Enabled".into(), false)),
+            encryption: Obs::Set(vec!["aws:kms".into()]),
+            logging: Obs::Set(("acme-logs".into(), "acme-backups/".into())),
+            lifecycle,
+            lifecycle_min_size: None,
+            object_lock: Obs::Set((true, Some("GOVERNANCE 30 days".into()))),
+            kms_key: Obs::Absent,
+            account_public_access_block: Obs::Set(all),
+        }
+    }
+
+    fn rule(id: &str) -> aws_sdk_s3::types::builders::LifecycleRuleBuilder {
+        LifecycleRule::builder().id(id).status(ExpirationStatus::Enabled)
+    }
+
+    fn prefix(p: &str) -> LifecycleRuleFilter {
+        LifecycleRuleFilter::builder().prefix(p).build()
+    }
+
+    fn tag(key: &str, value: &str) -> Tag {
+        Tag::builder().key(key).value(value).build().expect("tag")
+    }
+
+    fn expire_after(days: i32) -> LifecycleExpiration {
+        LifecycleExpiration::builder().days(days).build()
+    }
+
+    fn noncurrent_after(days: i32) -> NoncurrentVersionExpiration {
+        NoncurrentVersionExpiration::builder()
+            .noncurrent_days(days)
+            .build()
+    }
+
+    fn judged(config: &Config, rules: Vec<LifecycleRule>) -> Finding {
+        let report = evaluate(&state(Obs::Set(rules)), config);
+        report
+            .checks
+            .into_iter()
+            .find(|f| f.id == CHECK)
+            .expect("the check is evaluated")
+    }
+
+    #[track_caller]
+    fn fails(config: &Config, rules: Vec<LifecycleRule>, finding: &str) -> Finding {
+        let f = judged(config, rules);
+        assert_eq!((f.status, f.finding.as_str()), (Status::Fail, finding));
+        f
+    }
+
+    #[track_caller]
+    fn passes(config: &Config, rules: Vec<LifecycleRule>, finding: &str) {
+        let f = judged(config, rules);
+        assert_eq!((f.status, f.finding.as_str()), (Status::Pass, finding));
+        assert_eq!(f.fix, "");
+    }
+
+    const EDIT: &str = " — edit the rules: aws s3api get-bucket-lifecycle-configuration --bucket acme-backups > \
+                        rules.json, change them, aws s3api put-bucket-lifecycle-configuration --bucket acme-backups \
+                        --lifecycle-configuration file://rules.json";
+
+    #[test]
+    fn the_check_is_required_high_and_has_no_managed_rule() {
+        let f = judged(&daily14(), Vec::new());
+        assert_eq!(
+            (f.severity, f.policy, f.config_rule, f.control),
+            ("high", "abort", "-", "-")
+        );
+        assert_eq!(
+            f.title,
+            "no enabled lifecycle rule deletes backups before vaultline lets them go"
+        );
+    }
+
+    #[test]
+    fn expiring_current_versions_fails_whatever_covers_the_prefix() {
+        let c = daily14();
+        let expire = |id: &str, filter: Option<LifecycleRuleFilter>| {
+            rule(id)
+                .set_filter(filter)
+                .expiration(expire_after(30))
+                .build()
+                .expect("rule")
+        };
+        let f = fails(
+            &c,
+            vec![expire("expire-old", Some(prefix("vaultline/")))],
+            "rule expire-old expires current versions after 30 days under prefix vaultline/: S3 would delete \
+             live backups",
+        );
+        assert_eq!(
+            f.fix,
+            format!(
+                "rule expire-old: remove its Expiration, or narrow its filter so that it leaves vaultline/ alone \
+                 (vaultline forget deletes what the retention policy lets go){EDIT}"
+            )
+        );
+        // No filter, an empty filter and an empty prefix cover every object.
+        for filter in [
+            None,
+            Some(LifecycleRuleFilter::builder().build()),
+            Some(prefix("")),
+        ] {
+            fails(
+                &c,
+                vec![expire("all", filter)],
+                "rule all expires current versions after 30 days on every object: S3 would delete live backups",
+            );
+        }
+        // A prefix of the repository's prefix, and a prefix inside it.
+        fails(
+            &c,
+            vec![expire("vault", Some(prefix("vault")))],
+            "rule vault expires current versions after 30 days under prefix vault: S3 would delete live backups",
+        );
+        fails(
+            &c,
+            vec![expire("host", Some(prefix("vaultline/web2/")))],
+            "rule host expires current versions after 30 days under prefix vaultline/web2/: S3 would delete \
+             live backups",
+        );
+        // The archives carry the tier tag.
+        fails(
+            &c,
+            vec![expire(
+                "tagged",
+                Some(
+                    LifecycleRuleFilter::builder()
+                        .tag(tag("vaultline-tier", "archive"))
+                        .build(),
+                ),
+            )],
+            "rule tagged expires current versions after 30 days on objects tagged vaultline-tier=archive: S3 \
+             would delete live backups",
+        );
+        let and = |p: &str, tags: &[Tag]| {
+            let mut a = LifecycleRuleAndOperator::builder().prefix(p);
+            for t in tags {
+                a = a.tags(t.clone());
+            }
+            Some(LifecycleRuleFilter::builder().and(a.build()).build())
+        };
+        fails(
+            &c,
+            vec![expire(
+                "and",
+                and("vaultline/", &[tag("vaultline-tier", "archive")]),
+            )],
+            "rule and expires current versions after 30 days under prefix vaultline/ on objects tagged \
+             vaultline-tier=archive: S3 would delete live backups",
+        );
+        // A size filter still selects some archives.
+        fails(
+            &c,
+            vec![expire(
+                "big",
+                Some(
+                    LifecycleRuleFilter::builder()
+                        .object_size_greater_than(1 << 20)
+                        .build(),
+                ),
+            )],
+            "rule big expires current versions after 30 days on every object larger than 1048576 bytes: S3 \
+             would delete live backups",
+        );
+        // An expiration date, in the past or the future, is the same threat.
+        fails(
+            &c,
+            vec![
+                rule("cutoff")
+                    .filter(prefix("vaultline/"))
+                    .expiration(
+                        LifecycleExpiration::builder()
+                            .date(aws_smithy_types::DateTime::from_secs(1_893_456_000))
+                            .build(),
+                    )
+                    .build()
+                    .expect("rule"),
+            ],
+            "rule cutoff expires current versions on 2030-01-01 under prefix vaultline/: S3 would delete live \
+             backups",
+        );
+        // Rules written with the legacy top-level Prefix instead of a Filter.
+        #[allow(deprecated)]
+        let legacy = rule("legacy")
+            .prefix("vaultline/")
+            .expiration(expire_after(7))
+            .build()
+            .expect("rule");
+        fails(
+            &c,
+            vec![legacy],
+            "rule legacy expires current versions after 7 days under prefix vaultline/: S3 would delete live \
+             backups",
+        );
+    }
+
+    #[test]
+    fn rules_that_do_not_reach_the_repository_pass() {
+        let c = daily14();
+        let expire = |id: &str, filter: LifecycleRuleFilter| {
+            rule(id)
+                .filter(filter)
+                .expiration(expire_after(1))
+                .build()
+                .expect("rule")
+        };
+        let and = |p: &str, t: Tag| {
+            LifecycleRuleFilter::builder()
+                .and(LifecycleRuleAndOperator::builder().prefix(p).tags(t).build())
+                .build()
+        };
+        let ok =
+            "no enabled rule expires current versions under vaultline/; no rule expires noncurrent versions";
+        passes(&c, vec![expire("logs", prefix("logs/"))], ok);
+        // Shares the first letters, not the folder.
+        passes(&c, vec![expire("sibling", prefix("vaultline-old/"))], ok);
+        passes(
+            &c,
+            vec![expire(
+                "other-tag",
+                LifecycleRuleFilter::builder().tag(tag("team", "web")).build(),
+            )],
+            ok,
+        );
+        passes(
+            &c,
+            vec![expire(
+                "other-value",
+                LifecycleRuleFilter::builder()
+                    .tag(tag("vaultline-tier", "hot"))
+                    .build(),
+            )],
+            ok,
+        );
+        // Every tag of an And filter must match; archives carry only the tier tag.
+        passes(
+            &c,
+            vec![expire("and-other-tag", and("vaultline/", tag("team", "web")))],
+            ok,
+        );
+        passes(
+            &c,
+            vec![expire(
+                "and-elsewhere",
+                and("logs/", tag("vaultline-tier", "archive")),
+            )],
+            ok,
+        );
+        // A disabled rule does nothing (until someone enables it: audit runs before every backup).
+        passes(
+            &c,
+            vec![
+                rule("paused")
+                    .status(ExpirationStatus::Disabled)
+                    .filter(prefix(""))
+                    .expiration(expire_after(1))
+                    .noncurrent_version_expiration(noncurrent_after(1))
+                    .build()
+                    .expect("rule"),
+            ],
+            ok,
+        );
+    }
+
+    #[test]
+    fn transitions_aborted_uploads_and_expired_delete_markers_pass() {
+        let c = daily14();
+        let rules = vec![
+            rule("archive")
+                .filter(
+                    LifecycleRuleFilter::builder()
+                        .tag(tag("vaultline-tier", "archive"))
+                        .build(),
+                )
+                .transitions(
+                    Transition::builder()
+                        .days(30)
+                        .storage_class(TransitionStorageClass::DeepArchive)
+                        .build(),
+                )
+                .build()
+                .expect("rule"),
+            rule("abort")
+                .filter(prefix(""))
+                .abort_incomplete_multipart_upload(
+                    AbortIncompleteMultipartUpload::builder()
+                        .days_after_initiation(1)
+                        .build(),
+                )
+                .build()
+                .expect("rule"),
+            // Removes only delete markers with no version left behind them.
+            rule("markers")
+                .filter(prefix(""))
+                .expiration(
+                    LifecycleExpiration::builder()
+                        .expired_object_delete_marker(true)
+                        .build(),
+                )
+                .build()
+                .expect("rule"),
+        ];
+        passes(
+            &c,
+            rules,
+            "no enabled rule expires current versions under vaultline/; no rule expires noncurrent versions",
+        );
+        passes(
+            &c,
+            Vec::new(),
+            "no enabled rule expires current versions under vaultline/; no rule expires noncurrent versions",
+        );
+        let f = judged(&c, Vec::new());
+        assert_eq!(f.status, Status::Pass);
+        let none = evaluate(&state(Obs::Absent), &c);
+        let f = none.checks.iter().find(|f| f.id == CHECK).expect("check");
+        assert_eq!(
+            (f.status, f.finding.as_str()),
+            (Status::Pass, "no lifecycle configuration: nothing expires")
+        );
+        let unknown = evaluate(&state(Obs::Unknown("not allowed to read".into())), &c);
+        let f = unknown.checks.iter().find(|f| f.id == CHECK).expect("check");
+        assert_eq!(
+            (f.status, f.finding.as_str()),
+            (Status::Unknown, "not allowed to read")
+        );
+        assert!(!unknown.passed, "unknown refuses unless accepted");
+    }
+
+    #[test]
+    fn noncurrent_versions_must_outlive_the_longest_retention() {
+        let tidy = |days: i32| {
+            vec![
+                rule("tidy")
+                    .filter(prefix("vaultline/"))
+                    .noncurrent_version_expiration(noncurrent_after(days))
+                    .build()
+                    .expect("rule"),
+            ]
+        };
+        let tail = ": a deleted backup would be gone for good before the configuration lets it go";
+        let c = daily14();
+        let f = fails(
+            &c,
+            tidy(13),
+            &format!(
+                "rule tidy expires noncurrent versions 13 days after they become noncurrent under prefix \
+                 vaultline/, sooner than the 14 days job etc keeps snapshots (keep-daily = 14){tail}"
+            ),
+        );
+        assert_eq!(
+            f.fix,
+            format!(
+                "rule tidy: raise NoncurrentDays to at least 14, or remove its NoncurrentVersionExpiration{EDIT}"
+            )
+        );
+        passes(
+            &c,
+            tidy(14),
+            "no enabled rule expires current versions under vaultline/; rule tidy expires noncurrent versions \
+             after 14 days, no sooner than the 14 days job etc keeps snapshots (keep-daily = 14)",
+        );
+
+        // Each keep-* rule as days; the longest job wins.
+        for (retention, days, why) in [
+            (
+                "keep-hourly = 48",
+                2,
+                "job etc keeps snapshots (keep-hourly = 48)",
+            ),
+            (
+                "keep-hourly = 49",
+                3,
+                "job etc keeps snapshots (keep-hourly = 49)",
+            ),
+            ("keep-weekly = 4", 28, "job etc keeps snapshots (keep-weekly = 4)"),
+            (
+                "keep-monthly = 12",
+                372,
+                "job etc keeps snapshots (keep-monthly = 12)",
+            ),
+            (
+                "keep-yearly = 2",
+                732,
+                "job etc keeps snapshots (keep-yearly = 2)",
+            ),
+            (
+                "keep-last = 7\nkeep-daily = 7\nkeep-weekly = 8\nkeep-monthly = 3",
+                93,
+                "job etc keeps snapshots (keep-monthly = 3)",
+            ),
+        ] {
+            let c = config(&job("etc", &format!("[jobs.retention]\n{retention}")));
+            fails(
+                &c,
+                tidy(days - 1),
+                &format!(
+                    "rule tidy expires noncurrent versions {} days after they become noncurrent under prefix \
+                     vaultline/, sooner than the {days} days {why}{tail}",
+                    days - 1
+                ),
+            );
+            assert_eq!(judged(&c, tidy(days)).status, Status::Pass, "{retention}");
+        }
+
+        // Object Lock days count, and the longest of all jobs wins.
+        let c = config(&format!(
+            "{}{}",
+            job(
+                "etc",
+                "[jobs.retention]\nkeep-daily = 7\n[jobs.object-lock]\nmode = \"GOVERNANCE\"\ndays = 35"
+            ),
+            job("db", "[jobs.retention]\nkeep-weekly = 6")
+        ));
+        fails(
+            &c,
+            tidy(41),
+            &format!(
+                "rule tidy expires noncurrent versions 41 days after they become noncurrent under prefix \
+                 vaultline/, sooner than the 42 days job db keeps snapshots (keep-weekly = 6){tail}"
+            ),
+        );
+        let c = config(&job(
+            "etc",
+            "[jobs.retention]\nkeep-last = 3\n[jobs.object-lock]\nmode = \"COMPLIANCE\"\ndays = 35",
+        ));
+        fails(
+            &c,
+            tidy(34),
+            &format!(
+                "rule tidy expires noncurrent versions 34 days after they become noncurrent under prefix \
+                 vaultline/, sooner than the 35 days job etc locks its objects (object-lock.days = 35){tail}"
+            ),
+        );
+
+        // keep-last alone says nothing about time: no minimum...
+        let c = config(&job("etc", "[jobs.retention]\nkeep-last = 3"));
+        passes(
+            &c,
+            tidy(1),
+            "no enabled rule expires current versions under vaultline/; rule tidy expires noncurrent versions \
+             after 1 days (no job sets a minimum: keep-last counts snapshots, not days)",
+        );
+        // ...but expiring current versions still fails.
+        fails(
+            &c,
+            vec![rule("all").expiration(expire_after(400)).build().expect("rule")],
+            "rule all expires current versions after 400 days on every object: S3 would delete live backups",
+        );
+
+        // A job without a retention policy keeps everything: a noncurrent
+        // version of it is a deletion vaultline did not make.
+        let c = config(&job("etc", ""));
+        fails(
+            &c,
+            tidy(29),
+            &format!(
+                "rule tidy expires noncurrent versions 29 days after they become noncurrent under prefix \
+                 vaultline/, sooner than the 30 days job etc keeps every snapshot (no retention policy: a \
+                 noncurrent version is a deletion vaultline did not make, to be noticed and undone){tail}"
+            ),
+        );
+        assert_eq!(judged(&c, tidy(30)).status, Status::Pass);
+    }
+
+    #[test]
+    fn newer_noncurrent_versions_only_postpone_and_are_reported() {
+        let c = daily14();
+        let keep3 = |days: i32| {
+            vec![
+                rule("keep3")
+                    .filter(prefix(""))
+                    .noncurrent_version_expiration(
+                        NoncurrentVersionExpiration::builder()
+                            .noncurrent_days(days)
+                            .newer_noncurrent_versions(3)
+                            .build(),
+                    )
+                    .build()
+                    .expect("rule"),
+            ]
+        };
+        fails(
+            &c,
+            keep3(7),
+            "rule keep3 expires noncurrent versions 7 days after they become noncurrent on every object (once 3 \
+             newer noncurrent versions of the same object exist), sooner than the 14 days job etc keeps \
+             snapshots (keep-daily = 14): a deleted backup would be gone for good before the configuration lets \
+             it go",
+        );
+        passes(
+            &c,
+            keep3(20),
+            "no enabled rule expires current versions under vaultline/; rule keep3 expires noncurrent versions \
+             after 20 days (once 3 newer noncurrent versions of the same object exist), no sooner than the 14 \
+             days job etc keeps snapshots (keep-daily = 14)",
+        );
+        // With the marker rule beside it, the noncurrent expiration is what counts.
+        let mut rules = keep3(7);
+        rules.push(
+            rule("markers")
+                .filter(prefix(""))
+                .expiration(
+                    LifecycleExpiration::builder()
+                        .expired_object_delete_marker(true)
+                        .build(),
+                )
+                .build()
+                .expect("rule"),
+        );
+        assert_eq!(judged(&c, rules).status, Status::Fail);
+    }
+
+    #[test]
+    fn every_offending_rule_is_named() {
+        let c = daily14();
+        let f = fails(
+            &c,
+            vec![
+                rule("expire-old")
+                    .filter(prefix("vaultline/"))
+                    .expiration(expire_after(30))
+                    .noncurrent_version_expiration(noncurrent_after(1))
+                    .build()
+                    .expect("rule"),
+                rule("logs")
+                    .filter(prefix("logs/"))
+                    .expiration(expire_after(1))
+                    .build()
+                    .expect("rule"),
+            ],
+            "rule expire-old expires current versions after 30 days under prefix vaultline/: S3 would delete \
+             live backups; rule expire-old expires noncurrent versions 1 days after they become noncurrent under \
+             prefix vaultline/, sooner than the 14 days job etc keeps snapshots (keep-daily = 14): a deleted \
+             backup would be gone for good before the configuration lets it go",
+        );
+        assert_eq!(
+            f.fix,
+            format!(
+                "rule expire-old: remove its Expiration, or narrow its filter so that it leaves vaultline/ alone \
+                 (vaultline forget deletes what the retention policy lets go); rule expire-old: raise \
+                 NoncurrentDays to at least 14, or remove its NoncurrentVersionExpiration{EDIT}"
+            )
+        );
+    }
+
+    #[test]
+    fn the_policy_can_be_relaxed_to_warn() {
+        let c = config(&format!(
+            "[hardening.checks]\nlifecycle-no-early-expiry = \"warn\"\n\n{}",
+            job("etc", "")
+        ));
+        let report = evaluate(
+            &state(Obs::Set(vec![
+                rule("all").expiration(expire_after(1)).build().expect("rule"),
+            ])),
+            &c,
+        );
+        let f = report.checks.iter().find(|f| f.id == CHECK).expect("check");
+        assert_eq!((f.status, f.policy), (Status::Fail, "warn"));
+        assert!(report.passed);
+    }
+
+    #[test]
+    fn harden_leaves_customer_rules_to_a_person_with_the_exact_change() {
+        let c = daily14();
+        let Repository::S3(s3) = &c.repository else {
+            unreachable!("an S3 configuration")
+        };
+        // Beside rules that pass the other lifecycle checks.
+        let rules = vec![
+            rule("archive")
+                .filter(
+                    LifecycleRuleFilter::builder()
+                        .tag(tag("vaultline-tier", "archive"))
+                        .build(),
+                )
+                .transitions(
+                    Transition::builder()
+                        .days(30)
+                        .storage_class(TransitionStorageClass::DeepArchive)
+                        .build(),
+                )
+                .build()
+                .expect("rule"),
+            rule("abort")
+                .filter(prefix(""))
+                .abort_incomplete_multipart_upload(
+                    AbortIncompleteMultipartUpload::builder()
+                        .days_after_initiation(1)
+                        .build(),
+                )
+                .build()
+                .expect("rule"),
+            rule("expire-old")
+                .filter(prefix(""))
+                .expiration(expire_after(30))
+                .build()
+                .expect("rule"),
+        ];
+        let st = state(Obs::Set(rules));
+        let report = evaluate(&st, &c);
+        let plan = harden::plan(&st, &report, &c, s3).expect("plan");
+        assert!(
+            plan.changes.is_empty(),
+            "nothing is rewritten: {:?}",
+            plan.changes
+        );
+        assert_eq!(
+            plan.manual,
+            vec![format!(
+                "lifecycle-no-early-expiry: harden never deletes or edits lifecycle rules it did not write; \
+                 rule expire-old: remove its Expiration, or narrow its filter so that it leaves vaultline/ alone \
+                 (vaultline forget deletes what the retention policy lets go){EDIT}"
+            )]
+        );
+    }
+
+    #[test]
+    fn harden_never_installs_a_noncurrent_expiration_the_check_would_fail() {
+        let c = config(&format!(
+            "[hardening]\nnoncurrent-expire-days = 7\nnoncurrent-transition-days = 3\n\n{}",
+            job("etc", "[jobs.retention]\nkeep-daily = 14")
+        ));
+        let Repository::S3(s3) = &c.repository else {
+            unreachable!("an S3 configuration")
+        };
+        let st = state(Obs::Absent);
+        let plan = harden::plan(&st, &evaluate(&st, &c), &c, s3).expect("plan");
+        let lifecycle: Vec<&str> = plan
+            .changes
+            .iter()
+            .filter(|ch| ch.check == "lifecycle-archive")
+            .map(|ch| ch.change.as_str())
+            .collect();
+        assert_eq!(
+            lifecycle,
+            vec![
+                "add lifecycle rule(s) vaultline-archive-tier (objects tagged vaultline-tier=archive → \
+                 DEEP_ARCHIVE after 30 days), vaultline-abort-incomplete-uploads (abort incomplete multipart \
+                 uploads after 7 days), vaultline-noncurrent-versions (noncurrent versions under \"vaultline/\": \
+                 transition after 3 days, expire after 0 days; 0 = never) to bucket acme-backups, keeping its 0 \
+                 existing rule(s)"
+            ]
+        );
+        assert_eq!(
+            plan.manual,
+            vec![
+                "lifecycle-no-early-expiry: hardening.noncurrent-expire-days = 7 is shorter than the 14 days job \
+                 etc keeps snapshots (keep-daily = 14), so harden does not install that expiration: raise it to \
+                 at least 14, or 0 to keep noncurrent versions"
+                    .to_string()
+            ]
+        );
+        // Long enough: installed as configured.
+        let c = config(&format!(
+            "[hardening]\nnoncurrent-expire-days = 14\n\n{}",
+            job("etc", "[jobs.retention]\nkeep-daily = 14")
+        ));
+        let plan = harden::plan(&st, &evaluate(&st, &c), &c, s3).expect("plan");
+        assert!(plan.manual.is_empty(), "{:?}", plan.manual);
+        assert!(
+            plan.changes.iter().any(|ch| ch
+                .change
+                .contains("vaultline-noncurrent-versions (noncurrent versions under \"vaultline/\": transition after 0 days, expire after 14 days")),
+            "{:?}",
+            plan.changes
+        );
     }
 }
