@@ -172,9 +172,38 @@ fn backup_role_cannot_read_back_restore_role_can() {
     // The restore role restores.
     let rs = as_principal((&restore_creds.0, &restore_creds.1));
     let target = rs.path().join("target");
-    rs.run(&["restore", "latest", "--target", target.to_str().unwrap()])
+    let run = rs
+        .run(&["restore", "latest", "--target", target.to_str().unwrap()])
         .ok();
     assert_same_tree(src.path(), &restored(&target, src.path()));
+    // ... and ships its own audit record before it exits, with what the
+    // printed restore policy allows.
+    assert!(
+        !run.stderr.contains("shipped by the next command"),
+        "{}",
+        run.stderr
+    );
+    let segments: Vec<String> = m
+        .ctl_as(admin, &["objects", &bucket])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["key"].as_str().unwrap().to_string())
+        .filter(|k| k.contains("/audit/"))
+        .collect();
+    let mut restores = 0;
+    for name in &segments {
+        let local = rs.path().join("segment");
+        m.ctl_as(admin, &["get", &bucket, name, local.to_str().unwrap()]);
+        restores += fs::read_to_string(&local)
+            .unwrap()
+            .matches("\"restore-finished\"")
+            .count();
+    }
+    assert!(
+        restores >= 1,
+        "the restore's record reached the bucket: {segments:?}"
+    );
 }
 
 #[test]

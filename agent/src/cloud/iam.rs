@@ -272,6 +272,31 @@ pub fn iam_policy(config: &Config, role: Role, key_arn: Option<&str>) -> Result<
                 "Action": ["s3:GetObject"],
                 "Resource": [marker, host_objects.clone()]
             }));
+            // The audit trail of every command is shipped before it exits
+            // (docs/threat-model.md): a restore's record too, new segments
+            // only, never over an existing one.
+            let audit = format!("{bucket}/{base}{host}/audit/*");
+            statements.push(json!({
+                "Sid": "ShipOwnAuditTrail",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject"],
+                "Resource": audit.clone()
+            }));
+            statements.push(json!({
+                "Sid": "NeverOverwriteAuditTrail",
+                "Effect": "Deny",
+                "Action": ["s3:PutObject"],
+                "Resource": audit.clone(),
+                "Condition": {
+                    "Null": { "s3:if-none-match": "true" },
+                    "Bool": { "s3:ObjectCreationOperation": "true" }
+                }
+            }));
+            statements.extend(
+                lock_statements(config, &audit, &audit)
+                    .into_iter()
+                    .filter(|s| s["Sid"] != "ReadLocksOfOwnArchives"),
+            );
             // Thawing archives that are in GLACIER or DEEP_ARCHIVE.
             statements.push(json!({
                 "Sid": "ThawOwnArchives",
@@ -565,5 +590,49 @@ mod tests {
         }));
         want.extend(kms());
         assert_eq!(Value::Array(statements(&c)), Value::Array(want));
+    }
+
+    #[test]
+    fn the_restore_role_ships_its_audit_trail_and_overwrites_nothing() {
+        let doc = iam_policy(
+            &config("[[jobs]]\nname = \"etc\"\npaths = [\"/etc\"]\n"),
+            Role::Restore,
+            Some(KEY),
+        )
+        .expect("policy");
+        let statements = doc["Statement"].as_array().expect("statements");
+        let by_sid = |sid: &str| statements.iter().find(|s| s["Sid"] == sid).cloned();
+        assert_eq!(
+            by_sid("ShipOwnAuditTrail"),
+            Some(json!({
+                "Sid": "ShipOwnAuditTrail",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject"],
+                "Resource": "arn:aws:s3:::acme-backups/vaultline/web1/audit/*"
+            }))
+        );
+        assert_eq!(
+            by_sid("NeverOverwriteAuditTrail").map(|s| s["Condition"].clone()),
+            Some(json!({
+                "Null": { "s3:if-none-match": "true" },
+                "Bool": { "s3:ObjectCreationOperation": "true" }
+            }))
+        );
+        // Without a locking job, no lock of any kind.
+        assert_eq!(
+            by_sid("NoLocks").map(|s| s["Resource"].clone()),
+            Some(json!("arn:aws:s3:::acme-backups/vaultline/web1/audit/*"))
+        );
+        // Nothing else may be written.
+        let writes: Vec<&Value> = statements
+            .iter()
+            .filter(|s| {
+                s["Effect"] == "Allow"
+                    && s["Action"]
+                        .as_array()
+                        .is_some_and(|a| a.contains(&json!("s3:PutObject")))
+            })
+            .collect();
+        assert_eq!(writes.len(), 1, "{writes:?}");
     }
 }

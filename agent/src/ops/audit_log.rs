@@ -6,16 +6,18 @@
 //! concurrent runs interleave whole lines and keep the chain). Each line:
 //!
 //! ```json
-//! {"seq":7,"time":"2026-11-22T10:30:00Z","who":"arn:aws:iam::1:role/backup",
+//! {"seq":7,"trail":"3f9c0a1b2c3d4e5f","time":"2026-11-22T10:30:00Z","who":"arn:aws:iam::1:role/backup",
 //!  "what":"snapshot-committed","details":{…},
 //!  "how":{"command":"backup now","host":"web1","version":"0.1.0","config_sha256":"…"},
 //!  "prev":"<SHA-256 hex of the previous line's bytes>"}
 //! ```
 //!
-//! `seq` counts from 1 and `prev` of line 1 is 64 zeros. `verify` walks the
-//! file and names the first line that breaks either. Before every command
-//! that recorded lines exits, the lines not shipped yet go to the
-//! repository as one segment, `PREFIX/HOST/audit/FIRST-LAST.jsonl`
+//! `seq` counts from 1 and `prev` of line 1 is 64 zeros; `trail` is a random
+//! id the trail gets with its first line, so the trails of several state
+//! directories on one host never mix. `verify` walks the file and names the
+//! first line that breaks the chain. Before every command that recorded
+//! lines exits, the lines not shipped yet go to the repository as one
+//! segment, `PREFIX/HOST/audit/TRAIL/FIRST-LAST.jsonl`
 //! (STANDARD, untagged, written with If-None-Match so never overwritten,
 //! under the jobs' Object Lock retention when they have one).
 //!
@@ -68,6 +70,7 @@ pub struct AuditLog {
 #[derive(Serialize)]
 struct Record<'a> {
     seq: u64,
+    trail: &'a str,
     time: String,
     who: &'a str,
     what: &'a str,
@@ -78,6 +81,24 @@ struct Record<'a> {
 
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
+}
+
+/// The `trail` field of a line.
+fn trail_of(line: &str) -> Option<String> {
+    serde_json::from_str::<Value>(line)
+        .ok()?
+        .get("trail")?
+        .as_str()
+        .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_string)
+}
+
+/// The trail id of the first line of `file`, if it has one.
+fn first_trail(file: &mut File) -> Result<Option<String>> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut first = String::new();
+    BufReader::new(Read::by_ref(file).take(1 << 20)).read_line(&mut first)?;
+    Ok(trail_of(first.trim_end()))
 }
 
 /// The last line of `file` (without its newline), if any.
@@ -127,7 +148,21 @@ impl AuditLog {
             .with_context(|| format!("cannot open audit trail {}", self.path.display()))?;
         rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
             .with_context(|| format!("cannot lock audit trail {}", self.path.display()))?;
-        let (seq, prev) = match last_line(&mut file)? {
+        let last = last_line(&mut file)?;
+        // The trail's id: from its last line, else its first (a damaged
+        // last line), else a new one (a new trail).
+        let trail = match last.as_deref().and_then(trail_of) {
+            Some(t) => t,
+            None => match first_trail(&mut file)? {
+                Some(t) => t,
+                None => {
+                    let mut id = [0u8; 8];
+                    getrandom::fill(&mut id).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+                    hex::encode(id)
+                }
+            },
+        };
+        let (seq, prev) = match last {
             Some(line) => {
                 let seq = serde_json::from_str::<Value>(&line)
                     .ok()
@@ -152,6 +187,7 @@ impl AuditLog {
         };
         let record = Record {
             seq,
+            trail: &trail,
             time: jiff::Timestamp::now().round(jiff::Unit::Second)?.to_string(),
             who: &self.who,
             what,
@@ -192,13 +228,14 @@ impl AuditLog {
             Err(e) => return Err(e).with_context(|| format!("cannot open {}", self.path.display())),
         };
         let mut body = String::new();
-        let (mut first, mut last) = (None, 0);
+        let (mut first, mut last, mut trail) = (None, 0, None);
         for line in BufReader::new(file).lines() {
             let line = line?;
-            let seq = serde_json::from_str::<Value>(&line)
-                .ok()
-                .and_then(|v| v["seq"].as_u64())
-                .unwrap_or(0);
+            let v = serde_json::from_str::<Value>(&line).ok();
+            let seq = v.as_ref().and_then(|v| v["seq"].as_u64()).unwrap_or(0);
+            if trail.is_none() {
+                trail = v.as_ref().and_then(|v| v["trail"].as_str().map(str::to_string));
+            }
             if seq > shipped {
                 first.get_or_insert(seq);
                 last = seq;
@@ -209,7 +246,8 @@ impl AuditLog {
         let Some(first) = first else {
             return Ok(None);
         };
-        let name = repo.audit_segment_name(host, first, last);
+        let trail = trail.unwrap_or_else(|| "unnamed".into());
+        let name = repo.audit_segment_name(host, &trail, first, last);
         (|| -> std::io::Result<()> {
             let mut object = repo.store().create(&name, ObjectClass::Control, retention)?;
             object.write_all(body.as_bytes())?;
@@ -328,8 +366,8 @@ impl ShippedTrail {
     /// Reads every segment `host` shipped to `repo`. Two segments that
     /// disagree about a line are an integrity error: segments are never
     /// overwritten, so one of them was added to cover a rewrite.
-    pub fn fetch(repo: &Repo, host: &str) -> Result<ShippedTrail> {
-        let prefix = repo.audit_segment_name(host, 0, 0);
+    pub fn fetch(repo: &Repo, host: &str, trail: &str) -> Result<ShippedTrail> {
+        let prefix = repo.audit_segment_name(host, trail, 0, 0);
         let prefix = &prefix[..prefix.len() - "000000000000-000000000000.jsonl".len()];
         let mut shipped = ShippedTrail::default();
         for o in repo
@@ -389,16 +427,18 @@ impl ShippedTrail {
     }
 }
 
-/// The host named by the first line of the trail at `path` (its `how`).
-pub fn trail_host(path: &Path) -> Result<Option<String>> {
+/// The host (its `how`) and the trail id named by the first line of the
+/// trail at `path`.
+pub fn trail_identity(path: &Path) -> Result<(Option<String>, Option<String>)> {
     let file = File::open(path).with_context(|| format!("cannot open audit trail {}", path.display()))?;
-    let Some(first) = BufReader::new(file).lines().next() else {
-        return Ok(None);
+    let Some(first) = BufReader::new(file.take(1 << 20)).lines().next() else {
+        return Ok((None, None));
     };
     let first = first.with_context(|| format!("reading {}", path.display()))?;
-    Ok(serde_json::from_str::<Value>(&first)
+    let host = serde_json::from_str::<Value>(&first)
         .ok()
-        .and_then(|v| v["how"]["host"].as_str().map(str::to_string)))
+        .and_then(|v| v["how"]["host"].as_str().map(str::to_string));
+    Ok((host, trail_of(&first)))
 }
 
 /// Checks the chain of `path`, then every line against what was shipped:
@@ -537,9 +577,14 @@ mod tests {
         let (_d, path) = trail(3);
         let log = AuditLog::new(path.parent().unwrap(), "tester".into(), how());
         let shipped_name = log.ship(&repo, "h", None).unwrap().unwrap();
-        assert_eq!(shipped_name, "p/h/audit/000000000001-000000000003.jsonl");
+        let (_, trail) = trail_identity(&path).unwrap();
+        let trail = trail.unwrap();
+        assert_eq!(
+            shipped_name,
+            format!("p/h/audit/{trail}/000000000001-000000000003.jsonl")
+        );
         assert_eq!(log.ship(&repo, "h", None).unwrap(), None, "nothing new to ship");
-        let shipped = ShippedTrail::fetch(&repo, "h").unwrap();
+        let shipped = ShippedTrail::fetch(&repo, "h", &trail).unwrap();
         assert_eq!((shipped.last(), shipped.segments), (3, 1));
         assert_eq!(verify_against(&path, &shipped).unwrap().shipped, Some(3));
 
@@ -547,10 +592,10 @@ mod tests {
         let mut rewritten = lines(&path);
         rewritten[1] = rewritten[1].replace("\"i\":1", "\"i\":7");
         store.insert(
-            "p/h/audit/000000000002-000000000002.jsonl",
+            &format!("p/h/audit/{trail}/000000000002-000000000002.jsonl"),
             (rewritten[1].clone() + "\n").into_bytes(),
         );
-        let e = ShippedTrail::fetch(&repo, "h").unwrap_err().to_string();
+        let e = ShippedTrail::fetch(&repo, "h", &trail).unwrap_err().to_string();
         assert!(
             e.contains("disagree about line 2: a line was rewritten and shipped again"),
             "{e}"

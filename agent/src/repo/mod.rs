@@ -19,6 +19,7 @@
 //! PREFIX/repository.json                          marker: format, key provider and key id (plain JSON)
 //! PREFIX/HOST/JOB/archives/SNAPSHOT/N.archive     sealed tar.zst, written first
 //! PREFIX/HOST/JOB/snapshots/SNAPSHOT.manifest     sealed manifest, written last: the commit point
+//! PREFIX/HOST/audit/TRAIL/FIRST-LAST.jsonl        a shipped segment of a host's audit trail (plain JSON lines)
 //! ```
 //!
 //! A snapshot exists exactly when its manifest exists. Every sealed object's
@@ -197,9 +198,9 @@ impl Repo {
         self.join(&format!("{host}/{job}/snapshots/{id}.manifest"))
     }
 
-    /// Name of an audit-trail segment holding lines `first..=last`.
-    pub fn audit_segment_name(&self, host: &str, first: u64, last: u64) -> String {
-        self.join(&format!("{host}/audit/{first:012}-{last:012}.jsonl"))
+    /// Name of a segment of audit trail `trail` holding lines `first..=last`.
+    pub fn audit_segment_name(&self, host: &str, trail: &str, first: u64, last: u64) -> String {
+        self.join(&format!("{host}/audit/{trail}/{first:012}-{last:012}.jsonl"))
     }
 
     /// Name of a snapshot's archive number `n`.

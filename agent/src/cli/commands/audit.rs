@@ -148,11 +148,14 @@ pub fn verify_log(app: Option<&App>, file: Option<&Path>, out: &Output) -> Resul
     }
     let v = match app {
         Some(app) => {
-            // The trail's own host: a copy from another host is compared
-            // with that host's segments.
-            let host =
-                crate::ops::audit_log::trail_host(&path)?.unwrap_or_else(|| app.config.agent.host.clone());
-            let shipped = ShippedTrail::fetch(&app.repo, &host)?;
+            // The trail's own host and id: a copy from another host is
+            // compared with that host's segments of that trail.
+            let (host, trail) = crate::ops::audit_log::trail_identity(&path)?;
+            let host = host.unwrap_or_else(|| app.config.agent.host.clone());
+            let shipped = match trail {
+                Some(trail) => ShippedTrail::fetch(&app.repo, &host, &trail)?,
+                None => ShippedTrail::default(),
+            };
             if file.is_none() {
                 crate::ops::audit_log::verify(&path)?;
             }
