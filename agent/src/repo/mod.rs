@@ -300,7 +300,9 @@ impl Repo {
         let host_prefix = self.join(&format!("{host}/"));
         let mut out = Vec::new();
         for o in objects {
-            let rest = &o.name[host_prefix.len()..];
+            let Some(rest) = o.name.strip_prefix(host_prefix.as_str()) else {
+                continue;
+            };
             let parts: Vec<&str> = rest.split('/').collect();
             if let [job, "snapshots", file] = parts[..]
                 && let Some(id) = file.strip_suffix(".manifest")
