@@ -220,7 +220,7 @@ where
 
 /// Every message in an error's source chain, in order, without repeats and
 /// without the Debug dumps the SDK's own display adds.
-fn source_chain(err: &(dyn std::error::Error + 'static)) -> String {
+pub fn source_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut next = Some(err);
     while let Some(e) = next {

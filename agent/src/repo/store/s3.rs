@@ -45,7 +45,7 @@ use super::{
     ObjectClass, ObjectInfo, ObjectMeta, ObjectStore, PendingObject, RestoreRequest, Retention, StoreError,
     Thaw,
 };
-use crate::cloud::aws::{block_on, describe, error_code, runtime};
+use crate::cloud::aws::{block_on, describe, error_code, runtime, source_chain};
 
 /// S3's limit on parts per upload.
 pub const MAX_PARTS: i32 = 10_000;
@@ -990,12 +990,45 @@ impl S3Reader {
                 )));
             }
         };
+        // The body is held to the Content-Length (by HTTP and the SDK's
+        // own check on GET bodies: one that ends early is an error, which
+        // `read` resumes from; nothing past it is read). What is left to
+        // check is that the length is the one asked for, so a reader never
+        // gets more or fewer bytes than its range, and an unranged read
+        // knows where the object ends.
+        let misbehaved = |why: String| io::Error::other(format!("GetObject {}: {why}", inner.url(&self.key)));
+        let Some(length) = out.content_length().and_then(|l| u64::try_from(l).ok()) else {
+            return Err(misbehaved(
+                "the server sent no Content-Length: refusing a body of unknown length".to_string(),
+            ));
+        };
+        if let Some(range) = out.content_range() {
+            let start = range
+                .strip_prefix("bytes ")
+                .and_then(|r| r.split_once('-'))
+                .and_then(|(start, _)| start.parse::<u64>().ok());
+            if start != Some(self.pos) {
+                return Err(misbehaved(format!(
+                    "asked for bytes from {}, the server's Content-Range is {range:?}",
+                    self.pos
+                )));
+            }
+        }
+        match self.end {
+            Some(end) if length != end.saturating_sub(self.pos) => {
+                return Err(misbehaved(format!(
+                    "asked for bytes {}-{} ({} bytes), the server's Content-Length is {length}",
+                    self.pos,
+                    end - 1,
+                    end - self.pos
+                )));
+            }
+            Some(_) => {}
+            None => self.end = Some(self.pos.saturating_add(length)),
+        }
         if !self.started {
             self.started = true;
             self.etag = out.e_tag().map(str::to_string);
-            if self.end.is_none() {
-                self.end = Some(self.pos + out.content_length().unwrap_or(0).max(0) as u64);
-            }
         } else if self.etag.is_none() {
             // Without an ETag a resumed read cannot be pinned to the same
             // object version; refuse rather than splice two versions.
@@ -1022,13 +1055,10 @@ impl Read for S3Reader {
                     return Ok(0);
                 }
                 result => {
+                    let at = format!("at byte {} of {}", self.pos, self.end.unwrap_or_default());
                     let why = match result {
-                        Err(e) => e.to_string(),
-                        _ => format!(
-                            "the body ended at byte {} of {}",
-                            self.pos,
-                            self.end.unwrap_or_default()
-                        ),
+                        Err(e) => format!("the body broke off {at}: {}", source_chain(&e)),
+                        _ => format!("the body ended {at}"),
                     };
                     if self.attempts_left <= 1 {
                         return Err(io::Error::other(format!(
