@@ -12,6 +12,7 @@ mod agent;
 mod faults;
 mod glacier;
 mod hardening;
+mod hostile_server;
 mod iam;
 mod incremental;
 mod kms;
