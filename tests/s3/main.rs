@@ -9,6 +9,7 @@
 mod util;
 
 mod agent;
+mod endpoints;
 mod faults;
 mod glacier;
 mod hardening;
