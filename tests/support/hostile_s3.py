@@ -412,8 +412,7 @@ class Server(http.server.ThreadingHTTPServer):
         sys.stderr.write(f"connection from {client_address} ended with an error\n")
 
 
-def exit_with_parent():
-    parent = os.getppid()
+def exit_with_parent(parent):
     while True:
         time.sleep(0.5)
         if os.getppid() != parent:
@@ -421,6 +420,8 @@ def exit_with_parent():
 
 
 def main():
+    # Taken first: a parent that dies while the keys are made still counts.
+    parent = os.getppid()
     cert_dir, repo_dir, mode = sys.argv[1:4]
     modes = (
         "honest", "foreign-key", "repeat-token", "short-body", "short-body-lying-length",
@@ -435,7 +436,7 @@ def main():
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(paths["server.pem"], paths["server.key"])
     server = Server(context)
-    threading.Thread(target=exit_with_parent, daemon=True).start()
+    threading.Thread(target=exit_with_parent, args=(parent,), daemon=True).start()
     print(f"READY {server.server_port}", flush=True)
     server.serve_forever()
 
