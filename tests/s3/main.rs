@@ -9,9 +9,11 @@
 mod util;
 
 mod agent;
+mod endpoints;
 mod faults;
 mod glacier;
 mod hardening;
+mod hostile_server;
 mod iam;
 mod incremental;
 mod kms;

@@ -33,6 +33,11 @@ pub struct App {
     /// Loaded when the repository or the key is in AWS.
     sdk: Option<SdkConfig>,
     s3_client: Option<aws_sdk_s3::Client>,
+    /// Built up front with the S3 client, so that an endpoint that is not
+    /// allowed stops a command before it sends anything anywhere.
+    kms_client: Option<aws_sdk_kms::Client>,
+    sts_client: Option<aws_sdk_sts::Client>,
+    sns_client: Option<aws_sdk_sns::Client>,
 }
 
 impl App {
@@ -77,12 +82,26 @@ impl App {
                 (Repo::new(Arc::new(store.clone()), prefix), Some(store))
             }
             Repository::S3(s3) => {
-                let client = crate::cloud::aws::s3_client(sdk.as_ref().context(NO_SDK)?, s3);
+                let client = crate::cloud::aws::s3_client(sdk.as_ref().context(NO_SDK)?, &config.aws, s3)
+                    .context("setting up the AWS clients")?;
                 s3_client = Some(client.clone());
                 let store = S3Store::new(client, s3.clone(), &config.aws);
                 (Repo::new(Arc::new(store), &s3.prefix), None)
             }
         };
+        let (mut kms_client, mut sts_client, mut sns_client) = (None, None, None);
+        if let Some(sdk) = &sdk {
+            let aws = &config.aws;
+            let setup = "setting up the AWS clients";
+            if let KeyConfig::Kms { endpoint, .. } = &config.key {
+                kms_client =
+                    Some(crate::cloud::aws::kms_client(sdk, aws, endpoint.as_deref()).context(setup)?);
+            }
+            sts_client = Some(crate::cloud::aws::sts_client(sdk, aws, sts_endpoint(&config)).context(setup)?);
+            if config.jobs.iter().any(|j| j.on_failure_sns.is_some()) {
+                sns_client = Some(crate::cloud::aws::sns_client(sdk, aws).context(setup)?);
+            }
+        }
         Ok(App {
             config,
             repo,
@@ -90,6 +109,9 @@ impl App {
             local_store,
             sdk,
             s3_client,
+            kms_client,
+            sts_client,
+            sns_client,
         })
     }
 
@@ -97,20 +119,12 @@ impl App {
     /// caller identity (STS) for AWS configurations, else the local user.
     pub fn audit(&self, command: &str) -> crate::ops::audit_log::AuditLog {
         use sha2::Digest;
-        let who = match &self.sdk {
-            Some(sdk) => {
-                let endpoint = match (&self.config.repository, &self.config.key) {
-                    (Repository::S3(s3), _) if s3.endpoint.is_some() => s3.endpoint.as_deref(),
-                    (_, KeyConfig::Kms { endpoint, .. }) => endpoint.as_deref(),
-                    _ => None,
-                };
-                let sts = crate::cloud::aws::sts_client(sdk, endpoint);
-                match crate::cloud::aws::block_on(sts.get_caller_identity().send()) {
-                    Ok(Ok(id)) => id.arn().unwrap_or("unknown AWS principal").to_string(),
-                    Ok(Err(e)) => format!("unknown AWS principal ({})", crate::cloud::aws::describe(&e)),
-                    Err(e) => format!("unknown AWS principal ({e:#})"),
-                }
-            }
+        let who = match &self.sts_client {
+            Some(sts) => match crate::cloud::aws::block_on(sts.get_caller_identity().send()) {
+                Ok(Ok(id)) => id.arn().unwrap_or("unknown AWS principal").to_string(),
+                Ok(Err(e)) => format!("unknown AWS principal ({})", crate::cloud::aws::describe(&e)),
+                Err(e) => format!("unknown AWS principal ({e:#})"),
+            },
             None => {
                 let uid = rustix::process::getuid().as_raw();
                 let name = std::env::var("USER").unwrap_or_else(|_| "?".into());
@@ -159,11 +173,10 @@ impl App {
         let Some(topic) = self.config.job(job).and_then(|j| j.on_failure_sns.clone()) else {
             return Ok(());
         };
-        let sdk = self.sdk.as_ref().context(NO_SDK)?;
+        let sns = self.sns_client.as_ref().context(NO_SDK)?;
         let status = crate::ops::status::load(&self.config.agent.state_dir, job)?;
         let host = &self.config.agent.host;
         let result = status.last_run.as_ref().map_or("failed", |r| r.result.as_str());
-        let sns = crate::cloud::aws::sns_client(sdk, self.config.aws.sns_endpoint.as_deref());
         let subject = format!("vaultline: job {job} on {host}: {result}");
         let message = serde_json::json!({ "host": host, "job": job, "status": status }).to_string();
         crate::cloud::aws::block_on(
@@ -199,11 +212,10 @@ impl App {
             KeyConfig::Local { .. } => Ok(CountingKeys::new(Box::new(self.local_key()?.provider()))),
             KeyConfig::Kms {
                 key_id,
-                endpoint,
                 accepted_keys,
+                ..
             } => {
-                let client =
-                    crate::cloud::aws::kms_client(self.sdk.as_ref().context(NO_SDK)?, endpoint.as_deref());
+                let client = self.kms_client.clone().context(NO_SDK)?;
                 let kms = KmsKeyWrap::connect(client, key_id)?
                     .trusting(accepted_keys)
                     .trusting(extra);
@@ -270,6 +282,16 @@ impl App {
     /// The host whose snapshots to read: `--host` or the configured one.
     pub fn host<'a>(&'a self, flag: &'a Option<String>) -> &'a str {
         flag.as_deref().unwrap_or(&self.config.agent.host)
+    }
+}
+
+/// Where STS is asked who the caller is: at the S3 or KMS endpoint when
+/// one is custom (compatible servers that have STS serve it there).
+fn sts_endpoint(config: &Config) -> Option<&str> {
+    match (&config.repository, &config.key) {
+        (Repository::S3(s3), _) if s3.endpoint.is_some() => s3.endpoint.as_deref(),
+        (_, KeyConfig::Kms { endpoint, .. }) => endpoint.as_deref(),
+        _ => None,
     }
 }
 

@@ -265,12 +265,26 @@ impl<'a> SnapshotReader<'a> {
         let ctx = repo.context(&snapshot.host, &snapshot.job, &snapshot.id, Kind::Manifest, &name)?;
         let mut file = tempfile::tempfile().context("cannot create a temporary file for the manifest")?;
         {
-            let mut raw = repo
+            let raw = repo
                 .store()
                 .open(&name)
                 .with_context(|| format!("snapshot {}: cannot open {name}", snapshot.id))?;
-            io::copy(&mut raw, &mut file)
+            // At most one byte more than listed: enough to tell a longer
+            // object, never a disk filled by a server that does not stop.
+            let listed = snapshot.manifest_size;
+            let sent = io::copy(&mut raw.take(listed.saturating_add(1)), &mut file)
                 .with_context(|| format!("snapshot {}: reading {name}", snapshot.id))?;
+            if sent != listed {
+                let sent = if sent > listed {
+                    format!("more than {listed}")
+                } else {
+                    sent.to_string()
+                };
+                return Err(IntegrityError(format!(
+                    "manifest {name}: the server sent {sent} bytes, the listing said {listed}"
+                ))
+                .into());
+            }
         }
         file.seek(SeekFrom::Start(0))?;
         let (header, key) = repo

@@ -278,9 +278,12 @@ fn plan_job(
     let mut archives = Vec::new();
     let mut freed = 0;
     for o in store.list(&archives_prefix)? {
-        let snapshot = o.name[archives_prefix.len()..]
-            .split('/')
-            .next()
+        // A name outside the prefix (the S3 store refuses such listings)
+        // has no snapshot id: kept, never a panic.
+        let snapshot = o
+            .name
+            .strip_prefix(archives_prefix.as_str())
+            .and_then(|rest| rest.split('/').next())
             .unwrap_or("")
             .to_string();
         let (action, why) = if let Some(by) = needed_by.get(&o.name) {

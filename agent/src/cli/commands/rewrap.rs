@@ -95,7 +95,7 @@ pub fn run(app: &App, args: &RewrapArgs) -> Result<()> {
                 &owned_sdk
             }
         };
-        let client = crate::cloud::aws::kms_client(sdk, endpoint.as_deref());
+        let client = crate::cloud::aws::kms_client(sdk, &app.config.aws, endpoint.as_deref())?;
         let from = KmsKeyWrap::connect(client.clone(), key_id)?.trusting(accepted_keys);
         let to =
             KmsKeyWrap::connect(client, &args.to_key).with_context(|| format!("--to-key {}", args.to_key))?;

@@ -509,7 +509,7 @@ pub fn apply(
                     KeyConfig::Kms { endpoint, .. } => endpoint.as_deref(),
                     KeyConfig::Local { .. } => None,
                 };
-                let kms = crate::cloud::aws::kms_client(sdk, endpoint);
+                let kms = crate::cloud::aws::kms_client(sdk, &config.aws, endpoint)?;
                 block_on(kms.enable_key_rotation().key_id(key_id).send())?
                     .map(|_| ())
                     .map_err(|e| describe(&e))

@@ -445,7 +445,7 @@ impl BucketState {
         let kms_key = match &config.key {
             KeyConfig::Local { .. } => Obs::Absent,
             KeyConfig::Kms { key_id, endpoint, .. } => {
-                let kms = crate::cloud::aws::kms_client(sdk, endpoint.as_deref());
+                let kms = crate::cloud::aws::kms_client(sdk, &config.aws, endpoint.as_deref())?;
                 let enabled = read(
                     "kms:DescribeKey",
                     &[],
@@ -465,7 +465,7 @@ impl BucketState {
                 }
             }
         };
-        let account_public_access_block = account_pab(sdk, s3.endpoint.as_deref())?;
+        let account_public_access_block = account_pab(sdk, &config.aws, s3.endpoint.as_deref())?;
         Ok(BucketState {
             bucket: bucket.to_string(),
             public_access_block,
@@ -487,15 +487,13 @@ impl BucketState {
 /// Account-level Block Public Access (needs the account id from STS). With
 /// a custom S3 endpoint, STS and S3 Control are asked at that endpoint too
 /// (S3-compatible servers usually have neither: the check is then unknown).
-fn account_pab(sdk: &aws_config::SdkConfig, endpoint: Option<&str>) -> Result<Obs<PublicAccessBlock>> {
-    let mut control = aws_sdk_s3control::config::Builder::from(sdk);
-    if let Some(url) = endpoint {
-        // The account id is normally put in front of the host name.
-        // The account id is normally put in front of the host name, which
-        // a custom endpoint (often an IP address) cannot take.
-        control = control.endpoint_resolver(FixedEndpoint(url.to_string()));
-    }
-    let sts = crate::cloud::aws::sts_client(sdk, endpoint);
+fn account_pab(
+    sdk: &aws_config::SdkConfig,
+    aws: &vaultline_config::Aws,
+    endpoint: Option<&str>,
+) -> Result<Obs<PublicAccessBlock>> {
+    let control = crate::cloud::aws::s3control_client(sdk, aws, endpoint)?;
+    let sts = crate::cloud::aws::sts_client(sdk, aws, endpoint)?;
     let account = match block_on(sts.get_caller_identity().send())? {
         Ok(o) => match o.account() {
             Some(a) => a.to_string(),
@@ -508,30 +506,12 @@ fn account_pab(sdk: &aws_config::SdkConfig, endpoint: Option<&str>) -> Result<Ob
             )));
         }
     };
-    let control = aws_sdk_s3control::Client::from_conf(control.build());
     read(
         "s3:GetAccountPublicAccessBlock",
         &["NoSuchPublicAccessBlockConfiguration"],
         block_on(control.get_public_access_block().account_id(&account).send()),
         |o| pab_from!(o.public_access_block_configuration()),
     )
-}
-
-/// S3 Control at exactly the configured URL.
-#[derive(Debug)]
-struct FixedEndpoint(String);
-
-impl aws_sdk_s3control::config::endpoint::ResolveEndpoint for FixedEndpoint {
-    fn resolve_endpoint<'a>(
-        &'a self,
-        _params: &'a aws_sdk_s3control::config::endpoint::Params,
-    ) -> aws_sdk_s3control::config::endpoint::EndpointFuture<'a> {
-        aws_sdk_s3control::config::endpoint::EndpointFuture::ready(Ok(
-            aws_smithy_types::endpoint::Endpoint::builder()
-                .url(self.0.clone())
-                .build(),
-        ))
-    }
 }
 
 const GLACIER_CLASSES: &[&str] = &["GLACIER", "DEEP_ARCHIVE", "GLACIER_IR"];

@@ -623,11 +623,21 @@ mod tests {
             x.place(&through, Some(&mut &b"bad"[..])).unwrap();
             let out = x.finish().unwrap();
             assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
-            assert_eq!(out.blocked.len(), 1, "{workers} {unnamed}");
+            assert_eq!(out.refused.len(), 1, "{workers} {unnamed}");
             assert_eq!(
-                out.blocked[0].reason,
-                "escape is a symlink or not a directory; not following it"
+                out.refused[0].reason,
+                "escape is a symlink this snapshot made; not following it"
             );
+            // A symlink that was in the target already blocks, and is not
+            // the snapshot's fault.
+            let there = tempfile::tempdir().unwrap();
+            std::os::unix::fs::symlink(outside.path(), there.path().join("escape")).unwrap();
+            let mut x = Extractor::with_workers(there.path(), opts(false), workers, unnamed).unwrap();
+            x.place(&through, Some(&mut &b"bad"[..])).unwrap();
+            let out = x.finish().unwrap();
+            assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+            assert_eq!(out.blocked.len(), 1, "{workers} {unnamed}");
+            assert_eq!(out.blocked[0].reason, "escape is a symlink or not a directory; not following it");
         }
     }
 

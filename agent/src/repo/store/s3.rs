@@ -45,7 +45,7 @@ use super::{
     ObjectClass, ObjectInfo, ObjectMeta, ObjectStore, PendingObject, RestoreRequest, Retention, StoreError,
     Thaw,
 };
-use crate::cloud::aws::{block_on, describe, error_code, runtime};
+use crate::cloud::aws::{block_on, describe, error_code, runtime, source_chain};
 
 /// S3's limit on parts per upload.
 pub const MAX_PARTS: i32 = 10_000;
@@ -220,6 +220,61 @@ fn url_encode(s: &str) -> String {
 
 fn sha256_b64(data: &[u8]) -> String {
     aws_smithy_types::base64::encode(Sha256::digest(data))
+}
+
+/// Keys asked for per ListObjectsV2 page: S3's own maximum (and default).
+const MAX_KEYS_PER_PAGE: i32 = 1000;
+
+/// Pages a listing may take. A server can keep a listing going forever
+/// with fresh continuation tokens, so some bound is needed; this one is far
+/// above any repository vaultline writes: 10,000 full pages are ten million
+/// objects under one prefix, while a job backing up every hour adds about
+/// three (manifest, archive, audit segment), 26,000 a year. The listing is
+/// held in memory (about 150 bytes an object for vaultline's names), so the
+/// bound also caps what a listing can cost.
+const MAX_LIST_PAGES: usize = 10_000;
+
+/// The continuation tokens of one listing so far. A server that hands back
+/// a token it gave before would make the listing loop forever; one that
+/// says "truncated" without a token would make it end early, and callers
+/// act on what is missing from a listing (`forget` deletes archives no
+/// listed manifest refers to), so both are errors.
+#[derive(Default)]
+struct Pages {
+    /// SHA-256 of every token seen: a server choosing huge tokens cannot
+    /// make remembering them expensive.
+    seen: std::collections::HashSet<[u8; 32]>,
+    count: usize,
+}
+
+impl Pages {
+    /// The token for the next page after one that said `truncated` and
+    /// `token`; `None` when the listing is complete.
+    fn next(&mut self, truncated: bool, token: Option<&str>) -> Result<Option<String>, String> {
+        self.count += 1;
+        if !truncated {
+            return Ok(None);
+        }
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return Err(
+                "the server said the listing is truncated but gave no continuation token: \
+                        refusing an incomplete listing"
+                    .to_string(),
+            );
+        };
+        let shown: String = token.chars().take(100).collect();
+        if !self.seen.insert(Sha256::digest(token.as_bytes()).into()) {
+            return Err(format!(
+                "the server repeated continuation token {shown:?}: refusing to list forever"
+            ));
+        }
+        if self.count >= MAX_LIST_PAGES {
+            return Err(format!(
+                "the listing did not end after {MAX_LIST_PAGES} pages: refusing to list forever"
+            ));
+        }
+        Ok(Some(token.to_string()))
+    }
 }
 
 impl ObjectStore for S3Store {
@@ -428,7 +483,9 @@ impl ObjectStore for S3Store {
 
     fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
         let inner = &self.inner;
+        let refuse = |why: String| io::Error::other(format!("ListObjectsV2 {}: {why}", inner.url(prefix)));
         let mut out = Vec::new();
+        let mut pages = Pages::default();
         let mut token: Option<String> = None;
         loop {
             let req = inner
@@ -436,27 +493,53 @@ impl ObjectStore for S3Store {
                 .list_objects_v2()
                 .bucket(&inner.bucket)
                 .prefix(prefix)
+                .max_keys(MAX_KEYS_PER_PAGE)
                 .set_continuation_token(token.take());
             let page = block_on(req.send()).map_err(io_err)?.map_err(|e| {
                 io::Error::other(format!("ListObjectsV2 {}: {}", inner.url(prefix), describe(&e)))
             })?;
-            for obj in page.contents() {
-                if let Some(key) = obj.key() {
-                    out.push(ObjectInfo {
-                        name: key.to_string(),
-                        size: obj.size().unwrap_or(0).max(0) as u64,
-                        modified: obj
-                            .last_modified()
-                            .and_then(|t| jiff::Timestamp::new(t.secs(), t.subsec_nanos() as i32).ok()),
-                    });
-                }
+            if page.contents().len() > MAX_KEYS_PER_PAGE as usize {
+                return Err(refuse(format!(
+                    "the server sent {} keys in one page, more than the {MAX_KEYS_PER_PAGE} asked for",
+                    page.contents().len()
+                )));
             }
-            match page.next_continuation_token() {
-                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
-                _ => break,
+            for obj in page.contents() {
+                let key = obj.key().unwrap_or_default();
+                // Callers take names apart after the prefix; a name outside
+                // it is a server answering another question (or lying).
+                if !key.starts_with(prefix) {
+                    return Err(refuse(format!(
+                        "the server answered with key {key:?}, which does not start with the prefix asked for \
+                         ({prefix:?}); refusing a listing from a misbehaving server"
+                    )));
+                }
+                let size = obj
+                    .size()
+                    .and_then(|s| u64::try_from(s).ok())
+                    .ok_or_else(|| refuse(format!("the server listed {key:?} without a valid size")))?;
+                out.push(ObjectInfo {
+                    name: key.to_string(),
+                    size,
+                    modified: obj
+                        .last_modified()
+                        .and_then(|t| jiff::Timestamp::new(t.secs(), t.subsec_nanos() as i32).ok()),
+                });
+            }
+            token = pages
+                .next(page.is_truncated() == Some(true), page.next_continuation_token())
+                .map_err(refuse)?;
+            if token.is_none() {
+                break;
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(twice) = out.windows(2).find(|w| w[0].name == w[1].name) {
+            return Err(refuse(format!(
+                "the server listed {:?} more than once",
+                twice[0].name
+            )));
+        }
         Ok(out)
     }
 
@@ -907,12 +990,45 @@ impl S3Reader {
                 )));
             }
         };
+        // The body is held to the Content-Length (by HTTP and the SDK's
+        // own check on GET bodies: one that ends early is an error, which
+        // `read` resumes from; nothing past it is read). What is left to
+        // check is that the length is the one asked for, so a reader never
+        // gets more or fewer bytes than its range, and an unranged read
+        // knows where the object ends.
+        let misbehaved = |why: String| io::Error::other(format!("GetObject {}: {why}", inner.url(&self.key)));
+        let Some(length) = out.content_length().and_then(|l| u64::try_from(l).ok()) else {
+            return Err(misbehaved(
+                "the server sent no Content-Length: refusing a body of unknown length".to_string(),
+            ));
+        };
+        if let Some(range) = out.content_range() {
+            let start = range
+                .strip_prefix("bytes ")
+                .and_then(|r| r.split_once('-'))
+                .and_then(|(start, _)| start.parse::<u64>().ok());
+            if start != Some(self.pos) {
+                return Err(misbehaved(format!(
+                    "asked for bytes from {}, the server's Content-Range is {range:?}",
+                    self.pos
+                )));
+            }
+        }
+        match self.end {
+            Some(end) if length != end.saturating_sub(self.pos) => {
+                return Err(misbehaved(format!(
+                    "asked for bytes {}-{} ({} bytes), the server's Content-Length is {length}",
+                    self.pos,
+                    end - 1,
+                    end - self.pos
+                )));
+            }
+            Some(_) => {}
+            None => self.end = Some(self.pos.saturating_add(length)),
+        }
         if !self.started {
             self.started = true;
             self.etag = out.e_tag().map(str::to_string);
-            if self.end.is_none() {
-                self.end = Some(self.pos + out.content_length().unwrap_or(0).max(0) as u64);
-            }
         } else if self.etag.is_none() {
             // Without an ETag a resumed read cannot be pinned to the same
             // object version; refuse rather than splice two versions.
@@ -939,13 +1055,10 @@ impl Read for S3Reader {
                     return Ok(0);
                 }
                 result => {
+                    let at = format!("at byte {} of {}", self.pos, self.end.unwrap_or_default());
                     let why = match result {
-                        Err(e) => e.to_string(),
-                        _ => format!(
-                            "the body ended at byte {} of {}",
-                            self.pos,
-                            self.end.unwrap_or_default()
-                        ),
+                        Err(e) => format!("the body broke off {at}: {}", source_chain(&e)),
+                        _ => format!("the body ended {at}"),
                     };
                     if self.attempts_left <= 1 {
                         return Err(io::Error::other(format!(
@@ -1050,6 +1163,52 @@ mod tests {
         assert_eq!(p.max_in_flight(), 1);
         p.limit = 80 << 20;
         assert_eq!(p.max_in_flight(), 1, "never zero");
+    }
+
+    #[test]
+    fn a_listing_ends_when_the_server_says_so_and_only_then() {
+        let mut pages = Pages::default();
+        assert_eq!(pages.next(true, Some("t1")), Ok(Some("t1".to_string())));
+        assert_eq!(pages.next(true, Some("t2")), Ok(Some("t2".to_string())));
+        assert_eq!(pages.next(false, Some("ignored")), Ok(None));
+        assert_eq!(
+            Pages::default().next(true, None),
+            Err(
+                "the server said the listing is truncated but gave no continuation token: refusing an \
+                 incomplete listing"
+                    .to_string()
+            )
+        );
+        assert!(
+            Pages::default().next(true, Some("")).is_err(),
+            "an empty token is none"
+        );
+    }
+
+    #[test]
+    fn a_repeated_continuation_token_ends_the_listing() {
+        let mut pages = Pages::default();
+        for t in ["a", "b", "c"] {
+            pages.next(true, Some(t)).unwrap();
+        }
+        assert_eq!(
+            pages.next(true, Some("b")),
+            Err("the server repeated continuation token \"b\": refusing to list forever".to_string())
+        );
+    }
+
+    #[test]
+    fn a_listing_of_fresh_tokens_without_end_is_cut_off() {
+        let mut pages = Pages::default();
+        for n in 1..MAX_LIST_PAGES {
+            assert!(pages.next(true, Some(&n.to_string())).is_ok(), "page {n}");
+        }
+        assert_eq!(
+            pages.next(true, Some("last")),
+            Err(format!(
+                "the listing did not end after {MAX_LIST_PAGES} pages: refusing to list forever"
+            ))
+        );
     }
 
     #[test]
