@@ -10,6 +10,7 @@ mod agent;
 mod audit_trail;
 mod concurrency;
 mod config_errors;
+mod filesystem;
 mod hostile;
 mod keys;
 mod monitoring;

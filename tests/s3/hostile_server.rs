@@ -129,15 +129,40 @@ fn listing_failure(command: &str, server: &HostileS3, why: impl Fn(&str) -> Stri
     }
 }
 
-/// What each command prints when opening snapshot `id`'s manifest fails
-/// with `why` (verify reports each snapshot, then the count).
-fn manifest_failure(command: &str, id: &str, why: &str) -> String {
+/// How each command ends when opening snapshot `id`'s manifest fails
+/// with `why`: verify reports each snapshot, then the count; snapshots
+/// lists it as unreadable and fails; forget leaves it alone (an
+/// unreadable manifest is set aside, never a reason to delete or to stop).
+/// What each command prints when fetching snapshot `id`'s manifest fails
+/// with `why` (not an integrity failure: every command stops on it).
+fn transport_failure(command: &str, id: &str, why: &str) -> String {
     match command {
         "verify" => {
             format!("ERROR {id} (j): FAILED: {why}\nerror: 1 of 1 snapshot(s) failed verification: {why}")
         }
         "forget" => format!("error: planning forget for job j: {why}"),
         _ => format!("error: {why}"),
+    }
+}
+
+fn manifest_failure(command: &str, id: &str, why: &str) -> (i32, String) {
+    match command {
+        "verify" => (
+            5,
+            format!("ERROR {id} (j): FAILED: {why}\nerror: 1 of 1 snapshot(s) failed verification: {why}"),
+        ),
+        "snapshots" => (
+            5,
+            format!(
+                "ERROR snapshot {id} of job j: {why}\nerror: 1 snapshot manifest(s) could not be read: {id} (see \
+                 `vaultline verify`)"
+            ),
+        ),
+        "forget" => (
+            0,
+            format!(" WARN snapshot {id} of job j: unreadable manifest, left alone: {why}"),
+        ),
+        _ => (5, format!("error: {why}")),
     }
 }
 
@@ -191,7 +216,8 @@ fn a_manifest_shorter_than_listed_is_an_integrity_error() {
         made.manifest()
     );
     for (command, w) in made.run_all(DEADLINE) {
-        assert_failed(command, &w, 5, &manifest_failure(command, &made.id, &why));
+        let (code, stderr) = manifest_failure(command, &made.id, &why);
+        assert_failed(command, &w, code, &stderr);
     }
     made.assert_nothing_restored();
 }
@@ -206,7 +232,8 @@ fn a_manifest_longer_than_listed_is_an_integrity_error() {
         made.manifest()
     );
     for (command, w) in made.run_all(DEADLINE) {
-        assert_failed(command, &w, 5, &manifest_failure(command, &made.id, &why));
+        let (code, stderr) = manifest_failure(command, &made.id, &why);
+        assert_failed(command, &w, code, &stderr);
     }
     made.assert_nothing_restored();
 }
@@ -224,7 +251,8 @@ fn a_manifest_that_never_ends_is_cut_at_its_listed_size_in_bounded_memory() {
     // The server streams a terabyte: only stopping at the listed size ends
     // a command in time.
     for (command, w) in made.run_all(Duration::from_secs(30)) {
-        assert_failed(command, &w, 5, &manifest_failure(command, &made.id, &why));
+        let (code, stderr) = manifest_failure(command, &made.id, &why);
+        assert_failed(command, &w, code, &stderr);
         assert!(
             w.peak_kib < BOUND_MIB << 10,
             "{command}: peak RSS {} KiB exceeds {BOUND_MIB} MiB",
@@ -248,7 +276,7 @@ fn a_body_that_breaks_off_before_its_content_length_fails_once_resuming_does_not
     let warning = format!(" WARN {broke}; resuming at byte {}\n", size / 2).repeat(2);
     let why = format!("snapshot {}: reading {m}: {broke} (no retries left)", made.id);
     for (command, w) in made.run_all(DEADLINE) {
-        let expected = format!("{warning}{}", manifest_failure(command, &made.id, &why));
+        let expected = format!("{warning}{}", transport_failure(command, &made.id, &why));
         assert_failed(command, &w, 4, &expected);
     }
     made.assert_nothing_restored();
@@ -365,7 +393,7 @@ fn archives_shorter_or_longer_than_sealed_fail_authentication() {
         let why = format!("snapshot {}: reading archive {a}: {why}", made.id);
         let target = made.target().display().to_string();
         let w = run_within(&made.fx, &["verify"], DEADLINE);
-        assert_failed("verify", &w, 5, &manifest_failure("verify", &made.id, &why));
+        assert_failed("verify", &w, 5, &manifest_failure("verify", &made.id, &why).1);
         let w = run_within(&made.fx, &["restore", "latest", "--target", &target], DEADLINE);
         let progress = format!(
             " INFO snapshot {}: 3 entries selected, 12 B of content, from 1 archive(s); fetching {} B\n",

@@ -68,20 +68,22 @@ fn corpus_round_trips_and_restores_on_a_fresh_machine() {
     }
     assert_eq!(
         others.len(),
-        3,
-        "a manifest, the marker and an audit segment: {objects:?}"
+        4,
+        "a manifest, the marker, and an audit segment of each machine's trail (the backup's, the fresh \
+         machine's restore): {objects:?}"
     );
+    let local = fs::read_to_string(fx.state().join("audit.jsonl")).unwrap();
+    let first: Value = serde_json::from_str(local.lines().next().unwrap()).unwrap();
+    let trail = first["trail"].as_str().unwrap();
     let segment = others
         .iter()
         .find(|o| {
             o["key"]
                 .as_str()
                 .unwrap()
-                .starts_with("vaultline/testhost/audit/")
+                .starts_with(&format!("vaultline/testhost/audit/{trail}/"))
         })
         .expect("the audit trail was shipped under the host's audit prefix");
-    let local = fs::read_to_string(fx.state().join("audit.jsonl")).unwrap();
-    let first: Value = serde_json::from_str(local.lines().next().unwrap()).unwrap();
     assert!(
         first["who"].as_str().unwrap().starts_with("arn:aws:"),
         "who is the caller identity from STS: {first}"
@@ -104,7 +106,7 @@ fn corpus_round_trips_and_restores_on_a_fresh_machine() {
     let mut args = vec!["scan", bucket.as_str()];
     args.extend(MARKERS);
     let scan = m.ctl(&args);
-    assert_eq!(scan["objects"], 4);
+    assert_eq!(scan["objects"], 5);
     assert_eq!(
         scan["found"],
         serde_json::json!([]),

@@ -10,8 +10,10 @@ on stdout and serves until its parent process exits. Python's standard
 library only: the certificates are made here, RSA and DER by hand.
 
 It answers what the read-only commands send: ListObjectsV2, GetObject
-(whole and ranged), HeadObject, and STS GetCallerIdentity (the audit trail
-asks who the caller is, at the S3 endpoint). Anything else gets a 501.
+(whole and ranged), HeadObject, STS GetCallerIdentity (the audit trail
+asks who the caller is, at the S3 endpoint), and PutObject of the audit
+segments every command ships (accepted and dropped). Anything else gets a
+501.
 
 MODE is the misbehaviour; body faults apply only to objects whose key ends
 with SUFFIX (default ".manifest"):
@@ -282,6 +284,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "</GetCallerIdentityResponse>"
         ).encode()
         self.reply(200, body, content_type="text/xml")
+
+    def do_PUT(self):
+        bucket, key, query = self.split()
+        length = int(self.headers.get("Content-Length", "0"))
+        self.rfile.read(length)
+        if "/audit/" not in key:
+            return self.error(501, "NotImplemented", "the hostile server only takes audit segments")
+        self.send_response(200)
+        self.send_header("ETag", '"0"')
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def do_HEAD(self):
         self.do_GET()

@@ -184,8 +184,8 @@ struct Rewrap<'a> {
 impl Rewrap<'_> {
     fn run(&mut self) -> Result<()> {
         let marker = self.check_marker()?;
-        self.recorder.reached();
         self.preflight()?;
+        self.recorder.reached();
         if marker.key_id != self.to.key_id() {
             self.switch_marker(marker)?;
         }

@@ -637,7 +637,10 @@ mod tests {
             let out = x.finish().unwrap();
             assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
             assert_eq!(out.blocked.len(), 1, "{workers} {unnamed}");
-            assert_eq!(out.blocked[0].reason, "escape is a symlink or not a directory; not following it");
+            assert_eq!(
+                out.blocked[0].reason,
+                "escape is a symlink or not a directory; not following it"
+            );
         }
     }
 

@@ -596,6 +596,13 @@ impl Placer {
     ) -> Result<Placed, Refusal> {
         let (parent, name) = comps.split_at(comps.len() - 1);
         let (dir, _) = self.open_dir(parent, true)?;
+        if !self.policy.overwrite
+            && rustix::fs::statat(&*dir, name[0].as_slice(), AtFlags::SYMLINK_NOFOLLOW).is_ok()
+        {
+            // Something is there already: compare without touching the
+            // directory (a rerun must not change what it finished).
+            return same_as(&dir, &name[0], entry);
+        }
         let temp = self.temp_name();
         make(&dir, &temp)?;
         if let Err(e) = self.set_metadata(Target::At(&dir, &temp), &Meta::from(entry)) {
@@ -612,6 +619,17 @@ impl Placer {
         let (tdir, _) = self.open_dir(tparent, false)?;
         let (parent, name) = comps.split_at(comps.len() - 1);
         let (dir, _) = self.open_dir(parent, true)?;
+        if !self.policy.overwrite
+            && let Ok(there) = rustix::fs::statat(&*dir, name[0].as_slice(), AtFlags::SYMLINK_NOFOLLOW)
+        {
+            let target = rustix::fs::statat(&*tdir, tname[0].as_slice(), AtFlags::SYMLINK_NOFOLLOW)?;
+            let same = target.st_dev == there.st_dev && target.st_ino == there.st_ino;
+            return if same {
+                Ok(Placed::Already)
+            } else {
+                Err(Refusal::Exists)
+            };
+        }
         let temp = self.temp_name();
         rustix::fs::linkat(
             &*tdir,
@@ -640,6 +658,37 @@ impl Placer {
     /// Flushes the target's file system.
     pub(super) fn sync(&self) -> Result<()> {
         rustix::fs::syncfs(&*self.root).context("flushing restored files to disk")
+    }
+}
+
+/// Whether what is at `name` is what `entry` describes (a symlink to the
+/// same target, a FIFO, the same device node).
+fn same_as(dir: &OwnedFd, name: &[u8], entry: &Entry) -> Result<Placed, Refusal> {
+    let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+        return Err(Refusal::Exists);
+    };
+    let kind = FileType::from_raw_mode(st.st_mode);
+    let same = match entry.kind {
+        EntryKind::Symlink => {
+            kind == FileType::Symlink
+                && rustix::fs::readlinkat(dir, name, Vec::new())
+                    .is_ok_and(|t| Some(t.as_bytes()) == entry.target.as_ref().map(|e| e.0.as_slice()))
+        }
+        EntryKind::Fifo => kind == FileType::Fifo,
+        EntryKind::CharDevice | EntryKind::BlockDevice => {
+            let want = if entry.kind == EntryKind::CharDevice {
+                FileType::CharacterDevice
+            } else {
+                FileType::BlockDevice
+            };
+            kind == want && st.st_rdev == rustix::fs::makedev(entry.dev_major, entry.dev_minor)
+        }
+        _ => false,
+    };
+    if same {
+        Ok(Placed::Already)
+    } else {
+        Err(Refusal::Exists)
     }
 }
 
