@@ -351,7 +351,7 @@ fn everything_a_server_has_comes_back() {
     // FIFOs, devices, a hard link to a symlink, ns times, big ids.
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &src.join("fifo"),
+        src.join("fifo"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o640),
         0,
@@ -359,7 +359,7 @@ fn everything_a_server_has_comes_back() {
     .unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &src.join("null"),
+        src.join("null"),
         rustix::fs::FileType::CharacterDevice,
         rustix::fs::Mode::from_raw_mode(0o666),
         rustix::fs::makedev(1, 3),
@@ -367,7 +367,7 @@ fn everything_a_server_has_comes_back() {
     .unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &src.join("loop"),
+        src.join("loop"),
         rustix::fs::FileType::BlockDevice,
         rustix::fs::Mode::from_raw_mode(0o660),
         rustix::fs::makedev(7, 200),
