@@ -464,3 +464,80 @@ fn hostile_snapshot_refusals_are_listed_in_json() {
     assert_eq!(report["existing"], Value::Array(Vec::new()), "{report}");
     assert_contained(&h, &target, &run);
 }
+
+/// Seals `plaintext` (a manifest's JSON lines) as the manifest of
+/// [`SNAPSHOT`] in the fixture's repository, compressed as the agent would.
+fn write_manifest(f: &Fixture, plaintext: &[u8]) {
+    let keys = LocalKeyWrap::new(&master_key(f));
+    let name = format!("{PREFIX}/{HOST}/{JOB}/snapshots/{SNAPSHOT}.manifest");
+    let compressed = zstd::encode_all(plaintext, 3).unwrap();
+    let (sealed, _) = seal(&keys, &context("manifest", &name), &compressed);
+    let path = f.repo().join(&name);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(&path, sealed).unwrap();
+}
+
+/// A manifest sealed with the repository's own key (a compromised host can
+/// make one) holding one line of 512 MiB, or an archive table of a million
+/// archives: every command that reads it refuses it within a bounded
+/// memory, and names what is wrong.
+#[test]
+fn a_hostile_manifest_of_any_size_is_refused_in_bounded_memory() {
+    const BOUND_MIB: u64 = 100;
+    let header = json!({
+        "vaultline_manifest": 3, "snapshot": SNAPSHOT, "host": HOST, "job": JOB, "parent": null,
+        "chain": 0, "full_started": "2026-01-01T00:00:00Z", "started": "2026-01-01T00:00:00Z", "paths": ["/x"],
+    })
+    .to_string();
+    let long_line = {
+        let mut text = format!("{header}\n{{\"path\":\"");
+        text.push_str(&"a".repeat(512 << 20));
+        text.push_str("\",\"type\":\"file\",\"mode\":420,\"uid\":0,\"gid\":0,\"mtime\":0}\n");
+        text
+    };
+    let many_archives = {
+        let one = r#"{"object":"o","snapshot":"s","envelope":{"provider":"local","key_id":"k","wrapped":"00"},"size":1,"plain_size":1,"frame_size":1,"frames":[1]}"#;
+        let mut table = String::from("{\"archives\":[");
+        table.push_str(&vec![one; 200].join(","));
+        table.push_str("]}");
+        format!("{header}\n{table}\n{{\"end\":{{}}}}\n")
+    };
+    for (case, plaintext, why) in [
+        (
+            "a 512 MiB line",
+            long_line,
+            "line 2 is longer than 8 MiB: not a manifest vaultline wrote",
+        ),
+        (
+            "200 archives",
+            many_archives,
+            "its archive table lists 200 archives, more than a chain can have (128)",
+        ),
+    ] {
+        let f = Fixture::new(&format!("[[jobs]]\nname = \"{JOB}\"\npaths = [\"/x\"]\n"));
+        f.init();
+        write_manifest(&f, plaintext.as_bytes());
+        drop(plaintext);
+        let target = f.path().join("t").display().to_string();
+        for args in [
+            vec!["verify", "--all"],
+            vec!["snapshots"],
+            vec!["restore", "latest", "--target", &target],
+            vec!["forget", "--dry-run"],
+        ] {
+            let (run, peak_kib) = f.run_measured(&args);
+            assert!(
+                run.stderr.contains(why),
+                "{case}: {args:?} does not say {why:?}:\n{}",
+                run.stderr
+            );
+            let want = if args[0] == "forget" { 0 } else { 5 };
+            assert_eq!(run.code, want, "{case}: {args:?}: {}", run.stderr);
+            assert!(
+                peak_kib < BOUND_MIB << 10,
+                "{case}: {args:?} peaked at {peak_kib} KiB, over {BOUND_MIB} MiB"
+            );
+            eprintln!("{case}: {args:?}: exit {}, peak {peak_kib} KiB", run.code);
+        }
+    }
+}

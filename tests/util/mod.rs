@@ -215,6 +215,31 @@ impl Fixture {
         Run::from(self.command_via(wrapper, args).output().expect("run vaultline"))
     }
 
+    /// Runs the binary and returns what it did with its peak resident
+    /// memory in KiB: the kernel's account of the child (`ru_maxrss`, via
+    /// a Python wrapper whose only child it is), exact however short the
+    /// run.
+    pub fn run_measured(&self, args: &[&str]) -> (Run, u64) {
+        let report = self.path().join(format!("maxrss-{}", std::process::id()));
+        let script = "import resource, subprocess, sys\n\
+                      code = subprocess.call(sys.argv[2:])\n\
+                      open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n\
+                      sys.exit(code)\n";
+        let python = moto::python();
+        let wrapper = [
+            python.to_str().expect("utf-8 path"),
+            "-c",
+            script,
+            report.to_str().expect("utf-8 path"),
+        ];
+        let run = self.run_via(&wrapper, args);
+        let kib = fs::read_to_string(&report)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(u64::MAX);
+        (run, kib)
+    }
+
     /// `init`, which must succeed.
     pub fn init(&self) -> Run {
         self.run(&["init"]).ok()

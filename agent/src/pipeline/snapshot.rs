@@ -772,6 +772,12 @@ impl Read for SparseReader<'_> {
     }
 }
 
+/// Largest zstd window an archive's frame may ask a reader for: frames hold
+/// 4 MiB of tar each (`frames::FRAME_SIZE`), so a window of 8 MiB is
+/// plenty, and a hostile archive cannot make each reader thread allocate
+/// zstd's default maximum of 128 MiB.
+const ARCHIVE_WINDOW_LOG: u32 = 23;
+
 /// Decrypts and decompresses the planned frames of one archive into `out`.
 fn produce(
     repo: &Repo,
@@ -786,6 +792,7 @@ fn produce(
     if plan.whole() {
         let sealed = repo.open_sealed(&a.object, keys, &ctx, Some(&envelope))?;
         let mut decoder = zstd::stream::read::Decoder::new(sealed)?;
+        decoder.window_log_max(ARCHIVE_WINDOW_LOG)?;
         io::copy(&mut decoder, &mut out)?;
         out.finish()?;
         return Ok(());
@@ -824,6 +831,7 @@ fn produce(
         let skip = c_lo - k0 * chunk;
         io::copy(&mut (&mut sealed).take(skip), &mut io::sink())?;
         let mut decoder = zstd::stream::read::Decoder::new(BufReader::new(sealed.take(c_hi - c_lo)))?;
+        decoder.window_log_max(ARCHIVE_WINDOW_LOG)?;
         io::copy(&mut decoder, &mut out)?;
     }
     out.finish()?;

@@ -433,7 +433,10 @@ pub struct ManifestReader<R: Read> {
 impl<R: Read> ManifestReader<R> {
     /// Reads the header line from the opened (authenticated) plaintext.
     pub fn new(plaintext: R, name: &str) -> Result<Self> {
-        let decoder = zstd::stream::read::Decoder::new(plaintext)?;
+        let mut decoder = zstd::stream::read::Decoder::new(plaintext)?;
+        // Manifests are written at level 3 (a 2 MiB window); 16 MiB bounds
+        // what a hostile one can make a reader allocate.
+        decoder.window_log_max(24)?;
         let mut lines = Lines::new(BufReader::with_capacity(1 << 16, decoder), name);
         let first = lines
             .next()

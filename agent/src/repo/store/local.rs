@@ -171,6 +171,9 @@ impl ObjectStore for LocalStore {
             let entry = entry.map_err(io::Error::other)?;
             if entry.file_type().is_file() && entry.file_name().to_string_lossy().contains(PENDING_MARK) {
                 fs::remove_file(entry.path())?;
+                if let Some(dir) = entry.path().parent() {
+                    let _ = fs::remove_dir(dir);
+                }
                 removed += 1;
             }
         }
@@ -295,6 +298,9 @@ impl LocalPending {
     fn discard(&mut self) {
         if self.file.take().is_some() {
             let _ = fs::remove_file(&self.temp);
+            // A snapshot's archive directory made for this object goes with
+            // it (fails, as it should, when anything else is in it).
+            let _ = fs::remove_dir(&self.dir);
         }
     }
 }
@@ -349,13 +355,30 @@ mod tests {
     }
 
     #[test]
+    fn an_abandoned_object_takes_its_empty_directory_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        store.put("keep/x", ObjectClass::Control, b"x").unwrap();
+        let mut obj = store
+            .create("a/archives/ID/0.archive", ObjectClass::Archive, None)
+            .unwrap();
+        obj.write_all(b"half").unwrap();
+        drop(obj);
+        assert!(
+            !dir.path().join("a/archives/ID").exists(),
+            "no empty archive directory left"
+        );
+        assert!(dir.path().join("keep/x").exists());
+    }
+
+    #[test]
     fn dropped_and_crashed_writes_leave_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::new(dir.path());
         let mut obj = store.create("x/y.obj", ObjectClass::Archive, None).unwrap();
         obj.write_all(b"partial").unwrap();
         drop(obj);
-        assert_eq!(fs::read_dir(dir.path().join("x")).unwrap().count(), 0);
+        assert!(!dir.path().join("x").exists(), "nothing, not even its directory");
         // A crash leaves the temp file: simulate with mem::forget.
         let mut obj = store.create("x/z.obj", ObjectClass::Archive, None).unwrap();
         obj.write_all(b"partial").unwrap();
@@ -364,7 +387,7 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path().join("x")).unwrap().count(), 1);
         assert!(store.list("x/").unwrap().is_empty());
         assert_eq!(store.clean_pending("x/").unwrap(), 1);
-        assert_eq!(fs::read_dir(dir.path().join("x")).unwrap().count(), 0);
+        assert!(!dir.path().join("x").exists());
     }
 
     #[test]
