@@ -485,7 +485,7 @@ fn write_manifest(f: &Fixture, plaintext: &[u8]) {
 fn a_hostile_manifest_of_any_size_is_refused_in_bounded_memory() {
     const BOUND_MIB: u64 = 100;
     let header = json!({
-        "vaultline_manifest": 3, "snapshot": SNAPSHOT, "host": HOST, "job": JOB, "parent": null,
+        "vaultline_manifest": 2, "snapshot": SNAPSHOT, "host": HOST, "job": JOB, "parent": null,
         "chain": 0, "full_started": "2026-01-01T00:00:00Z", "started": "2026-01-01T00:00:00Z", "paths": ["/x"],
     })
     .to_string();
