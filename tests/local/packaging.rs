@@ -66,10 +66,10 @@ fn the_deb_builds_with_the_expected_files_and_its_units_verify() {
         ("/usr/share/doc/vaultline/copyright", "-rw-r--r--"),
         ("/usr/share/doc/vaultline/hardening.md", "-rw-r--r--"),
         ("/usr/share/doc/vaultline/key-rotation.md", "-rw-r--r--"),
-        ("/usr/share/doc/vaultline/threat-model.md", "-rw-r--r--"),
         ("/usr/share/doc/vaultline/operations.md", "-rw-r--r--"),
         ("/usr/share/doc/vaultline/retention.md", "-rw-r--r--"),
         ("/usr/share/doc/vaultline/s3.md", "-rw-r--r--"),
+        ("/usr/share/doc/vaultline/threat-model.md", "-rw-r--r--"),
         (
             "/usr/share/fish/vendor_completions.d/vaultline.fish",
             "-rw-r--r--",
