@@ -48,7 +48,8 @@ fn runs_are_recorded_chained_and_tampering_is_named() {
     assert_eq!(committed["how"]["host"], "testhost");
     assert_eq!(committed["how"]["config_sha256"].as_str().unwrap().len(), 64);
     assert_eq!(committed["details"]["job"], "j");
-    assert_eq!(records[2]["details"]["key_use"]["data_keys_generated"], 2);
+    // The archive, the node pack and the manifest.
+    assert_eq!(records[2]["details"]["key_use"]["data_keys_generated"], 3);
     assert_eq!(records[4]["details"]["result"], "ok");
     assert!(
         records[4]["details"]["key_use"]["data_keys_unwrapped"]

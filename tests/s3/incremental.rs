@@ -88,13 +88,19 @@ fn a_chain_of_incrementals_restores_every_snapshot_exactly() {
             r["reused"].as_u64().unwrap() > r["archived_files"].as_u64().unwrap() * 5,
             "{r}"
         );
-        // What this run uploaded: exactly one new archive and one manifest.
+        // What this run uploaded: one new archive, one node pack (the
+        // segments of the tree listing that changed) and one manifest.
         let after = m.object_sizes(&bucket);
         let new: Vec<(&String, &u64)> = after
             .iter()
             .filter(|(k, _)| !before.contains_key(*k) && !k.contains("/audit/"))
             .collect();
-        assert_eq!(new.len(), 2, "{new:?}");
+        assert_eq!(new.len(), 3, "{new:?}");
+        assert_eq!(
+            new.iter().filter(|(k, _)| k.ends_with(".nodes")).count(),
+            1,
+            "{new:?}"
+        );
         let archive_bytes: u64 = new
             .iter()
             .filter(|(k, _)| k.ends_with(".archive"))

@@ -59,9 +59,9 @@ pub enum Role {
 /// attacker gains from it.
 pub const LOCK_MARGIN_DAYS: u32 = 1;
 
-/// Object Lock for the backup role. New manifests and archives carry their
-/// retention in the upload, and archives a snapshot reuses get theirs
-/// extended; S3 authorizes both as `s3:PutObjectRetention`, which is
+/// Object Lock for the backup role. New manifests, node packs and archives
+/// carry their retention in the upload, and the archives and node packs a
+/// snapshot reuses get theirs extended; S3 authorizes both as `s3:PutObjectRetention`, which is
 /// granted only for the configured modes and at most the longest configured
 /// days (plus [`LOCK_MARGIN_DAYS`]). Unbounded, a compromised host could
 /// lock its objects in COMPLIANCE mode for a century: storage nobody, not
@@ -69,7 +69,7 @@ pub const LOCK_MARGIN_DAYS: u32 = 1;
 /// `s3:PutObject` (which takes the same condition keys), so no other policy
 /// attached to the role can lift them; without a locking job every lock
 /// header is denied.
-fn lock_statements(config: &Config, host_objects: &str, host_archives: &str) -> Vec<Value> {
+fn lock_statements(config: &Config, host_objects: &str, host_shared: &[String]) -> Vec<Value> {
     let locks: Vec<&vaultline_config::ObjectLock> = config
         .jobs
         .iter()
@@ -96,7 +96,7 @@ fn lock_statements(config: &Config, host_objects: &str, host_archives: &str) -> 
             "Sid": "ReadLocksOfOwnArchives",
             "Effect": "Allow",
             "Action": ["s3:GetObjectRetention"],
-            "Resource": host_archives
+            "Resource": host_shared
         }),
         json!({
             "Sid": "LockOwnObjectsWithinConfiguredRetention",
@@ -238,7 +238,10 @@ pub fn iam_policy(config: &Config, role: Role, key_arn: Option<&str>) -> Result<
             statements.extend(lock_statements(
                 config,
                 &host_objects,
-                &format!("{bucket}/{base}{host}/*/archives/*"),
+                &[
+                    format!("{bucket}/{base}{host}/*/archives/*"),
+                    format!("{bucket}/{base}{host}/*/nodes/*"),
+                ],
             ));
             let topics: Vec<&str> = config
                 .jobs
@@ -293,7 +296,7 @@ pub fn iam_policy(config: &Config, role: Role, key_arn: Option<&str>) -> Result<
                 }
             }));
             statements.extend(
-                lock_statements(config, &audit, &audit)
+                lock_statements(config, &audit, std::slice::from_ref(&audit))
                     .into_iter()
                     .filter(|s| s["Sid"] != "ReadLocksOfOwnArchives"),
             );
@@ -516,7 +519,10 @@ mod tests {
                 "Sid": "ReadLocksOfOwnArchives",
                 "Effect": "Allow",
                 "Action": ["s3:GetObjectRetention"],
-                "Resource": "arn:aws:s3:::acme-backups/vaultline/web1/*/archives/*"
+                "Resource": [
+                    "arn:aws:s3:::acme-backups/vaultline/web1/*/archives/*",
+                    "arn:aws:s3:::acme-backups/vaultline/web1/*/nodes/*"
+                ]
             }),
             // Uploads with lock headers need s3:PutObjectRetention too, so
             // this bounds new manifests and archives as well as extensions.

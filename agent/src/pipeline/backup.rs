@@ -39,13 +39,15 @@ use vaultline_crypto::{KeyWrap, SealedWriter};
 use crate::error::UsageError;
 use crate::pipeline::Progress;
 use crate::pipeline::changes::{self, Record, RecordWriter, STATE_VERSION, Stat, StateHeader};
+use crate::pipeline::chunks::{self, ChunkId, ChunkIndex, ChunkKey};
 use crate::pipeline::frames::FrameWriter;
 use crate::pipeline::fsmeta;
 use crate::pipeline::tar::{Content, Copied, TarWriter};
+use crate::pipeline::tree::{self, NodesSink, TreeWriter};
 use crate::pipeline::walk::{ChangedIdentity, Found, Kind as WalkKind, Walker};
 use crate::repo::manifest::{
-    ArchiveRef, EncodedPath, Entry, EntryKind, EnvelopeJson, MANIFEST_VERSION, ManifestEnd, ManifestHeader,
-    ManifestWriter,
+    ArchiveRef, ChunkRef, EncodedPath, Entry, EntryKind, EnvelopeJson, MANIFEST_VERSION, ManifestEnd,
+    ManifestHeader, ManifestWriter, NodesRef, NodesWriter,
 };
 use crate::repo::store::{ObjectClass, PendingObject, Retention};
 use crate::repo::{Kind, Repo, new_snapshot_id};
@@ -99,7 +101,13 @@ pub struct BackupReport {
     pub reused: u64,
     /// Paths of the parent that are gone.
     pub deleted: u64,
-    /// Bytes written to the repository (archive and manifest).
+    /// Bytes of content this run stored that the chain did not hold yet
+    /// (whole files, and the chunks of large files it had not seen).
+    pub new_bytes: u64,
+    /// Segments of the tree listing this run wrote (the others it shares
+    /// with the snapshot before).
+    pub new_segments: u64,
+    /// Bytes written to the repository (archive, node pack and manifest).
     pub bytes_stored: u64,
     /// bytes_stored / bytes_read.
     pub ratio: f64,
@@ -133,9 +141,10 @@ pub struct RunOptions<'a> {
     pub force_full: bool,
 }
 
-/// The parent an incremental run builds on, or why the run is full.
+/// The parent an incremental run builds on (with where its chunks are),
+/// or why the run is full.
 enum Base {
-    Incremental(Box<Record>),
+    Incremental(Box<Record>, ChunkIndex),
     Full(String),
 }
 
@@ -153,9 +162,10 @@ fn choose_base(
     if opts.force_full {
         return Ok(Base::Full("a full snapshot was asked for (--full)".into()));
     }
-    if let Err(why) = Record::check(opts.state_dir, &job.name)? {
-        return Ok(Base::Full(why));
-    }
+    let index = match Record::check(opts.state_dir, &job.name)? {
+        Ok(index) => index,
+        Err(why) => return Ok(Base::Full(why)),
+    };
     let record = match Record::open(opts.state_dir, &job.name)? {
         Ok(r) => r,
         Err(why) => return Ok(Base::Full(why)),
@@ -240,7 +250,15 @@ fn choose_base(
             )));
         }
     }
-    Ok(Base::Incremental(Box::new(record)))
+    for n in h.nodes.iter().flatten() {
+        if present.get(&n.object) != Some(&n.size) {
+            return Ok(Base::Full(format!(
+                "node pack {} of the chain is missing or changed in the repository",
+                n.object
+            )));
+        }
+    }
+    Ok(Base::Incremental(Box::new(record), index))
 }
 
 /// What the change-detection record says the repository is.
@@ -253,6 +271,39 @@ struct ArchiveOut {
     tar: TarWriter<FrameWriter<SealedWriter<Box<dyn PendingObject>>>>,
     name: String,
     envelope: EnvelopeJson,
+}
+
+/// Makes the run's node pack when the tree writer first needs it.
+struct PackMaker<'a> {
+    repo: &'a Repo,
+    keys: &'a (dyn KeyWrap + Sync),
+    host: &'a str,
+    job: &'a str,
+    id: &'a str,
+    retention: Option<&'a Retention>,
+    /// Index the pack gets in the node pack table.
+    index: u32,
+    /// Its name and envelope, once made.
+    made: Option<(String, EnvelopeJson)>,
+}
+
+impl NodesSink for PackMaker<'_> {
+    fn start(&mut self) -> Result<(NodesWriter<Box<dyn PendingObject>>, u32)> {
+        let name = self.repo.nodes_name(self.host, self.job, self.id);
+        let ctx = self
+            .repo
+            .context(self.host, self.job, self.id, Kind::Nodes, &name)?;
+        let (key, envelope) = self
+            .keys
+            .generate(&ctx)
+            .context("generating the node pack's data key")?;
+        let object = self
+            .repo
+            .store()
+            .create(&name, ObjectClass::Control, self.retention)?;
+        self.made = Some((name, EnvelopeJson::from(&envelope)));
+        Ok((NodesWriter::new(object, &key, envelope, ctx)?, self.index))
+    }
 }
 
 /// Everything the walk writes into.
@@ -268,8 +319,14 @@ struct Sinks<'a> {
     new_index: u32,
     manifest: ManifestWriter,
     record: RecordWriter,
-    /// File entries per archive-table slot.
+    /// File entries and chunks per archive-table slot.
     refs: Vec<u64>,
+    /// The tree listing, cut into segments.
+    tree: TreeWriter,
+    pack: PackMaker<'a>,
+    chunk_key: &'a ChunkKey,
+    /// Where every chunk the run may refer to is.
+    index: ChunkIndex,
 }
 
 impl Sinks<'_> {
@@ -358,21 +415,31 @@ pub fn run(
         .generate(&manifest_ctx)
         .context("generating the manifest's data key")?;
 
-    let (mut record, full_reason) = match base {
-        Base::Incremental(r) => (Some(*r), None),
-        Base::Full(why) => (None, Some(why)),
+    let (mut record, index, full_reason) = match base {
+        Base::Incremental(r, index) => (Some(*r), index, None),
+        Base::Full(why) => (None, ChunkIndex::new(), Some(why)),
     };
+    let chunk_key = ChunkKey::load_or_create(opts.state_dir, &job.name)?;
     if let Some(why) = &full_reason {
         tracing::info!("job {}: full snapshot: {why}", job.name);
     }
-    let (parent, chain, full_started, mut table) = match &record {
+    let (parent, chain, full_started, mut table, mut nodes_table, parent_segments) = match &record {
         Some(r) => (
             Some(r.header.snapshot.clone()),
             r.header.chain + 1,
             r.header.full_started.clone(),
             r.header.archives.clone(),
+            r.header.nodes.clone(),
+            r.header.segments.clone(),
         ),
-        None => (None, 0, started_at.to_string(), Vec::new()),
+        None => (
+            None,
+            0,
+            started_at.to_string(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        ),
     };
     let header = ManifestHeader {
         vaultline_manifest: MANIFEST_VERSION,
@@ -407,6 +474,8 @@ pub fn run(
         archived_bytes: 0,
         reused: 0,
         deleted: 0,
+        new_bytes: 0,
+        new_segments: 0,
         bytes_stored: 0,
         ratio: 0.0,
         duration_secs: 0.0,
@@ -427,16 +496,35 @@ pub fn run(
         manifest,
         record: RecordWriter::new(opts.state_dir, &job.name)?,
         refs: vec![0; table.len() + 1],
+        tree: TreeWriter::new(tree::Parent::new(parent_segments)),
+        pack: PackMaker {
+            repo,
+            keys,
+            host,
+            job: &job.name,
+            id: &id,
+            retention: retention.as_ref(),
+            index: nodes_table.len() as u32,
+            made: None,
+        },
+        chunk_key: &chunk_key,
+        index,
     };
     write_tar(job, opts.own, &mut sinks, record.as_mut(), &mut report, progress)?;
 
     let Sinks {
         archive,
-        manifest,
+        mut manifest,
         record: record_writer,
         refs,
+        tree,
+        mut pack,
         ..
     } = sinks;
+    let (last, pack_writer, segments) = tree.finish(&mut pack)?;
+    if let Some(segment) = last {
+        manifest.segment(&segment)?;
+    }
     let mut archive_size = 0;
     if let Some(out) = archive {
         let frames_out = out.tar.finish()?;
@@ -469,11 +557,55 @@ pub fn run(
     while table.last().is_some_and(Option::is_none) {
         table.pop();
     }
+    // The node pack after the archive, before the manifest.
+    let mut nodes_size = 0;
+    match (pack_writer, pack.made.take()) {
+        (Some((writer, _)), Some((name, envelope))) => {
+            let (object, plain_size) = writer.finish()?;
+            let info = object
+                .commit()
+                .with_context(|| format!("committing node pack {name}"))?;
+            nodes_size = info.size;
+            nodes_table.push(Some(NodesRef {
+                object: name,
+                snapshot: id.clone(),
+                envelope,
+                size: info.size,
+                plain_size,
+            }));
+        }
+        _ => nodes_table.push(None),
+    }
+    tree::used_slots(&segments, &mut nodes_table);
+    while nodes_table.last().is_some_and(Option::is_none) {
+        nodes_table.pop();
+    }
+    report.new_segments = segments
+        .iter()
+        .filter(|s| {
+            nodes_table
+                .get(s.nodes as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|n| n.snapshot == id)
+        })
+        .count() as u64;
     if let Some(r) = &retention {
-        for a in table.iter().flatten().filter(|a| a.snapshot != id) {
+        let earlier = table
+            .iter()
+            .flatten()
+            .filter(|a| a.snapshot != id)
+            .map(|a| &a.object)
+            .chain(
+                nodes_table
+                    .iter()
+                    .flatten()
+                    .filter(|n| n.snapshot != id)
+                    .map(|n| &n.object),
+            );
+        for object in earlier {
             store
-                .extend_retention(&a.object, r)
-                .with_context(|| format!("extending the Object Lock retention of {}", a.object))?;
+                .extend_retention(object, r)
+                .with_context(|| format!("extending the Object Lock retention of {object}"))?;
         }
     }
 
@@ -490,9 +622,11 @@ pub fn run(
         archived_bytes: report.archived_bytes,
         reused: report.reused,
         deleted: report.deleted,
+        new_bytes: report.new_bytes,
+        new_segments: report.new_segments,
     };
     let manifest_obj = manifest
-        .finish(table.clone(), end)
+        .finish(Some(nodes_table.clone()), table.clone(), end)
         .with_context(|| format!("finishing manifest {manifest_name}"))?;
     let manifest_info = manifest_obj
         .commit()
@@ -507,6 +641,8 @@ pub fn run(
         chain,
         full_started,
         archives: table,
+        nodes: nodes_table,
+        segments,
     };
     if let Err(e) = record_writer.commit(&state) {
         // The snapshot stands; the next run is full and says why.
@@ -517,7 +653,7 @@ pub fn run(
         );
     }
 
-    report.bytes_stored = archive_size + manifest_info.size;
+    report.bytes_stored = archive_size + nodes_size + manifest_info.size;
     report.ratio = if report.bytes_read == 0 {
         0.0
     } else {
@@ -652,17 +788,40 @@ fn write_tar(
                 })?,
                 None => None,
             };
-            let reuse = previous.filter(|(prev, prev_stat)| {
+            let reuse = previous.filter(|p| {
+                let prev = &p.entry;
                 found.pseudo.is_none()
-                    && changes::unchanged(prev, *prev_stat, &entry, stat)
-                    && (prev.kind != EntryKind::File || prev.size == 0 || prev.archive.is_some())
+                    && changes::unchanged(prev, p.stat, &entry, stat)
+                    && (prev.kind != EntryKind::File
+                        || prev.size == 0
+                        || prev.archive.is_some()
+                        || prev.chunk_count > 0)
             });
-            if let Some((prev, _)) = reuse {
+            if let Some(p) = reuse {
+                let prev = p.entry;
                 entry.archive = prev.archive;
                 entry.offset = prev.offset;
-                entry.xattrs = prev.xattrs;
+                entry.xattrs = prev.xattrs.clone();
                 entry.sparse = prev.sparse;
+                entry.chunk_count = prev.chunk_count;
+                entry.chunks = prev.chunks.clone();
                 report.reused += 1;
+                // Exactly the parent's entry: its segment may be shared.
+                let same = (entry == prev).then_some(p.ordinal);
+                return finish_entry(
+                    sinks,
+                    &mut links,
+                    link_key,
+                    Recorded {
+                        entry,
+                        stat,
+                        looked_at,
+                        unchanged: same,
+                        ids: p.ids,
+                    },
+                    report,
+                    progress,
+                );
             } else {
                 // New or changed: read what it is now.
                 let is_file = entry.kind == EntryKind::File;
@@ -747,12 +906,35 @@ fn write_tar(
                     regions = fsmeta::data_regions(file.as_fd(), entry.size);
                     entry.sparse = regions.is_some();
                 }
+                if let (Some((file, _)), None, None) = (&opened, &pseudo_bytes, &regions)
+                    && entry.size >= chunks::CHUNKED_FILE
+                {
+                    // A large file: stored as chunks, those the chain holds
+                    // already by reference.
+                    return match store_chunks(sinks, &mut entry, file, report, progress, &shown())? {
+                        Some(ids) => finish_entry(
+                            sinks,
+                            &mut links,
+                            link_key,
+                            Recorded {
+                                entry,
+                                stat,
+                                looked_at,
+                                unchanged: None,
+                                ids,
+                            },
+                            report,
+                            progress,
+                        ),
+                        None => Ok(()),
+                    };
+                }
                 if (is_file && entry.size > 0) || full {
                     // New or changed content (or any entry of a full archive,
                     // which is a complete tar of the tree).
                     let new_index = sinks.new_index;
                     let out = sinks.archive()?;
-                    let offset = out.tar.get_ref().position();
+                    let offset = out.tar.position();
                     let mut bytes_reader: &[u8];
                     let mut file_reader: &File;
                     let content = match (&pseudo_bytes, &regions, &opened) {
@@ -777,13 +959,24 @@ fn write_tar(
                         progress,
                         &shown(),
                     )?;
-                    return finish_entry(
-                        sinks, &mut links, link_key, kept, entry, stat, looked_at, report, progress,
-                    );
+                    if !kept {
+                        return Ok(());
+                    }
                 }
             }
             finish_entry(
-                sinks, &mut links, link_key, true, entry, stat, looked_at, report, progress,
+                sinks,
+                &mut links,
+                link_key,
+                Recorded {
+                    entry,
+                    stat,
+                    looked_at,
+                    unchanged: None,
+                    ids: Vec::new(),
+                },
+                report,
+                progress,
             )
         },
         |s| skipped.push(s),
@@ -862,36 +1055,160 @@ fn append_and_record(
         entry.offset = Some(offset);
         report.archived_files += 1;
         report.archived_bytes += entry.size;
+        report.new_bytes += entry.size;
     }
     Ok(true)
 }
 
-/// Records a walked entry (when `kept`) in the manifest and the new local
-/// record, and counts it.
-#[allow(clippy::too_many_arguments)]
+/// The tar member holding chunk `n` of `entry` (docs/FORMAT.md §13).
+fn chunk_member(entry: &Entry, n: usize, length: usize) -> Entry {
+    let mut path = entry.path.0.clone();
+    path.extend_from_slice(format!("{CHUNK_SUFFIX}/{n}").as_bytes());
+    Entry {
+        path: EncodedPath(path),
+        kind: EntryKind::File,
+        size: length as u64,
+        mode: 0o600,
+        uid: entry.uid,
+        gid: entry.gid,
+        mtime: entry.mtime,
+        mtime_nsec: entry.mtime_nsec,
+        ..Entry::default()
+    }
+}
+
+/// What is appended to a chunked file's path to name its chunk members'
+/// directory.
+pub const CHUNK_SUFFIX: &str = ".vaultline-chunk";
+
+/// Stores a large file as content-defined chunks: each chunk the chain
+/// (or this run) holds already is referred to where it is, each other one
+/// is appended as a member of its own. Returns the chunks' names, or
+/// `None` when the file could not be read to its end (reported; the entry
+/// is left out, and the chunk members already written are followed by
+/// the incomplete marker).
+fn store_chunks(
+    sinks: &mut Sinks<'_>,
+    entry: &mut Entry,
+    file: &File,
+    report: &mut BackupReport,
+    progress: &dyn Progress,
+    shown: &str,
+) -> Result<Option<Vec<ChunkId>>> {
+    let key = sinks.chunk_key;
+    let size = entry.size;
+    let mut refs: Vec<ChunkRef> = Vec::new();
+    let mut ids: Vec<ChunkId> = Vec::new();
+    let mut read = 0u64;
+    let mut wrote = false;
+    let mut failure = None;
+    let mut new_bytes = 0u64;
+    for item in key.chunks(file.take(size)) {
+        let (id, data) = match item {
+            Ok(c) => c,
+            Err(e) => {
+                failure = Some(format!("read error: {e}"));
+                break;
+            }
+        };
+        read += data.len() as u64;
+        let at = match sinks.index.get(&id) {
+            Some(at) => at,
+            None => {
+                let new_index = sinks.new_index;
+                let out = sinks.archive()?;
+                let member = chunk_member(entry, refs.len(), data.len());
+                out.tar
+                    .append(&member, Content::Stream(&mut &data[..]))
+                    .with_context(|| format!("archiving {shown}"))?;
+                wrote = true;
+                new_bytes += data.len() as u64;
+                let at = ChunkRef {
+                    archive: new_index,
+                    offset: out.tar.data_start(),
+                    length: data.len() as u32,
+                };
+                sinks.index.insert(id, at);
+                at
+            }
+        };
+        refs.push(at);
+        ids.push(id);
+    }
+    if failure.is_none() && read < size {
+        failure = Some("it shrank while being read".into());
+    }
+    if let Some(why) = failure {
+        if wrote && let Some(out) = sinks.archive.as_mut() {
+            out.tar.mark_incomplete(entry, read, &why)?;
+        }
+        let reason = format!("{why} after {read} of {size} bytes");
+        progress.warn(&format!("cannot read {shown}: {reason}"));
+        report.unreadable.push(SkippedPath {
+            path: shown.to_string(),
+            reason,
+        });
+        return Ok(None);
+    }
+    let mut probe = [0u8; 1];
+    if matches!((&mut &*file).read(&mut probe), Ok(1)) {
+        report.changed.push(SkippedPath {
+            path: shown.to_string(),
+            reason: format!("grew while being read: stored its first {size} bytes"),
+        });
+    }
+    entry.archive = None;
+    entry.offset = None;
+    entry.chunk_count = refs.len() as u64;
+    entry.chunks = refs;
+    report.archived_files += 1;
+    report.archived_bytes += size;
+    report.new_bytes += new_bytes;
+    Ok(Some(ids))
+}
+
+/// A walked entry, as it goes into the manifest and the local record.
+struct Recorded {
+    entry: Entry,
+    stat: Stat,
+    /// When the walk looked at it (for racy ctimes).
+    looked_at: i128,
+    /// Its ordinal in the parent's record, when it is exactly the parent's.
+    unchanged: Option<u64>,
+    /// Its chunks' names.
+    ids: Vec<ChunkId>,
+}
+
+/// Records a walked entry in the tree listing and the new local record,
+/// and counts it.
 fn finish_entry(
     sinks: &mut Sinks<'_>,
     links: &mut HashMap<(u64, u64), EncodedPath>,
     link_key: Option<(u64, u64)>,
-    kept: bool,
-    entry: Entry,
-    stat: Stat,
-    looked_at: i128,
+    recorded: Recorded,
     report: &mut BackupReport,
     progress: &dyn Progress,
 ) -> Result<()> {
-    if !kept {
-        return Ok(());
-    }
+    let Recorded {
+        entry,
+        stat,
+        looked_at,
+        unchanged,
+        ids,
+    } = recorded;
     if entry.linked
         && let Some(key) = link_key
     {
         links.insert(key, entry.path.clone());
     }
-    if let Some(a) = entry.archive
-        && let Some(count) = sinks.refs.get_mut(a as usize)
+    for a in entry
+        .archive
+        .into_iter()
+        .chain(entry.chunks.iter().map(|c| c.archive))
     {
-        *count += 1;
+        if let Some(count) = sinks.refs.get_mut(a as usize) {
+            *count += 1;
+        }
     }
     match entry.kind {
         EntryKind::File => {
@@ -903,7 +1220,9 @@ fn finish_entry(
         EntryKind::Hardlink => report.hardlinks += 1,
         EntryKind::Fifo | EntryKind::CharDevice | EntryKind::BlockDevice => report.specials += 1,
     }
-    sinks.manifest.entry(&entry)?;
+    if let Some(segment) = sinks.tree.push(&entry, unchanged, &mut sinks.pack)? {
+        sinks.manifest.segment(&segment)?;
+    }
     // A file whose ctime is within a timestamp tick of the moment we
     // looked at it could change again in that same tick without its stat
     // changing: record it so that the next run archives it anew (git's
@@ -918,7 +1237,7 @@ fn finish_entry(
     } else {
         stat
     };
-    sinks.record.entry(&entry, recorded)?;
+    sinks.record.entry(&entry, recorded, &ids)?;
     progress.add(entry.size, 1);
     Ok(())
 }

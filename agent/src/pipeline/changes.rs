@@ -34,12 +34,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::repo::manifest::{ArchiveRef, Entry};
+use crate::pipeline::chunks::{ChunkId, ChunkIndex};
+use crate::repo::manifest::{ArchiveRef, ChunkRef, Entry, NodesRef, SegmentRef};
 
-/// Version of the record's layout: 2 since entries carry extended
-/// attributes (a record without them must not vouch for files that have
-/// them: the first run after the upgrade is a full one).
-pub const STATE_VERSION: u32 = 2;
+/// Version of the record's layout: 3 since it keeps chunk names and the
+/// snapshot's segments (2 added extended attributes: a record without them
+/// must not vouch for files that have them; each upgrade's first run is a
+/// full one).
+pub const STATE_VERSION: u32 = 3;
 
 /// The record's header.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +63,12 @@ pub struct StateHeader {
     pub full_started: String,
     /// The snapshot's archive table.
     pub archives: Vec<Option<ArchiveRef>>,
+    /// The snapshot's node pack table.
+    #[serde(default)]
+    pub nodes: Vec<Option<NodesRef>>,
+    /// The snapshot's segments: a run shares those it does not change.
+    #[serde(default)]
+    pub segments: Vec<SegmentRef>,
 }
 
 /// Stat fields besides those in the manifest entry that reveal a change.
@@ -90,6 +98,9 @@ impl Stat {
 struct Line {
     e: Entry,
     s: Stat,
+    /// A chunked file's chunks: where each is, and its name (hex).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    c: Vec<(ChunkRef, String)>,
 }
 
 /// The order the walk visits paths in: component by component, each
@@ -115,9 +126,24 @@ fn entries_path(state_dir: &Path, job: &str, snapshot: &str) -> PathBuf {
 pub struct Record {
     /// Its header.
     pub header: StateHeader,
+    /// Position (in walk order) of the next entry to be taken.
+    ordinal: u64,
     lines: io::Split<BufReader<zstd::stream::read::Decoder<'static, BufReader<File>>>>,
-    peeked: Option<(Entry, Stat)>,
+    peeked: Option<Prev>,
     path: PathBuf,
+}
+
+/// An entry of the parent, as the record has it.
+#[derive(Debug, Clone)]
+pub struct Prev {
+    /// The entry (with its chunk references).
+    pub entry: Entry,
+    /// Its stat fields.
+    pub stat: Stat,
+    /// Its position in the record (segments count in it).
+    pub ordinal: u64,
+    /// The names of its chunks, in order.
+    pub ids: Vec<ChunkId>,
 }
 
 impl Record {
@@ -159,6 +185,7 @@ impl Record {
         let decoder = zstd::stream::read::Decoder::new(file)?;
         Ok(Ok(Record {
             header,
+            ordinal: 0,
             lines: BufReader::with_capacity(1 << 16, decoder).split(b'\n'),
             peeked: None,
             path,
@@ -172,7 +199,23 @@ impl Record {
             let line = line.with_context(|| format!("reading {}", self.path.display()))?;
             let l: Line = serde_json::from_slice(&line)
                 .with_context(|| format!("{}: invalid line", self.path.display()))?;
-            self.peeked = Some((l.e, l.s));
+            let mut e = l.e;
+            let mut ids = Vec::with_capacity(l.c.len());
+            e.chunks = Vec::with_capacity(l.c.len());
+            for (c, name) in l.c {
+                let mut id: ChunkId = [0; 16];
+                hex::decode_to_slice(&name, &mut id)
+                    .with_context(|| format!("{}: a damaged chunk name", self.path.display()))?;
+                e.chunks.push(c);
+                ids.push(id);
+            }
+            self.peeked = Some(Prev {
+                entry: e,
+                stat: l.s,
+                ordinal: self.ordinal,
+                ids,
+            });
+            self.ordinal += 1;
         }
         Ok(())
     }
@@ -184,16 +227,16 @@ impl Record {
         &mut self,
         path: &[u8],
         mut gone: impl FnMut(&Entry) -> Result<()>,
-    ) -> Result<Option<(Entry, Stat)>> {
+    ) -> Result<Option<Prev>> {
         loop {
             self.fill()?;
-            let Some((e, _)) = &self.peeked else {
+            let Some(p) = &self.peeked else {
                 return Ok(None);
             };
-            match walk_order(&e.path.0, path) {
+            match walk_order(&p.entry.path.0, path) {
                 Ordering::Less => {
-                    if let Some((e, _)) = self.peeked.take() {
-                        gone(&e)?;
+                    if let Some(p) = self.peeked.take() {
+                        gone(&p.entry)?;
                     }
                 }
                 Ordering::Equal => return Ok(self.peeked.take()),
@@ -206,13 +249,14 @@ impl Record {
     /// line parses, paths come in strictly increasing walk order, and every
     /// file with content points at an archive the table has. A record that
     /// fails is not used (the run is full), rather than failing every run.
-    pub fn check(state_dir: &Path, job: &str) -> Result<std::result::Result<(), String>> {
+    pub fn check(state_dir: &Path, job: &str) -> Result<std::result::Result<ChunkIndex, String>> {
         let mut r = match Record::open(state_dir, job)? {
             Ok(r) => r,
             Err(why) => return Ok(Err(why)),
         };
         let mut last: Option<Vec<u8>> = None;
         let mut line = 0u64;
+        let mut index = ChunkIndex::new();
         while let Some(item) = r.lines.next() {
             line += 1;
             let bad = |why: String| {
@@ -235,12 +279,20 @@ impl Record {
             {
                 return bad(format!("{} is out of order", l.e.path.display()));
             }
-            if l.e.kind == crate::repo::manifest::EntryKind::File && l.e.size > 0 {
-                let ok =
-                    l.e.archive
-                        .and_then(|a| r.header.archives.get(a as usize))
-                        .is_some_and(Option::is_some)
-                        && l.e.offset.is_some();
+            let in_table = |a: u32| r.header.archives.get(a as usize).is_some_and(Option::is_some);
+            let chunked: u64 = l.c.iter().map(|(c, _)| u64::from(c.length)).sum();
+            if l.c.len() as u64 != l.e.chunk_count || (!l.c.is_empty() && chunked != l.e.size) {
+                return bad(format!("{} has a damaged chunk list", l.e.path.display()));
+            }
+            for (c, name) in &l.c {
+                let mut id: ChunkId = [0; 16];
+                if hex::decode_to_slice(name, &mut id).is_err() || !in_table(c.archive) {
+                    return bad(format!("{} has a damaged chunk list", l.e.path.display()));
+                }
+                index.insert(id, *c);
+            }
+            if l.e.kind == crate::repo::manifest::EntryKind::File && l.e.size > 0 && l.e.chunk_count == 0 {
+                let ok = l.e.archive.is_some_and(in_table) && l.e.offset.is_some();
                 if !ok {
                     return bad(format!(
                         "{} has no archive in the record's table",
@@ -250,7 +302,21 @@ impl Record {
             }
             last = Some(l.e.path.0);
         }
-        Ok(Ok(()))
+        // The segments cover the entries exactly, each in a node pack the
+        // table has: a run shares them by position.
+        let listed: u64 = r.header.segments.iter().map(|s| s.entries).sum();
+        if listed != line
+            || r.header
+                .segments
+                .iter()
+                .any(|s| r.header.nodes.get(s.nodes as usize).is_none_or(Option::is_none))
+        {
+            return Ok(Err(format!(
+                "the local record {} is damaged: its segments do not match its {line} entries",
+                r.path.display()
+            )));
+        }
+        Ok(Ok(index))
     }
 
     /// Calls `gone` with every entry not yet taken.
@@ -258,7 +324,7 @@ impl Record {
         loop {
             self.fill()?;
             match self.peeked.take() {
-                Some((e, _)) => gone(&e)?,
+                Some(p) => gone(&p.entry)?,
                 None => return Ok(()),
             }
         }
@@ -294,8 +360,8 @@ impl RecordWriter {
         })
     }
 
-    /// Appends an entry, in walk order.
-    pub fn entry(&mut self, entry: &Entry, stat: Stat) -> Result<()> {
+    /// Appends an entry, in walk order, with its chunks' names.
+    pub fn entry(&mut self, entry: &Entry, stat: Stat, ids: &[ChunkId]) -> Result<()> {
         let out = self
             .out
             .as_mut()
@@ -305,6 +371,12 @@ impl RecordWriter {
             &Line {
                 e: entry.clone(),
                 s: stat,
+                c: entry
+                    .chunks
+                    .iter()
+                    .zip(ids)
+                    .map(|(c, id)| (*c, hex::encode(id)))
+                    .collect(),
             },
         )?;
         out.write_all(b"\n")?;

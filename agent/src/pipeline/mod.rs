@@ -21,6 +21,7 @@
 
 pub mod backup;
 pub mod changes;
+pub mod chunks;
 pub mod extract;
 pub mod frames;
 pub mod fsmeta;
@@ -28,6 +29,7 @@ pub mod pipe;
 pub mod snapshot;
 pub mod tar;
 pub mod thaw;
+pub mod tree;
 pub mod walk;
 
 /// What a long run reports as it goes; the command line draws it as a bar

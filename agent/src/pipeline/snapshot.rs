@@ -32,7 +32,10 @@ use vaultline_crypto::{DataKey, Header, KeyWrap, MAX_HEADER_LEN, SealedReader};
 
 use crate::error::{IntegrityError, UsageError};
 use crate::pipeline::pipe::{PipeReader, PipeWriter, pipe};
-use crate::repo::manifest::{ArchiveRef, Entry, EntryKind, ManifestEnd, ManifestHeader, ManifestReader};
+use crate::repo::manifest::{
+    ArchiveRef, ChunkRef, Entry, EntryKind, ManifestEnd, ManifestHeader, ManifestItem, ManifestReader,
+    NodesRef, SegmentReader, SegmentRef,
+};
 use crate::repo::{Kind, READ_BUFFER, Repo, SnapshotRef};
 
 type ManifestPass = ManifestReader<SealedReader<BufReader<File>>>;
@@ -173,6 +176,88 @@ impl Spool {
     }
 }
 
+impl Spool {
+    /// Fetches object `name` whole (at most `size` bytes, the size the
+    /// caller knows it has) into an unnamed temporary file, reads its
+    /// header as `ctx` and unwraps its data key (from `envelope` if given).
+    fn fetch(
+        repo: &Repo,
+        keys: &(dyn KeyWrap + Sync),
+        name: &str,
+        size: u64,
+        ctx: &vaultline_crypto::EncryptionContext,
+        envelope: Option<&vaultline_crypto::KeyEnvelope>,
+        snapshot: &str,
+    ) -> Result<Spool> {
+        let mut file = tempfile::tempfile().context("cannot create a temporary file for a manifest")?;
+        {
+            let raw = repo
+                .store()
+                .open(name)
+                .with_context(|| format!("snapshot {snapshot}: cannot open {name}"))?;
+            // At most one byte more than listed: enough to tell a longer
+            // object, never a disk filled by a server that does not stop.
+            let sent = io::copy(&mut raw.take(size.saturating_add(1)), &mut file)
+                .with_context(|| format!("snapshot {snapshot}: reading {name}"))?;
+            if sent != size {
+                let sent = if sent > size {
+                    format!("more than {size}")
+                } else {
+                    sent.to_string()
+                };
+                return Err(IntegrityError(format!(
+                    "manifest {name}: the server sent {sent} bytes, the listing said {size}"
+                ))
+                .into());
+            }
+        }
+        file.seek(SeekFrom::Start(0))?;
+        let (header, key) = repo
+            .unseal_header(name, &mut BufReader::new(&mut file), keys, ctx, envelope)
+            .with_context(|| format!("snapshot {snapshot}"))?;
+        Ok(Spool {
+            file,
+            header,
+            key,
+            name: name.to_string(),
+            snapshot: snapshot.to_string(),
+        })
+    }
+
+    /// The plaintext bytes `offset..offset + length` (one segment's frame),
+    /// authenticated chunk by chunk at their own indices, decompressed.
+    fn segment(&self, offset: u64, length: u64, plain_size: u64) -> Result<Box<dyn Read + Send>> {
+        let chunk = u64::from(self.header.chunk_size());
+        let end = offset
+            .checked_add(length)
+            .filter(|&e| e <= plain_size && length > 0)
+            .ok_or_else(|| {
+                IntegrityError(format!(
+                    "node pack {}: a segment at {offset}+{length} lies outside its {plain_size} bytes",
+                    self.name
+                ))
+            })?;
+        let k0 = offset / chunk;
+        let k1 = (end - 1) / chunk + 1;
+        let total_chunks = plain_size.div_ceil(chunk).max(1);
+        let limit = (k1 < total_chunks).then_some(k1);
+        let mut file = self.file.try_clone()?;
+        file.seek(SeekFrom::Start(self.header.chunk_offset(k0)))?;
+        let mut sealed = SealedReader::at_chunk(
+            BufReader::with_capacity(READ_BUFFER, file),
+            &self.header,
+            &self.key,
+            k0,
+            limit,
+        )
+        .with_context(|| format!("snapshot {}: object {}", self.snapshot, self.name))?;
+        io::copy(&mut (&mut sealed).take(offset - k0 * chunk), &mut io::sink())?;
+        let mut decoder = zstd::stream::read::Decoder::new(BufReader::new(sealed.take(length)))?;
+        decoder.window_log_max(24)?;
+        Ok(Box::new(decoder))
+    }
+}
+
 /// An opened snapshot.
 pub struct SnapshotReader<'a> {
     repo: &'a Repo,
@@ -181,7 +266,55 @@ pub struct SnapshotReader<'a> {
     spool: Spool,
     manifest: ManifestHeader,
     archives: Vec<Option<ArchiveRef>>,
+    /// Schema 4: the tree's segments, and the node packs holding them.
+    segments: Vec<SegmentRef>,
+    nodes: Vec<Option<NodesRef>>,
+    /// Node packs fetched so far (ciphertext spools), by table index.
+    node_spools: std::sync::Mutex<HashMap<u32, std::sync::Arc<Spool>>>,
     end: ManifestEnd,
+}
+
+/// A pass over a snapshot's entries, in walk order: from the manifest
+/// itself (schema 2 and 3) or from its segments (schema 4).
+pub struct Pass<'r> {
+    reader: &'r SnapshotReader<'r>,
+    root: Option<ManifestPass>,
+    next_segment: usize,
+    lines: Option<SegmentReader<'r, Box<dyn Read + Send>>>,
+}
+
+impl<'r> Pass<'r> {
+    /// The next entry, with its chunk list; `None` after the last.
+    pub fn next_entry(&mut self) -> Result<Option<Entry>> {
+        if let Some(root) = &mut self.root {
+            return root.next_entry();
+        }
+        loop {
+            if let Some(lines) = &mut self.lines {
+                match lines.next_entry()? {
+                    Some(e) => return Ok(Some(e)),
+                    None => self.lines = None,
+                }
+            }
+            let Some(segment) = self.reader.segments.get(self.next_segment) else {
+                return Ok(None);
+            };
+            self.next_segment += 1;
+            let spool = self.reader.node_spool(segment.nodes)?;
+            let plain = self.reader.nodes[segment.nodes as usize]
+                .as_ref()
+                .map_or(0, |n| n.plain_size);
+            let index = self.next_segment - 1;
+            let decoded = spool
+                .segment(segment.offset, segment.length, plain)
+                .with_context(|| format!("snapshot {}: segment {index}", self.reader.snapshot.id))?;
+            let name = format!(
+                "{} (segment {index} of snapshot {})",
+                spool.name, self.reader.snapshot.id
+            );
+            self.lines = Some(SegmentReader::new(decoded, segment, &self.reader.archives, &name));
+        }
+    }
 }
 
 /// Totals of a read.
@@ -200,16 +333,61 @@ pub struct Walked {
 pub struct ArchivePlan {
     /// The archive.
     pub archive: ArchiveRef,
-    /// Needed frames.
+    /// Frames read in order, by the archive's stream.
     frames: Vec<bool>,
-    /// Selected file entries with content in it.
+    /// Selected file entries and chunks with content in it.
     pub entries: u64,
+    /// Sealed bytes of the reads made apart from the stream: members and
+    /// chunks that lie behind where the stream already is (a chunk shared
+    /// by two files, or one a renamed file kept).
+    pub apart: u64,
 }
 
 impl ArchivePlan {
+    fn new(archive: &ArchiveRef) -> Self {
+        ArchivePlan {
+            frames: vec![false; archive.frames.len()],
+            archive: archive.clone(),
+            entries: 0,
+            apart: 0,
+        }
+    }
+
     /// True when every frame is needed: the object is read whole.
     pub fn whole(&self) -> bool {
-        self.frames.iter().all(|&f| f)
+        !self.frames.is_empty() && self.frames.iter().all(|&f| f)
+    }
+
+    /// True when the archive's stream reads anything.
+    fn streamed(&self) -> bool {
+        self.frames.iter().any(|&f| f)
+    }
+
+    /// Frames holding plain bytes `lo..hi` (hi > lo, hi <= plain size).
+    fn frame_span(&self, lo: u64, hi: u64) -> (usize, usize) {
+        let fs = self.archive.frame_size.max(1);
+        let last = self.frames.len().saturating_sub(1);
+        (
+            ((lo / fs) as usize).min(last),
+            (((hi - 1) / fs) as usize).min(last),
+        )
+    }
+
+    /// Marks plain bytes `lo..hi` as read by the stream.
+    fn mark(&mut self, lo: u64, hi: u64) {
+        let (first, last) = self.frame_span(lo, hi);
+        self.frames[first..=last].iter_mut().for_each(|f| *f = true);
+    }
+
+    /// Counts a read of plain bytes `lo..hi` apart from the stream.
+    fn apart(&mut self, lo: u64, hi: u64, chunk: u64) {
+        let (first, last) = self.frame_span(lo, hi);
+        let lengths = &self.archive.frames;
+        let c_lo: u64 = lengths[..first].iter().map(|&l| u64::from(l)).sum();
+        let c_hi: u64 = c_lo + lengths[first..=last].iter().map(|&l| u64::from(l)).sum::<u64>();
+        let k0 = c_lo / chunk;
+        let k1 = (c_hi.max(1) - 1) / chunk + 1;
+        self.apart += (k1 - k0) * (chunk + 20);
     }
 
     /// Runs of consecutive needed frames, as (first, last) inclusive.
@@ -230,7 +408,7 @@ impl ArchivePlan {
     /// Sealed bytes a read of this plan fetches (besides the header).
     pub fn fetch_bytes(&self, chunk: u64) -> u64 {
         if self.whole() {
-            return self.archive.size;
+            return self.archive.size + self.apart;
         }
         let starts = self.archive.frames().starts();
         let sealed_chunk = chunk + 20;
@@ -241,7 +419,8 @@ impl ArchivePlan {
                 let k1 = (starts[last + 1].max(1) - 1) / chunk + 1;
                 (k1 - k0) * sealed_chunk
             })
-            .sum()
+            .sum::<u64>()
+            + self.apart
     }
 }
 
@@ -263,44 +442,29 @@ impl<'a> SnapshotReader<'a> {
     pub fn open(repo: &'a Repo, keys: &'a (dyn KeyWrap + Sync), snapshot: SnapshotRef) -> Result<Self> {
         let name = repo.manifest_name(&snapshot.host, &snapshot.job, &snapshot.id);
         let ctx = repo.context(&snapshot.host, &snapshot.job, &snapshot.id, Kind::Manifest, &name)?;
-        let mut file = tempfile::tempfile().context("cannot create a temporary file for the manifest")?;
+        let spool = Spool::fetch(
+            repo,
+            keys,
+            &name,
+            snapshot.manifest_size,
+            &ctx,
+            None,
+            &snapshot.id,
+        )?;
+        let mut pass = spool.pass()?;
+        let mut segments = Vec::new();
+        while let Some(item) = pass
+            .next_item()
+            .with_context(|| format!("snapshot {}", snapshot.id))?
         {
-            let raw = repo
-                .store()
-                .open(&name)
-                .with_context(|| format!("snapshot {}: cannot open {name}", snapshot.id))?;
-            // At most one byte more than listed: enough to tell a longer
-            // object, never a disk filled by a server that does not stop.
-            let listed = snapshot.manifest_size;
-            let sent = io::copy(&mut raw.take(listed.saturating_add(1)), &mut file)
-                .with_context(|| format!("snapshot {}: reading {name}", snapshot.id))?;
-            if sent != listed {
-                let sent = if sent > listed {
-                    format!("more than {listed}")
-                } else {
-                    sent.to_string()
-                };
-                return Err(IntegrityError(format!(
-                    "manifest {name}: the server sent {sent} bytes, the listing said {listed}"
-                ))
-                .into());
+            if let ManifestItem::Segment(s) = item {
+                segments.push(s);
             }
         }
-        file.seek(SeekFrom::Start(0))?;
-        let (header, key) = repo
-            .unseal_header(&name, &mut BufReader::new(&mut file), keys, &ctx, None)
-            .with_context(|| format!("snapshot {}", snapshot.id))?;
-        let spool = Spool {
-            file,
-            header,
-            key,
-            name,
-            snapshot: snapshot.id.clone(),
-        };
-        let mut pass = spool.pass()?;
         let end = pass
-            .read_to_end()
-            .with_context(|| format!("snapshot {}", snapshot.id))?;
+            .end()
+            .cloned()
+            .ok_or_else(|| anyhow!("manifest {}: no end record", spool.name))?;
         let manifest = pass.header().clone();
         if manifest.snapshot != snapshot.id || manifest.job != snapshot.job || manifest.host != snapshot.host
         {
@@ -311,6 +475,16 @@ impl<'a> SnapshotReader<'a> {
             .into());
         }
         let archives = pass.archives().map(<[_]>::to_vec).unwrap_or_default();
+        let nodes = pass.nodes().map(<[_]>::to_vec).unwrap_or_default();
+        for s in &segments {
+            if nodes.get(s.nodes as usize).and_then(Option::as_ref).is_none() {
+                return Err(IntegrityError(format!(
+                    "manifest {}: a segment refers to node pack {}, which its table does not have",
+                    spool.name, s.nodes
+                ))
+                .into());
+            }
+        }
         drop(pass);
         Ok(SnapshotReader {
             repo,
@@ -319,8 +493,43 @@ impl<'a> SnapshotReader<'a> {
             spool,
             manifest,
             archives,
+            segments,
+            nodes,
+            node_spools: std::sync::Mutex::new(HashMap::new()),
             end,
         })
+    }
+
+    /// The node pack at `index` of the table, fetched once.
+    fn node_spool(&self, index: u32) -> Result<std::sync::Arc<Spool>> {
+        let mut spools = self
+            .node_spools
+            .lock()
+            .map_err(|_| anyhow!("node pack cache poisoned"))?;
+        if let Some(s) = spools.get(&index) {
+            return Ok(std::sync::Arc::clone(s));
+        }
+        let n = self
+            .nodes
+            .get(index as usize)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| anyhow!("node pack {index} is not in the table"))?;
+        let s = &self.snapshot;
+        let ctx = self
+            .repo
+            .context(&s.host, &s.job, &n.snapshot, Kind::Nodes, &n.object)?;
+        let envelope = n.envelope.to_envelope()?;
+        let spool = std::sync::Arc::new(Spool::fetch(
+            self.repo,
+            self.keys,
+            &n.object,
+            n.size,
+            &ctx,
+            Some(&envelope),
+            &s.id,
+        )?);
+        spools.insert(index, std::sync::Arc::clone(&spool));
+        Ok(spool)
     }
 
     /// The snapshot it reads.
@@ -328,9 +537,36 @@ impl<'a> SnapshotReader<'a> {
         &self.snapshot
     }
 
-    /// A fresh pass over the manifest's lines.
-    pub fn pass(&self) -> Result<ManifestPass> {
+    /// A fresh pass over the snapshot's entries, in walk order.
+    pub fn pass(&self) -> Result<Pass<'_>> {
+        let root = if self.manifest.vaultline_manifest >= 4 {
+            None
+        } else {
+            Some(self.spool.pass()?)
+        };
+        Ok(Pass {
+            reader: self,
+            root,
+            next_segment: 0,
+            lines: None,
+        })
+    }
+
+    /// A fresh pass over the manifest object itself: its items (inline
+    /// entries, deleted paths, segment references) and tables, as `rewrap`
+    /// copies them.
+    pub fn root_pass(&self) -> Result<ManifestPass> {
         self.spool.pass()
+    }
+
+    /// The node pack table (schema 4; empty before).
+    pub fn nodes(&self) -> &[Option<NodesRef>] {
+        &self.nodes
+    }
+
+    /// The tree's segments (schema 4; empty before).
+    pub fn segments(&self) -> &[SegmentRef] {
+        &self.segments
     }
 
     /// The sealed manifest's own header (its context and key envelope).
@@ -363,10 +599,27 @@ impl<'a> SnapshotReader<'a> {
         u64::from(self.spool.header.chunk_size())
     }
 
+    /// The archive at `index` of the table.
+    fn archive(&self, index: u32) -> Result<&ArchiveRef> {
+        self.archives
+            .get(index as usize)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| anyhow!("manifest {}: archive {index} missing", self.spool.name))
+    }
+
     /// Which frames of which archives hold the entries `select` picks.
+    ///
+    /// Each archive is read as one forward stream of the frames marked
+    /// here. A member or chunk that lies behind where that stream will
+    /// already be (the plan follows it: past a member's offset and size,
+    /// past a chunk's end) is read apart, by a ranged read of its own
+    /// frames, so that no archive is read twice over.
     pub fn plan(&self, select: &mut dyn FnMut(&Entry) -> bool) -> Result<Plan> {
         let mut plan = Plan::default();
         let mut by_index: HashMap<u32, ArchivePlan> = HashMap::new();
+        // Per archive, how far its stream gets at least.
+        let mut reach: HashMap<u32, u64> = HashMap::new();
+        let chunk = self.chunk_size();
         let mut pass = self.pass()?;
         while let Some(e) = pass.next_entry()? {
             if !select(&e) {
@@ -377,35 +630,44 @@ impl<'a> SnapshotReader<'a> {
                 continue;
             }
             plan.bytes += e.size;
-            let (Some(index), Some(offset)) = (e.archive, e.offset) else {
-                continue;
-            };
-            let archive = self
-                .archives
-                .get(index as usize)
-                .and_then(Option::as_ref)
-                .ok_or_else(|| anyhow!("manifest {}: archive {index} missing", self.spool.name))?;
-            let p = by_index.entry(index).or_insert_with(|| ArchivePlan {
-                frames: vec![false; archive.frames.len()],
-                archive: archive.clone(),
-                entries: 0,
-            });
-            p.entries += 1;
-            let fs = archive.frame_size.max(1);
-            let last_plain = (offset + e.size + TAR_SLACK).min(archive.plain_size.max(1) - 1);
-            let (first, last) = ((offset / fs) as usize, (last_plain / fs) as usize);
-            if first >= p.frames.len() || offset >= archive.plain_size {
-                return Err(IntegrityError(format!(
-                    "manifest {}: {} lies at offset {offset}, past the end of archive {} ({} bytes of tar)",
-                    self.spool.name,
-                    e.path.display(),
-                    archive.object,
-                    archive.plain_size
-                ))
-                .into());
+            if let (Some(index), Some(offset)) = (e.archive, e.offset) {
+                let archive = self.archive(index)?;
+                if offset >= archive.plain_size {
+                    return Err(IntegrityError(format!(
+                        "manifest {}: {} lies at offset {offset}, past the end of archive {} ({} bytes of tar)",
+                        self.spool.name,
+                        e.path.display(),
+                        archive.object,
+                        archive.plain_size
+                    ))
+                    .into());
+                }
+                let p = by_index.entry(index).or_insert_with(|| ArchivePlan::new(archive));
+                p.entries += 1;
+                let hi = member_end(offset, e.size, archive.plain_size);
+                let at = reach.entry(index).or_insert(0);
+                if offset >= *at {
+                    p.mark(offset, hi);
+                    *at = offset.saturating_add(e.size).saturating_add(512);
+                } else {
+                    p.apart(offset, hi, chunk);
+                }
             }
-            let last = last.min(p.frames.len() - 1);
-            p.frames[first..=last].iter_mut().for_each(|f| *f = true);
+            for c in &e.chunks {
+                let archive = self.archive(c.archive)?;
+                let p = by_index
+                    .entry(c.archive)
+                    .or_insert_with(|| ArchivePlan::new(archive));
+                p.entries += 1;
+                let hi = c.offset + u64::from(c.length);
+                let at = reach.entry(c.archive).or_insert(0);
+                if c.offset >= *at {
+                    p.mark(c.offset, hi);
+                    *at = hi;
+                } else {
+                    p.apart(c.offset, hi, chunk);
+                }
+            }
         }
         let mut archives: Vec<(u32, ArchivePlan)> = by_index.into_iter().collect();
         archives.sort_by_key(|(i, _)| *i);
@@ -432,9 +694,16 @@ impl<'a> SnapshotReader<'a> {
         thread::scope(|scope| -> Result<()> {
             let mut cursors: HashMap<u32, Cursor<'_>> = HashMap::new();
             for (index, p) in &plan.archives {
-                let (pipe_in, pipe_out) = pipe(if block > (256 << 10) { 4 } else { 2 }, block);
-                let (repo, keys, snap) = (self.repo, self.keys, &self.snapshot);
-                let producer = scope.spawn(move || produce(repo, keys, snap, p, pipe_in));
+                let (reader, producer) = if p.streamed() {
+                    let (pipe_in, pipe_out) = pipe(if block > (256 << 10) { 4 } else { 2 }, block);
+                    let (repo, keys, snap) = (self.repo, self.keys, &self.snapshot);
+                    (
+                        Some(pipe_out),
+                        Some(scope.spawn(move || produce(repo, keys, snap, p, pipe_in))),
+                    )
+                } else {
+                    (None, None)
+                };
                 cursors.insert(
                     *index,
                     Cursor {
@@ -442,8 +711,8 @@ impl<'a> SnapshotReader<'a> {
                         runs: plain_runs(p),
                         run: 0,
                         pos: 0,
-                        reader: Some(pipe_out),
-                        producer: Some(producer),
+                        reader,
+                        producer,
                         whole: p.whole(),
                         manifest: &self.spool.name,
                     },
@@ -507,6 +776,11 @@ impl<'a> SnapshotReader<'a> {
         walked: &mut Walked,
     ) -> Result<()> {
         let mut pass = self.pass()?;
+        let mut apart = Apart {
+            reader: self,
+            opened: HashMap::new(),
+        };
+        let mut buffer = Vec::new();
         while let Some(e) = pass.next_entry()? {
             if !select(&e) {
                 continue;
@@ -518,7 +792,35 @@ impl<'a> SnapshotReader<'a> {
                         anyhow!("{}: archive {index} was not planned for", e.path.display())
                     })?;
                     walked.bytes += e.size;
-                    cursor.entry(&e, offset, visit)?;
+                    let hi = member_end(offset, e.size, self.archive(index)?.plain_size);
+                    if cursor.can_read(offset, hi) {
+                        cursor.entry(&e, offset, visit)?;
+                    } else {
+                        let mut data = apart.open(index, offset, hi)?;
+                        let mut count = 0;
+                        read_member(&mut data, &mut count, &e, offset, visit)
+                            .map_err(|what| cursor.mismatch(what))??;
+                    }
+                }
+                (EntryKind::File, ..) if !e.chunks.is_empty() => {
+                    walked.bytes += e.size;
+                    buffer.clear();
+                    let mut chunked = Chunked {
+                        chunks: &e.chunks,
+                        next: 0,
+                        buffer: std::mem::take(&mut buffer),
+                        at: 0,
+                        cursors: &mut *cursors,
+                        apart: &mut apart,
+                        failure: None,
+                    };
+                    let visited = visit(&e, Some(&mut chunked));
+                    let failure = chunked.failure.take();
+                    buffer = std::mem::take(&mut chunked.buffer);
+                    if let Some(f) = failure {
+                        return Err(f.context(format!("reading {}", e.path.display())));
+                    }
+                    visited?;
                 }
                 (EntryKind::File, ..) => visit(&e, Some(&mut io::empty()))?,
                 _ => visit(&e, None)?,
@@ -566,7 +868,7 @@ struct Cursor<'s> {
 
 /// Counts what tar reads, so the cursor knows its position.
 struct Counted<'r> {
-    inner: &'r mut PipeReader,
+    inner: &'r mut dyn Read,
     count: &'r mut u64,
 }
 
@@ -624,6 +926,30 @@ impl Cursor<'_> {
         }
     }
 
+    /// True when plain bytes `lo..hi` are ahead in the stream: not passed,
+    /// and within one planned run.
+    fn can_read(&self, lo: u64, hi: u64) -> bool {
+        self.reader.is_some()
+            && lo >= self.pos
+            && self
+                .runs
+                .get(self.run..)
+                .is_some_and(|runs| runs.iter().any(|&(s, e)| s <= lo && hi <= e))
+    }
+
+    /// Reads plain bytes `lo..lo + len` of the stream into `out`.
+    fn read_range(&mut self, lo: u64, len: usize, out: &mut Vec<u8>) -> Result<()> {
+        self.seek(lo)?;
+        let reader = self
+            .reader
+            .as_mut()
+            .ok_or_else(|| anyhow!("archive reader closed"))?;
+        out.resize(len, 0);
+        reader.read_exact(out)?;
+        self.pos += len as u64;
+        Ok(())
+    }
+
     /// Reads the entry at `offset`, checks it is `expected`, and visits it.
     fn entry(&mut self, expected: &Entry, offset: u64, visit: &mut Visit<'_>) -> Result<()> {
         self.seek(offset)?;
@@ -633,12 +959,39 @@ impl Cursor<'_> {
                 .reader
                 .as_mut()
                 .ok_or_else(|| anyhow!("archive reader closed"))?;
-            let mut archive = tar::Archive::new(Counted {
-                inner: reader,
-                count: &mut count,
-            });
-            let mut entries = archive.entries()?;
-            match entries.next().transpose()? {
+            read_member(reader, &mut count, expected, offset, visit)
+        };
+        self.pos += count;
+        match result {
+            Ok(visited) => visited,
+            Err(what) => Err(self.mismatch(what)),
+        }
+    }
+}
+
+/// Reads the tar member at the start of `reader` (plain offset `offset`),
+/// checks it is `expected` (path, type, size, sparse or not), and visits
+/// it. `count` gets the bytes taken. The outer error is a mismatch, the
+/// inner one the visitor's or the reader's.
+fn read_member(
+    reader: &mut dyn Read,
+    count: &mut u64,
+    expected: &Entry,
+    offset: u64,
+    visit: &mut Visit<'_>,
+) -> std::result::Result<Result<()>, String> {
+    {
+        {
+            let mut archive = tar::Archive::new(Counted { inner: reader, count });
+            let mut entries = match archive.entries() {
+                Ok(e) => e,
+                Err(e) => return Ok(Err(e.into())),
+            };
+            let next = match entries.next().transpose() {
+                Ok(n) => n,
+                Err(e) => return Ok(Err(e.into())),
+            };
+            match next {
                 None => Err(format!(
                     "no entry at offset {offset}, where {} should be",
                     expected.path.display()
@@ -679,12 +1032,106 @@ impl Cursor<'_> {
                     }
                 }
             }
-        };
-        self.pos += count;
-        match result {
-            Ok(visited) => visited,
-            Err(what) => Err(self.mismatch(what)),
         }
+    }
+}
+
+/// The plain byte after the frames a member at `offset` of `size` bytes
+/// may reach (its headers included), within an archive of `plain` bytes.
+fn member_end(offset: u64, size: u64, plain: u64) -> u64 {
+    offset
+        .saturating_add(size)
+        .saturating_add(TAR_SLACK + 1)
+        .min(plain)
+}
+
+/// Reads apart from the archives' streams: ranged reads of the frames
+/// holding one member or chunk, each authenticated at its own chunk
+/// indices. An archive's header and data key are read once.
+struct Apart<'r> {
+    reader: &'r SnapshotReader<'r>,
+    opened: HashMap<u32, (Header, DataKey, Vec<u64>)>,
+}
+
+impl Apart<'_> {
+    /// Plain bytes `lo..hi` of archive `index`.
+    fn open(&mut self, index: u32, lo: u64, hi: u64) -> Result<Box<dyn Read + Send>> {
+        let r = self.reader;
+        let a = r.archive(index)?;
+        let (header, key, starts) = match self.opened.entry(index) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let (header, key) = open_header(r.repo, r.keys, &r.snapshot, a)?;
+                v.insert((header, key, a.frames().starts()))
+            }
+        };
+        let fs = a.frame_size.max(1);
+        let last_frame = a.frames.len().saturating_sub(1);
+        let first = ((lo / fs) as usize).min(last_frame);
+        let last = (((hi.max(1)) - 1) / fs) as usize;
+        let last = last.min(last_frame);
+        let plain = open_frames(r.repo, a, header, key, starts, first, last)?;
+        let mut plain = plain;
+        io::copy(&mut (&mut plain).take(lo - first as u64 * fs), &mut io::sink())?;
+        Ok(Box::new(plain.take(hi - lo)))
+    }
+}
+
+/// A chunked file's content, chunk after chunk, each from its archive's
+/// stream when it lies ahead there, else read apart.
+struct Chunked<'c, 's, 'r> {
+    chunks: &'c [ChunkRef],
+    next: usize,
+    buffer: Vec<u8>,
+    at: usize,
+    cursors: &'c mut HashMap<u32, Cursor<'s>>,
+    apart: &'c mut Apart<'r>,
+    /// What stopped the read (an integrity error keeps its kind).
+    failure: Option<anyhow::Error>,
+}
+
+impl Chunked<'_, '_, '_> {
+    fn fill(&mut self) -> Result<()> {
+        let c = self.chunks[self.next];
+        self.next += 1;
+        self.at = 0;
+        let (lo, len) = (c.offset, c.length as usize);
+        let cursor = self
+            .cursors
+            .get_mut(&c.archive)
+            .ok_or_else(|| anyhow!("archive {} was not planned for", c.archive))?;
+        if cursor.can_read(lo, lo + len as u64) {
+            return cursor.read_range(lo, len, &mut self.buffer);
+        }
+        let mut data = self.apart.open(c.archive, lo, lo + len as u64)?;
+        self.buffer.clear();
+        let got = (&mut data).take(len as u64).read_to_end(&mut self.buffer)?;
+        if got != len {
+            return Err(cursor.mismatch(format!("a chunk at {lo}+{len} ends after {got} bytes")));
+        }
+        Ok(())
+    }
+}
+
+impl Read for Chunked<'_, '_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.failure.is_some() {
+            return Err(io::Error::other("the read failed"));
+        }
+        while self.at == self.buffer.len() {
+            if self.next == self.chunks.len() {
+                return Ok(0);
+            }
+            if let Err(e) = self.fill() {
+                let message = format!("{e:#}");
+                self.failure = Some(e);
+                return Err(io::Error::other(message));
+            }
+        }
+        let n = buf.len().min(self.buffer.len() - self.at);
+        buf[..n].copy_from_slice(&self.buffer[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
     }
 }
 
@@ -797,43 +1244,66 @@ fn produce(
         out.finish()?;
         return Ok(());
     }
-    let store = repo.store();
-    let head_len = (MAX_HEADER_LEN as u64).min(a.size);
-    let mut head = store
-        .open_range(&a.object, 0, Some(head_len))
-        .with_context(|| format!("cannot open {}", a.object))?;
-    let (header, key) = repo.unseal_header(&a.object, &mut head, keys, &ctx, Some(&envelope))?;
-    drop(head);
-    let chunk = u64::from(header.chunk_size());
+    let (header, key) = open_header(repo, keys, snap, a)?;
     let starts = a.frames().starts();
-    let total = starts.last().copied().unwrap_or(0);
-    let total_chunks = total.div_ceil(chunk).max(1);
     for (first, last) in plan.runs() {
-        let (c_lo, c_hi) = (starts[first], starts[last + 1]);
-        let k0 = c_lo / chunk;
-        let k1 = (c_hi.max(1) - 1) / chunk + 1;
-        let (end, limit) = if k1 >= total_chunks {
-            (None, None)
-        } else {
-            (Some(header.chunk_offset(k1)), Some(k1))
-        };
-        let raw = store
-            .open_range(&a.object, header.chunk_offset(k0), end)
-            .with_context(|| format!("cannot open {}", a.object))?;
-        let mut sealed = SealedReader::at_chunk(
-            BufReader::with_capacity(READ_BUFFER, raw),
-            &header,
-            &key,
-            k0,
-            limit,
-        )
-        .with_context(|| format!("object {}", a.object))?;
-        let skip = c_lo - k0 * chunk;
-        io::copy(&mut (&mut sealed).take(skip), &mut io::sink())?;
-        let mut decoder = zstd::stream::read::Decoder::new(BufReader::new(sealed.take(c_hi - c_lo)))?;
-        decoder.window_log_max(ARCHIVE_WINDOW_LOG)?;
-        io::copy(&mut decoder, &mut out)?;
+        let mut plain = open_frames(repo, a, &header, &key, &starts, first, last)?;
+        io::copy(&mut plain, &mut out)?;
     }
     out.finish()?;
     Ok(())
+}
+
+/// An archive's header, read by a ranged read, and its data key.
+fn open_header(
+    repo: &Repo,
+    keys: &(dyn KeyWrap + Sync),
+    snap: &SnapshotRef,
+    a: &ArchiveRef,
+) -> Result<(Header, DataKey)> {
+    let ctx = repo.context(&snap.host, &snap.job, &a.snapshot, Kind::Archive, &a.object)?;
+    let envelope = a.envelope.to_envelope()?;
+    let head_len = (MAX_HEADER_LEN as u64).min(a.size);
+    let mut head = repo
+        .store()
+        .open_range(&a.object, 0, Some(head_len))
+        .with_context(|| format!("cannot open {}", a.object))?;
+    repo.unseal_header(&a.object, &mut head, keys, &ctx, Some(&envelope))
+}
+
+/// The plain bytes of frames `first..=last` of archive `a` (`starts`: its
+/// frames' compressed offsets), by a ranged read of the sealed chunks
+/// holding them, each authenticated at its own index.
+fn open_frames(
+    repo: &Repo,
+    a: &ArchiveRef,
+    header: &Header,
+    key: &DataKey,
+    starts: &[u64],
+    first: usize,
+    last: usize,
+) -> Result<Box<dyn Read + Send>> {
+    let chunk = u64::from(header.chunk_size());
+    let total = starts.last().copied().unwrap_or(0);
+    let total_chunks = total.div_ceil(chunk).max(1);
+    let (c_lo, c_hi) = (starts[first], starts[last + 1]);
+    let k0 = c_lo / chunk;
+    let k1 = (c_hi.max(1) - 1) / chunk + 1;
+    let (end, limit) = if k1 >= total_chunks {
+        (None, None)
+    } else {
+        (Some(header.chunk_offset(k1)), Some(k1))
+    };
+    let raw = repo
+        .store()
+        .open_range(&a.object, header.chunk_offset(k0), end)
+        .with_context(|| format!("cannot open {}", a.object))?;
+    let mut sealed =
+        SealedReader::at_chunk(BufReader::with_capacity(READ_BUFFER, raw), header, key, k0, limit)
+            .with_context(|| format!("object {}", a.object))?;
+    let skip = c_lo - k0 * chunk;
+    io::copy(&mut (&mut sealed).take(skip), &mut io::sink())?;
+    let mut decoder = zstd::stream::read::Decoder::new(BufReader::new(sealed.take(c_hi - c_lo)))?;
+    decoder.window_log_max(ARCHIVE_WINDOW_LOG)?;
+    Ok(Box::new(decoder))
 }

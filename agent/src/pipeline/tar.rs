@@ -82,18 +82,41 @@ pub enum Copied {
 
 /// Writes a tar stream.
 pub struct TarWriter<W: Write> {
-    out: W,
+    out: Counting<W>,
     buffer: Vec<u8>,
     long_names: u64,
+    data_start: u64,
+}
+
+/// Counts the bytes written: the tar stream's offsets.
+struct Counting<W> {
+    inner: W,
+    written: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 impl<W: Write> TarWriter<W> {
     /// A tar stream into `out`.
     pub fn new(out: W) -> Self {
         TarWriter {
-            out,
+            out: Counting {
+                inner: out,
+                written: 0,
+            },
             buffer: vec![0; COPY_BUFFER],
             long_names: 0,
+            data_start: 0,
         }
     }
 
@@ -212,6 +235,7 @@ impl<W: Write> TarWriter<W> {
             self.write_pax(&pax, secs)?;
         }
         self.out.write_all(h.as_bytes())?;
+        self.data_start = self.out.written;
         let copied = match (content, sparse) {
             (Content::Sparse { file, regions }, Some((map, _))) => {
                 self.out.write_all(&map)?;
@@ -233,8 +257,9 @@ impl<W: Write> TarWriter<W> {
         Ok(copied)
     }
 
-    /// The marker that follows a member whose file was not read completely.
-    fn mark_incomplete(&mut self, entry: &Entry, read: u64, why: &str) -> io::Result<()> {
+    /// The marker that follows a member whose file was not read completely
+    /// (or the chunk members of a file that could not be read to its end).
+    pub fn mark_incomplete(&mut self, entry: &Entry, read: u64, why: &str) -> io::Result<()> {
         let mut path = entry.path.0.clone();
         path.extend_from_slice(INCOMPLETE_SUFFIX.as_bytes());
         let comment = format!(
@@ -366,14 +391,26 @@ impl<W: Write> TarWriter<W> {
 
     /// The writer underneath.
     pub fn get_ref(&self) -> &W {
-        &self.out
+        &self.out.inner
+    }
+
+    /// Offset in the tar stream of the next byte written (the next
+    /// member's first header byte).
+    pub fn position(&self) -> u64 {
+        self.out.written
+    }
+
+    /// Offset in the tar stream of the last appended member's data (after
+    /// its headers): where a chunk reference into it points.
+    pub fn data_start(&self) -> u64 {
+        self.data_start
     }
 
     /// Writes the end-of-archive marker and returns the writer.
     pub fn finish(mut self) -> io::Result<W> {
         self.out.write_all(&[0u8; 2 * BLOCK])?;
         self.out.flush()?;
-        Ok(self.out)
+        Ok(self.out.inner)
     }
 }
 

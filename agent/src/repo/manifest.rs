@@ -122,11 +122,24 @@ impl EnvelopeJson {
     }
 }
 
-/// Schema version of manifests this vaultline writes: 3 since entries
-/// carry FIFOs and device nodes, extended attributes and sparse files.
-pub const MANIFEST_VERSION: u32 = 3;
-/// The oldest schema version it reads (2 lacks only what 3 added).
+/// Schema version of manifests this vaultline writes: 4 since the tree
+/// listing lives in segments in node packs (shared between snapshots) and
+/// large files may be stored as chunks. 3 added FIFOs and device nodes,
+/// extended attributes and sparse files.
+pub const MANIFEST_VERSION: u32 = 4;
+/// The oldest schema version it reads: 2 and 3 hold their entries inline.
 pub const MANIFEST_VERSION_MIN: u32 = 2;
+/// Most chunks one file may list (2 TiB at the average chunk size).
+pub const MAX_CHUNKS: u64 = 1 << 21;
+/// Largest chunk (content-defined chunks are cut at 4 MiB at the latest).
+pub const MAX_CHUNK: u32 = 4 << 20;
+/// Most chunk references on one continuation line.
+pub const CHUNKS_PER_LINE: usize = 4096;
+/// Most segments a manifest may list (a tree of about 2 billion entries at
+/// the average segment size).
+pub const MAX_SEGMENTS: usize = 1 << 20;
+/// Most node packs a manifest may refer to: one per run of a chain.
+pub const MAX_NODE_PACKS: usize = MAX_ARCHIVES;
 /// Longest manifest line read: an entry with a path and a link target of
 /// `PATH_MAX` each and its extended attributes (64 KiB each at most, a
 /// few per file in practice), or an archive table (frames of 4 MiB: a
@@ -297,6 +310,79 @@ pub struct Entry {
     /// tar stream (the index used by ranged reads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
+    /// Files stored as chunks: how many (the chunk references follow the
+    /// entry's line on continuation lines, see [`ChunkRef`]).
+    #[serde(rename = "chunks", default, skip_serializing_if = "is_zero")]
+    pub chunk_count: u64,
+    /// Files stored as chunks: where each chunk is, in file order (read and
+    /// written with the entry, not part of its JSON object).
+    #[serde(skip)]
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// Where one chunk of a chunked file is: the archive (index into the
+/// archive table), the offset of the chunk's first byte in that archive's
+/// tar stream (inside the data of the member that stored it), and its
+/// length. In JSON: `[archive, offset, length]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct ChunkRef {
+    /// Index in the archive table.
+    pub archive: u32,
+    /// Offset of the chunk's first byte in the archive's tar stream.
+    pub offset: u64,
+    /// Bytes of file content in the chunk.
+    pub length: u32,
+}
+
+impl Serialize for ChunkRef {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        (self.archive, self.offset, self.length).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ChunkRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (archive, offset, length) = <(u32, u64, u32)>::deserialize(d)?;
+        Ok(ChunkRef {
+            archive,
+            offset,
+            length,
+        })
+    }
+}
+
+/// A node pack: the sealed object holding the segments a run wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodesRef {
+    /// Full object name.
+    pub object: String,
+    /// The snapshot that wrote it.
+    pub snapshot: String,
+    /// Its data key's current envelope.
+    pub envelope: EnvelopeJson,
+    /// Size of the sealed object in bytes.
+    pub size: u64,
+    /// Bytes of plaintext (concatenated compressed segments).
+    pub plain_size: u64,
+}
+
+/// A segment: a run of consecutive entries of the tree, stored as one zstd
+/// frame in a node pack.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SegmentRef {
+    /// Index in the node pack table.
+    pub nodes: u32,
+    /// Offset of its zstd frame in the node pack's plaintext.
+    pub offset: u64,
+    /// Length of that frame.
+    pub length: u64,
+    /// Entries it holds.
+    pub entries: u64,
+    /// The path of its first entry (segments are in walk order, so a reader
+    /// looking for some paths can skip the others).
+    pub first: EncodedPath,
 }
 
 fn is_false(v: &bool) -> bool {
@@ -324,7 +410,7 @@ pub struct ManifestEnd {
     /// FIFOs and device nodes.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub specials: u64,
-    /// Bytes of file content archived.
+    /// Bytes of file content in the snapshot.
     pub bytes: u64,
     /// Entries left out (special files, unreadable paths).
     pub skipped: u64,
@@ -336,6 +422,14 @@ pub struct ManifestEnd {
     pub reused: u64,
     /// Paths of the parent that are gone.
     pub deleted: u64,
+    /// Bytes this snapshot stored that no earlier snapshot of the chain
+    /// held (its archive's new content; chunks it reused are not counted).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub new_bytes: u64,
+    /// Segments of the tree listing this snapshot wrote (the others it
+    /// shares with earlier snapshots).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub new_segments: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -356,13 +450,46 @@ struct ArchivesLine {
     archives: Vec<Option<ArchiveRef>>,
 }
 
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodesLine {
+    nodes: Vec<Option<NodesRef>>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SegmentLine {
+    segment: SegmentRef,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChunksLine {
+    c: Vec<ChunkRef>,
+}
+
 /// One item of a manifest's body, as [`ManifestReader::next_item`] yields it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ManifestItem {
-    /// An entry.
+    /// An entry (schema 2 and 3: entries are in the manifest itself).
     Entry(Entry),
     /// A path of the parent that this snapshot no longer has.
     Deleted(EncodedPath),
+    /// A segment of the tree (schema 4).
+    Segment(SegmentRef),
+}
+
+/// Writes `entry` as JSON lines: its own line, then its chunk references in
+/// continuation lines of at most [`CHUNKS_PER_LINE`].
+pub fn write_entry(out: &mut impl Write, entry: &Entry) -> Result<()> {
+    debug_assert_eq!(entry.chunk_count, entry.chunks.len() as u64);
+    serde_json::to_writer(&mut *out, entry)?;
+    out.write_all(b"\n")?;
+    for group in entry.chunks.chunks(CHUNKS_PER_LINE) {
+        serde_json::to_writer(&mut *out, &ChunksLine { c: group.to_vec() })?;
+        out.write_all(b"\n")?;
+    }
+    Ok(())
 }
 
 /// Writes a manifest into a pending object (or, for `rewrap`, any writer).
@@ -394,9 +521,10 @@ impl<W: Write> ManifestWriter<W> {
         Ok(())
     }
 
-    /// Appends an entry.
+    /// Appends an entry in the manifest itself (schema 2 and 3 only: `rewrap`
+    /// copies such manifests as they are).
     pub fn entry(&mut self, entry: &Entry) -> Result<()> {
-        self.line(entry)
+        write_entry(&mut self.out, entry)
     }
 
     /// Records a path of the parent that this snapshot no longer has.
@@ -406,9 +534,25 @@ impl<W: Write> ManifestWriter<W> {
         })
     }
 
-    /// Writes the archive table and the end record and closes the stream;
-    /// the caller commits the returned object after the archives.
-    pub fn finish(mut self, archives: Vec<Option<ArchiveRef>>, end: ManifestEnd) -> Result<W> {
+    /// Appends the reference to the next segment of the tree.
+    pub fn segment(&mut self, segment: &SegmentRef) -> Result<()> {
+        self.line(&SegmentLine {
+            segment: segment.clone(),
+        })
+    }
+
+    /// Writes the node pack table (schema 4), the archive table and the end
+    /// record and closes the stream; the caller commits the returned object
+    /// after the archives and node packs.
+    pub fn finish(
+        mut self,
+        nodes: Option<Vec<Option<NodesRef>>>,
+        archives: Vec<Option<ArchiveRef>>,
+        end: ManifestEnd,
+    ) -> Result<W> {
+        if let Some(nodes) = nodes {
+            self.line(&NodesLine { nodes })?;
+        }
         self.line(&ArchivesLine { archives })?;
         self.line(&EndLine { end })?;
         let encoder = self.out.into_inner().map_err(|e| e.into_error())?;
@@ -417,17 +561,186 @@ impl<W: Write> ManifestWriter<W> {
     }
 }
 
-/// Reads a manifest, entry by entry.
+/// Lines of at most [`MAX_LINE`] bytes (without their `\n`); a longer one
+/// is an integrity error, found without holding more than that.
+pub struct Lines<B> {
+    input: B,
+    name: String,
+    number: u64,
+}
+
+impl<B: BufRead> Lines<B> {
+    /// Lines of `input`, for messages about object `name`.
+    pub fn new(input: B, name: &str) -> Self {
+        Lines {
+            input,
+            name: name.to_string(),
+            number: 0,
+        }
+    }
+
+    /// The number of the line last returned.
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// The next line.
+    pub fn next_line(&mut self) -> Option<Result<Vec<u8>>> {
+        let mut line = Vec::new();
+        self.number += 1;
+        match (&mut self.input)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) => None,
+            Ok(_) => {
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                } else if line.len() > MAX_LINE {
+                    return Some(Err(IntegrityError(format!(
+                        "manifest {}: line {} is longer than {} MiB: not a manifest vaultline wrote",
+                        self.name,
+                        self.number,
+                        MAX_LINE >> 20
+                    ))
+                    .into()));
+                }
+                Some(Ok(line))
+            }
+            Err(e) => Some(Err(
+                anyhow::Error::new(e).context(format!("manifest {}", self.name))
+            )),
+        }
+    }
+}
+
+/// Parses an entry line and reads its chunk continuation lines from
+/// `lines`. `archives`: the archive table when it is known (schema 4),
+/// to check every location against; otherwise the caller checks the
+/// returned indices.
+fn parse_entry<B: BufRead>(
+    line: &[u8],
+    lines: &mut Lines<B>,
+    archives: Option<&[Option<ArchiveRef>]>,
+) -> Result<Entry> {
+    let name = lines.name.clone();
+    let at = lines.number();
+    let bad = |what: String| -> anyhow::Error {
+        IntegrityError(format!("manifest {name}: line {at}: {what}")).into()
+    };
+    let mut entry: Entry = serde_json::from_slice(line).map_err(|e| bad(format!("invalid entry: {e}")))?;
+    if entry.chunk_count > 0 {
+        if entry.kind != EntryKind::File || entry.archive.is_some() || entry.offset.is_some() {
+            return Err(bad(format!(
+                "{} has chunks and is not a file without a location",
+                entry.path.display()
+            )));
+        }
+        if entry.chunk_count > MAX_CHUNKS {
+            return Err(bad(format!(
+                "{} lists {} chunks, more than a file may ({MAX_CHUNKS})",
+                entry.path.display(),
+                entry.chunk_count
+            )));
+        }
+        let mut total = 0u64;
+        while (entry.chunks.len() as u64) < entry.chunk_count {
+            let Some(next) = lines.next_line() else {
+                return Err(bad(format!(
+                    "{} ends before its chunk list",
+                    entry.path.display()
+                )));
+            };
+            let next = next?;
+            let group: ChunksLine = serde_json::from_slice(&next)
+                .map_err(|e| bad(format!("invalid chunk list of {}: {e}", entry.path.display())))?;
+            if group.c.is_empty() || entry.chunks.len() + group.c.len() > entry.chunk_count as usize {
+                return Err(bad(format!(
+                    "{} has a chunk list of the wrong length",
+                    entry.path.display()
+                )));
+            }
+            for c in &group.c {
+                if !(1..=MAX_CHUNK).contains(&c.length) {
+                    return Err(bad(format!(
+                        "{} lists a chunk of {} bytes (chunks hold 1 to {MAX_CHUNK})",
+                        entry.path.display(),
+                        c.length
+                    )));
+                }
+                total += u64::from(c.length);
+            }
+            entry.chunks.extend(group.c);
+        }
+        if total != entry.size {
+            return Err(bad(format!(
+                "{}: its chunks hold {total} bytes, its size is {}",
+                entry.path.display(),
+                entry.size
+            )));
+        }
+    }
+    match (entry.kind, entry.archive, entry.offset, entry.chunk_count) {
+        (EntryKind::File, Some(_), Some(_), 0) => {}
+        (EntryKind::File, None, None, n) if n > 0 || entry.size == 0 => {}
+        (EntryKind::File, ..) => {
+            return Err(bad(format!(
+                "file {} has content but no archive location",
+                entry.path.display()
+            )));
+        }
+        (_, None, None, 0) => {}
+        _ => {
+            return Err(bad(format!(
+                "{} is not a file but has an archive location",
+                entry.path.display()
+            )));
+        }
+    }
+    if let Some(table) = archives {
+        for index in entry
+            .archive
+            .into_iter()
+            .chain(entry.chunks.iter().map(|c| c.archive))
+        {
+            if table.get(index as usize).and_then(Option::as_ref).is_none() {
+                return Err(bad(format!(
+                    "{} refers to archive {index}, which the archive table does not have",
+                    entry.path.display()
+                )));
+            }
+        }
+        for c in &entry.chunks {
+            let plain = table[c.archive as usize].as_ref().map_or(0, |a| a.plain_size);
+            if c.offset
+                .checked_add(u64::from(c.length))
+                .is_none_or(|end| end > plain)
+            {
+                return Err(bad(format!(
+                    "{}: a chunk at {}+{} lies outside archive {} ({plain} bytes of tar)",
+                    entry.path.display(),
+                    c.offset,
+                    c.length,
+                    c.archive
+                )));
+            }
+        }
+    }
+    Ok(entry)
+}
+
+/// Reads a manifest: its header, then its items, then its tables and end.
 pub struct ManifestReader<R: Read> {
     lines: Lines<BufReader<zstd::stream::read::Decoder<'static, BufReader<R>>>>,
     name: String,
     header: ManifestHeader,
+    nodes: Option<Vec<Option<NodesRef>>>,
     archives: Option<Vec<Option<ArchiveRef>>>,
-    /// Archive indices file entries used (checked against the table).
+    /// Archive indices inline entries used (checked against the table).
     used: Vec<(u32, u64)>,
+    segments: usize,
     deleted: u64,
     end: Option<ManifestEnd>,
-    line: u64,
 }
 
 impl<R: Read> ManifestReader<R> {
@@ -439,7 +752,7 @@ impl<R: Read> ManifestReader<R> {
         decoder.window_log_max(24)?;
         let mut lines = Lines::new(BufReader::with_capacity(1 << 16, decoder), name);
         let first = lines
-            .next()
+            .next_line()
             .ok_or_else(|| IntegrityError(format!("manifest {name} is empty")))??;
         let header: ManifestHeader = serde_json::from_slice(&first)
             .map_err(|e| IntegrityError(format!("manifest {name}: invalid header line: {e}")))?;
@@ -454,11 +767,12 @@ impl<R: Read> ManifestReader<R> {
             lines,
             name: name.to_string(),
             header,
+            nodes: None,
             archives: None,
             used: Vec::new(),
+            segments: 0,
             deleted: 0,
             end: None,
-            line: 1,
         })
     }
 
@@ -467,104 +781,125 @@ impl<R: Read> ManifestReader<R> {
         &self.header
     }
 
-    /// The next entry; `None` after the end record, which must be last.
-    /// The archive table and deleted paths are taken in on the way; file
-    /// entries are checked against the table when it arrives.
+    /// True for schema 4: the tree is in segments.
+    pub fn segmented(&self) -> bool {
+        self.header.vaultline_manifest >= 4
+    }
+
+    /// The next entry held in the manifest itself (schema 2 and 3); `None`
+    /// after the end record, which must be last.
     pub fn next_entry(&mut self) -> Result<Option<Entry>> {
         loop {
             match self.next_item()? {
                 Some(ManifestItem::Entry(e)) => return Ok(Some(e)),
-                Some(ManifestItem::Deleted(_)) => {}
+                Some(_) => {}
                 None => return Ok(None),
             }
         }
     }
 
-    /// Like [`next_entry`](Self::next_entry), but also yields the deleted
-    /// paths, in manifest order (for `rewrap`, which copies a manifest).
+    fn bad(&self, what: String) -> anyhow::Error {
+        IntegrityError(format!(
+            "manifest {}: line {}: {what}",
+            self.name,
+            self.lines.number()
+        ))
+        .into()
+    }
+
+    /// The next item: an entry (schema 2 and 3), a deleted path, or a
+    /// segment (schema 4), in manifest order; the tables and the end record
+    /// are taken in on the way. `None` after the end record.
     pub fn next_item(&mut self) -> Result<Option<ManifestItem>> {
         loop {
             if self.end.is_some() {
                 return Ok(None);
             }
-            let Some(line) = self.lines.next() else {
+            let Some(line) = self.lines.next_line() else {
                 return Err(
                     IntegrityError(format!("manifest {} ends without its end record", self.name)).into(),
                 );
             };
             let line = line?;
-            self.line += 1;
-            let bad = |what: &str, e: serde_json::Error, line: u64| -> anyhow::Error {
-                IntegrityError(format!(
-                    "manifest {}: line {line}: invalid {what}: {e}",
-                    self.name
-                ))
-                .into()
-            };
             if line.starts_with(b"{\"deleted\"") {
-                let d: DeletedLine =
-                    serde_json::from_slice(&line).map_err(|e| bad("deleted path", e, self.line))?;
+                let d: DeletedLine = serde_json::from_slice(&line)
+                    .map_err(|e| self.bad(format!("invalid deleted path: {e}")))?;
                 self.deleted += 1;
                 return Ok(Some(ManifestItem::Deleted(d.deleted)));
             }
+            if line.starts_with(b"{\"segment\"") {
+                if !self.segmented() || self.nodes.is_some() || self.archives.is_some() {
+                    return Err(self.bad("a segment where none belongs".into()));
+                }
+                let s: SegmentLine =
+                    serde_json::from_slice(&line).map_err(|e| self.bad(format!("invalid segment: {e}")))?;
+                self.segments += 1;
+                if self.segments > MAX_SEGMENTS {
+                    return Err(self.bad(format!("more than {MAX_SEGMENTS} segments")));
+                }
+                return Ok(Some(ManifestItem::Segment(s.segment)));
+            }
+            if line.starts_with(b"{\"nodes\"") {
+                if !self.segmented() || self.nodes.is_some() || self.archives.is_some() {
+                    return Err(self.bad("a node pack table where none belongs".into()));
+                }
+                let n: NodesLine = serde_json::from_slice(&line)
+                    .map_err(|e| self.bad(format!("invalid node pack table: {e}")))?;
+                if n.nodes.len() > MAX_NODE_PACKS {
+                    return Err(self.bad(format!(
+                        "its node pack table lists {} packs, more than a chain can have ({MAX_NODE_PACKS})",
+                        n.nodes.len()
+                    )));
+                }
+                self.nodes = Some(n.nodes);
+                continue;
+            }
             if line.starts_with(b"{\"archives\"") {
-                let a: ArchivesLine =
-                    serde_json::from_slice(&line).map_err(|e| bad("archive table", e, self.line))?;
+                let a: ArchivesLine = serde_json::from_slice(&line)
+                    .map_err(|e| self.bad(format!("invalid archive table: {e}")))?;
                 self.check_used(&a.archives)?;
                 self.archives = Some(a.archives);
                 continue;
             }
             if line.starts_with(b"{\"end\"") {
-                let end: EndLine =
-                    serde_json::from_slice(&line).map_err(|e| bad("end record", e, self.line))?;
-                if self.lines.next().is_some() {
+                let end: EndLine = serde_json::from_slice(&line)
+                    .map_err(|e| self.bad(format!("invalid end record: {e}")))?;
+                if self.lines.next_line().is_some() {
                     return Err(
                         IntegrityError(format!("manifest {}: data after the end record", self.name)).into(),
                     );
                 }
-                if self.archives.is_none() {
+                if self.archives.is_none() || (self.segmented() && self.nodes.is_none()) {
                     return Err(IntegrityError(format!(
-                        "manifest {}: no archive table before the end",
-                        self.name
+                        "manifest {}: no {} table before the end",
+                        self.name,
+                        if self.archives.is_none() {
+                            "archive"
+                        } else {
+                            "node pack"
+                        }
                     ))
                     .into());
                 }
                 self.end = Some(end.end);
                 return Ok(None);
             }
-            if self.archives.is_some() {
-                return Err(IntegrityError(format!(
-                    "manifest {}: line {}: entry after the archive table",
-                    self.name, self.line
-                ))
-                .into());
+            if self.segmented() || self.archives.is_some() {
+                return Err(self.bad(if self.segmented() {
+                    "an entry in a manifest whose tree is in segments".into()
+                } else {
+                    "entry after the archive table".into()
+                }));
             }
-            let entry: Entry = serde_json::from_slice(&line).map_err(|e| bad("entry", e, self.line))?;
-            match (entry.kind, entry.archive, entry.offset) {
-                (EntryKind::File, Some(a), Some(_)) => {
-                    if !self.used.iter().any(|(u, _)| *u == a) {
-                        self.used.push((a, self.line));
-                    }
-                }
-                (EntryKind::File, ..) if entry.size == 0 => {}
-                (EntryKind::File, ..) => {
-                    return Err(IntegrityError(format!(
-                        "manifest {}: line {}: file {} has content but no archive location",
-                        self.name,
-                        self.line,
-                        entry.path.display()
-                    ))
-                    .into());
-                }
-                (_, None, None) => {}
-                _ => {
-                    return Err(IntegrityError(format!(
-                        "manifest {}: line {}: {} is not a file but has an archive location",
-                        self.name,
-                        self.line,
-                        entry.path.display()
-                    ))
-                    .into());
+            let line_no = self.lines.number();
+            let entry = parse_entry(&line, &mut self.lines, None)?;
+            for a in entry
+                .archive
+                .into_iter()
+                .chain(entry.chunks.iter().map(|c| c.archive))
+            {
+                if !self.used.iter().any(|(u, _)| *u == a) {
+                    self.used.push((a, line_no));
                 }
             }
             return Ok(Some(ManifestItem::Entry(entry)));
@@ -621,6 +956,11 @@ impl<R: Read> ManifestReader<R> {
         self.archives.as_deref()
     }
 
+    /// The node pack table (schema 4), once the reader is past it.
+    pub fn nodes(&self) -> Option<&[Option<NodesRef>]> {
+        self.nodes.as_deref()
+    }
+
     /// How many deleted paths were recorded (read so far).
     pub fn deleted(&self) -> u64 {
         self.deleted
@@ -628,7 +968,7 @@ impl<R: Read> ManifestReader<R> {
 
     /// Reads to the end; returns the end record.
     pub fn read_to_end(&mut self) -> Result<ManifestEnd> {
-        while self.next_entry()?.is_some() {}
+        while self.next_item()?.is_some() {}
         self.end()
             .cloned()
             .ok_or_else(|| anyhow!("manifest {}: no end record", self.name))
@@ -640,49 +980,97 @@ impl<R: Read> ManifestReader<R> {
     }
 }
 
-/// Lines of at most [`MAX_LINE`] bytes (without their `\n`); a longer one
-/// is an integrity error, found without holding more than that.
-struct Lines<B> {
-    input: B,
-    name: String,
-    number: u64,
+/// Reads the entries of one segment from its decompressed plaintext,
+/// checking each against the snapshot's archive table.
+pub struct SegmentReader<'t, R: Read> {
+    lines: Lines<BufReader<R>>,
+    archives: &'t [Option<ArchiveRef>],
+    left: u64,
+    last: Option<EncodedPath>,
+    first: EncodedPath,
 }
 
-impl<B: BufRead> Lines<B> {
-    fn new(input: B, name: &str) -> Self {
-        Lines {
-            input,
-            name: name.to_string(),
-            number: 0,
+impl<'t, R: Read> SegmentReader<'t, R> {
+    /// The entries of `segment` in `plaintext` (its zstd frame, decoded),
+    /// named `name` in messages.
+    pub fn new(plaintext: R, segment: &SegmentRef, archives: &'t [Option<ArchiveRef>], name: &str) -> Self {
+        SegmentReader {
+            lines: Lines::new(BufReader::with_capacity(1 << 16, plaintext), name),
+            archives,
+            left: segment.entries,
+            last: None,
+            first: segment.first.clone(),
         }
     }
 
-    fn next(&mut self) -> Option<Result<Vec<u8>>> {
-        let mut line = Vec::new();
-        self.number += 1;
-        match (&mut self.input)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut line)
-        {
-            Ok(0) => None,
-            Ok(_) => {
-                if line.last() == Some(&b'\n') {
-                    line.pop();
-                } else if line.len() > MAX_LINE {
-                    return Some(Err(IntegrityError(format!(
-                        "manifest {}: line {} is longer than {} MiB: not a manifest vaultline wrote",
-                        self.name,
-                        self.number,
-                        MAX_LINE >> 20
-                    ))
-                    .into()));
-                }
-                Some(Ok(line))
+    /// The next entry; `None` after the last, when the segment holds
+    /// exactly as many as its reference says and nothing more.
+    pub fn next_entry(&mut self) -> Result<Option<Entry>> {
+        let Some(line) = self.lines.next_line() else {
+            if self.left > 0 {
+                return Err(IntegrityError(format!(
+                    "{}: the segment ends {} entries early",
+                    self.lines.name, self.left
+                ))
+                .into());
             }
-            Err(e) => Some(Err(
-                anyhow::Error::new(e).context(format!("manifest {}", self.name))
-            )),
+            return Ok(None);
+        };
+        let line = line?;
+        if self.left == 0 {
+            return Err(IntegrityError(format!(
+                "{}: more entries than its reference says",
+                self.lines.name
+            ))
+            .into());
         }
+        let entry = parse_entry(&line, &mut self.lines, Some(self.archives))?;
+        if self.last.is_none() && entry.path != self.first {
+            return Err(IntegrityError(format!(
+                "{}: the segment starts at {}, its reference says {}",
+                self.lines.name,
+                entry.path.display(),
+                self.first.display()
+            ))
+            .into());
+        }
+        self.last = Some(entry.path.clone());
+        self.left -= 1;
+        Ok(Some(entry))
+    }
+}
+
+/// Writes the segments of one run into a node pack: each segment one zstd
+/// frame of JSON lines, in a sealed object; returns where each went.
+pub struct NodesWriter<W: Write> {
+    out: SealedWriter<W>,
+    position: u64,
+    level: i32,
+}
+
+impl<W: Write> NodesWriter<W> {
+    /// A node pack sealed into `object`.
+    pub fn new(object: W, key: &DataKey, envelope: KeyEnvelope, context: EncryptionContext) -> Result<Self> {
+        Ok(NodesWriter {
+            out: SealedWriter::new(object, key, envelope, context)?,
+            position: 0,
+            level: 3,
+        })
+    }
+
+    /// Appends one segment's lines (as [`write_entry`] wrote them); returns
+    /// the offset and length of its frame.
+    pub fn segment(&mut self, lines: &[u8]) -> Result<(u64, u64)> {
+        let frame = zstd::bulk::compress(lines, self.level)?;
+        self.out.write_all(&frame)?;
+        let at = self.position;
+        self.position += frame.len() as u64;
+        Ok((at, frame.len() as u64))
+    }
+
+    /// Closes the pack; returns the object and the plaintext size.
+    pub fn finish(self) -> Result<(W, u64)> {
+        Ok((self.out.finish()?, self.position))
     }
 }
 

@@ -18,6 +18,7 @@
 //! ```text
 //! PREFIX/repository.json                          marker: format, key provider and key id (plain JSON)
 //! PREFIX/HOST/JOB/archives/SNAPSHOT/N.archive     sealed tar.zst, written first
+//! PREFIX/HOST/JOB/nodes/SNAPSHOT.nodes           sealed segments of the tree listing a run wrote (shared by later snapshots)
 //! PREFIX/HOST/JOB/snapshots/SNAPSHOT.manifest     sealed manifest, written last: the commit point
 //! PREFIX/HOST/audit/TRAIL/FIRST-LAST.jsonl        a shipped segment of a host's audit trail (plain JSON lines)
 //! ```
@@ -73,6 +74,8 @@ pub enum Kind {
     Archive,
     /// A snapshot manifest.
     Manifest,
+    /// A node pack: segments of tree listings.
+    Nodes,
 }
 
 impl Kind {
@@ -80,6 +83,7 @@ impl Kind {
         match self {
             Kind::Archive => "archive",
             Kind::Manifest => "manifest",
+            Kind::Nodes => "nodes",
         }
     }
 }
@@ -201,6 +205,11 @@ impl Repo {
     /// Name of a segment of audit trail `trail` holding lines `first..=last`.
     pub fn audit_segment_name(&self, host: &str, trail: &str, first: u64, last: u64) -> String {
         self.join(&format!("{host}/audit/{trail}/{first:012}-{last:012}.jsonl"))
+    }
+
+    /// Name of the node pack a snapshot wrote.
+    pub fn nodes_name(&self, host: &str, job: &str, id: &str) -> String {
+        self.join(&format!("{host}/{job}/nodes/{id}.nodes"))
     }
 
     /// Name of a snapshot's archive number `n`.

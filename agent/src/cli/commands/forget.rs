@@ -2,10 +2,12 @@
 //! policies.
 //!
 //! For each job: the policy decides which snapshots are kept and why
-//! (`retention`); every snapshot's manifest is read for its archive table,
-//! and an archive is kept while any kept snapshot refers to it, so a full
-//! whose archive a kept incremental still needs stays, whatever its own
-//! snapshot's fate. An archive no remaining manifest refers to is deleted:
+//! (`retention`); every snapshot's manifest is read for its archive and
+//! node pack tables, and an archive (or node pack) is kept while any kept
+//! snapshot refers to it, so a full whose archive a kept incremental still
+//! needs (for files it did not change, or chunks of files it did) stays,
+//! whatever its own snapshot's fate. An object no remaining manifest refers
+//! to is deleted:
 //! those of forgotten snapshots, and orphans that a run committed before it
 //! crashed (never one newer than the newest snapshot: that may be a run in
 //! progress). Objects under an unexpired Object Lock retention are never
@@ -159,12 +161,7 @@ fn plan_job(
                 s.recorded.map_or_else(|| "?".to_string(), |r| r.to_string())
             );
             if let Ok(reader) = SnapshotReader::open(&app.repo, keys, s.clone()) {
-                let objects = reader
-                    .archives()
-                    .iter()
-                    .flatten()
-                    .map(|a| a.object.clone())
-                    .collect();
+                let objects = needed_objects(&reader);
                 tables.insert(s.id.clone(), (objects, reader.header().parent.is_none()));
             }
             set_aside.push((s, why));
@@ -172,12 +169,7 @@ fn plan_job(
         }
         match SnapshotReader::open(&app.repo, keys, s.clone()) {
             Ok(reader) => {
-                let objects = reader
-                    .archives()
-                    .iter()
-                    .flatten()
-                    .map(|a| a.object.clone())
-                    .collect();
+                let objects = needed_objects(&reader);
                 tables.insert(s.id.clone(), (objects, reader.header().parent.is_none()));
                 judged.push(s);
             }
@@ -275,23 +267,39 @@ fn plan_job(
         }
     }
     let archives_prefix = format!("{}archives/", app.repo.job_prefix(host, &job.name));
+    let nodes_prefix = format!("{}nodes/", app.repo.job_prefix(host, &job.name));
     let mut archives = Vec::new();
     let mut freed = 0;
-    for o in store.list(&archives_prefix)? {
+    let listed = store
+        .list(&archives_prefix)?
+        .into_iter()
+        .map(|o| (o, false))
+        .chain(store.list(&nodes_prefix)?.into_iter().map(|o| (o, true)));
+    for (o, is_nodes) in listed {
         // A name outside the prefix (the S3 store refuses such listings)
         // has no snapshot id: kept, never a panic.
-        let snapshot = o
-            .name
-            .strip_prefix(archives_prefix.as_str())
-            .and_then(|rest| rest.split('/').next())
-            .unwrap_or("")
-            .to_string();
+        let snapshot = if is_nodes {
+            o.name
+                .strip_prefix(nodes_prefix.as_str())
+                .and_then(|rest| rest.strip_suffix(".nodes"))
+        } else {
+            o.name
+                .strip_prefix(archives_prefix.as_str())
+                .and_then(|rest| rest.split('/').next())
+        }
+        .unwrap_or("")
+        .to_string();
         let (action, why) = if let Some(by) = needed_by.get(&o.name) {
             let own = by.contains(&snapshot);
+            let what = if is_nodes {
+                "their tree listing is in it"
+            } else {
+                "their files or chunks are in it"
+            };
             let why = if own && by.len() == 1 {
                 format!("snapshot {snapshot} is kept")
             } else {
-                format!("needed by kept snapshot(s) {}", by.join(", "))
+                format!("needed by kept snapshot(s) {} ({what})", by.join(", "))
             };
             ("keep", why)
         } else if !valid_snapshot_id(&snapshot) {
@@ -362,6 +370,18 @@ fn plan_job(
         freed_bytes: freed,
         applied: false,
     })
+}
+
+/// The objects a snapshot needs besides its manifest: the archives its
+/// files and chunks are in, and the node packs its tree listing is in.
+fn needed_objects(reader: &SnapshotReader<'_>) -> Vec<String> {
+    reader
+        .archives()
+        .iter()
+        .flatten()
+        .map(|a| a.object.clone())
+        .chain(reader.nodes().iter().flatten().map(|n| n.object.clone()))
+        .collect()
 }
 
 /// True when archive object `o` (of snapshot id `snapshot`) may be newer

@@ -37,7 +37,9 @@ use crate::error::UsageError;
 use crate::keys::Keys;
 use crate::keys::kms::{KmsKeyWrap, PROVIDER};
 use crate::pipeline::snapshot::SnapshotReader;
-use crate::repo::manifest::{ArchiveRef, EnvelopeJson, ManifestItem, ManifestReader, ManifestWriter};
+use crate::repo::manifest::{
+    ArchiveRef, EnvelopeJson, ManifestItem, ManifestReader, ManifestWriter, NodesRef,
+};
 use crate::repo::store::{ObjectStore, Retention};
 use crate::repo::{Kind, REPOSITORY_VERSION, RepoMarker, SnapshotRef};
 
@@ -317,7 +319,9 @@ impl Rewrap<'_> {
             .archives()
             .iter()
             .flatten()
-            .filter(|a| !under_new(&a.envelope.provider, &a.envelope.key_id))
+            .map(|a| &a.envelope)
+            .chain(reader.nodes().iter().flatten().map(|n| &n.envelope))
+            .filter(|e| !under_new(&e.provider, &e.key_id))
             .count();
         if stale == 0 && under_new(&own.provider, &own.key_id) {
             tracing::debug!("{name}: under {} already", self.to.key_id());
@@ -339,6 +343,22 @@ impl Rewrap<'_> {
             }
             archives.push(Some(a));
         }
+        // Node packs (schema 4) are sealed objects too: their envelopes in
+        // the table move like the archives'.
+        let mut nodes: Vec<Option<NodesRef>> = Vec::with_capacity(reader.nodes().len());
+        for n in reader.nodes() {
+            let Some(n) = n else {
+                nodes.push(None);
+                continue;
+            };
+            let mut n = n.clone();
+            if !under_new(&n.envelope.provider, &n.envelope.key_id) {
+                n.envelope = self.reencrypt_object(s, &n.snapshot, &n.object, Kind::Nodes, &n.envelope)?;
+                moved += 1;
+            }
+            nodes.push(Some(n));
+        }
+        let segmented = reader.header().vaultline_manifest >= 4;
 
         let ctx = repo.context(&s.host, &s.job, &s.id, Kind::Manifest, &name)?;
         let (key, envelope) = self
@@ -346,12 +366,13 @@ impl Rewrap<'_> {
             .generate(&ctx)
             .with_context(|| format!("object {name}: cannot generate its new data key"))?;
         let mut writer = ManifestWriter::new(Vec::new(), &key, envelope, ctx.clone(), reader.header())?;
-        let mut pass = reader.pass()?;
+        let mut pass = reader.root_pass()?;
         let mut items = 0u64;
         while let Some(item) = pass.next_item()? {
             match item {
                 ManifestItem::Entry(e) => writer.entry(&e)?,
                 ManifestItem::Deleted(p) => writer.deleted(&p)?,
+                ManifestItem::Segment(seg) => writer.segment(&seg)?,
             }
             items += 1;
         }
@@ -359,7 +380,8 @@ impl Rewrap<'_> {
             .end()
             .cloned()
             .ok_or_else(|| anyhow!("manifest {name}: no end record"))?;
-        let bytes = writer.finish(archives.clone(), end)?;
+        let nodes = segmented.then_some(nodes);
+        let bytes = writer.finish(nodes.clone(), archives.clone(), end)?;
         let lines = Lines {
             items,
             deleted: pass.deleted(),
@@ -372,6 +394,7 @@ impl Rewrap<'_> {
             self.to.key_id(),
             &reader,
             &archives,
+            nodes.as_deref(),
             lines,
         )?;
 
@@ -391,20 +414,30 @@ impl Rewrap<'_> {
 
     /// The archive's envelope, moved to the new key.
     fn reencrypt(&mut self, s: &SnapshotRef, a: &ArchiveRef) -> Result<EnvelopeJson> {
-        let cache_key = (a.object.clone(), a.envelope.wrapped.clone());
+        self.reencrypt_object(s, &a.snapshot, &a.object, Kind::Archive, &a.envelope)
+    }
+
+    /// The envelope of `object` (of `kind`, written by `snapshot`), moved
+    /// to the new key.
+    fn reencrypt_object(
+        &mut self,
+        s: &SnapshotRef,
+        snapshot: &str,
+        object: &str,
+        kind: Kind,
+        envelope: &EnvelopeJson,
+    ) -> Result<EnvelopeJson> {
+        let cache_key = (object.to_string(), envelope.wrapped.clone());
         if let Some(done) = self.reencrypted.get(&cache_key) {
             return Ok(done.clone());
         }
-        // The archive's context names the snapshot that wrote it.
-        let ctx = self
-            .app
-            .repo
-            .context(&s.host, &s.job, &a.snapshot, Kind::Archive, &a.object)?;
-        let old = a.envelope.to_envelope()?;
+        // The object's context names the snapshot that wrote it.
+        let ctx = self.app.repo.context(&s.host, &s.job, snapshot, kind, object)?;
+        let old = envelope.to_envelope()?;
         let new = self
             .from
             .reencrypt(&old, &ctx, self.to)
-            .with_context(|| format!("object {}: cannot re-wrap its data key", a.object))?;
+            .with_context(|| format!("object {object}: cannot re-wrap its data key"))?;
         let new = EnvelopeJson::from(&new);
         self.report.reencrypt_calls += 1;
         self.reencrypted.insert(cache_key, new.clone());
@@ -443,6 +476,7 @@ fn check_copy(
     to: &str,
     original: &SnapshotReader<'_>,
     archives: &[Option<ArchiveRef>],
+    nodes: Option<&[Option<NodesRef>]>,
     lines: Lines,
 ) -> Result<()> {
     let bad = |what: String| -> anyhow::Error {
@@ -470,8 +504,8 @@ fn check_copy(
             lines.deleted
         )));
     }
-    if copy.archives() != Some(archives) || copy.end() != Some(original.end()) {
-        return Err(bad("has another archive table or end record".into()));
+    if copy.archives() != Some(archives) || copy.nodes() != nodes || copy.end() != Some(original.end()) {
+        return Err(bad("has another archive or node pack table, or end record".into()));
     }
     Ok(())
 }
