@@ -68,10 +68,20 @@ fn corpus_round_trips_and_restores_on_a_fresh_machine() {
     }
     assert_eq!(
         others.len(),
-        4,
-        "a manifest, the marker, and an audit segment of each machine's trail (the backup's, the fresh \
-         machine's restore): {objects:?}"
+        5,
+        "a manifest, its node pack, the marker, and an audit segment of each machine's trail (the backup's, \
+         the fresh machine's restore): {objects:?}"
     );
+    for o in &others {
+        let key = o["key"].as_str().unwrap();
+        if key.ends_with(".nodes") || key.ends_with(".manifest") {
+            assert_eq!(o["storage_class"], "STANDARD", "{o}");
+            assert!(
+                o["tags"].as_object().unwrap().is_empty(),
+                "never moved to a cold tier: {o}"
+            );
+        }
+    }
     let local = fs::read_to_string(fx.state().join("audit.jsonl")).unwrap();
     let first: Value = serde_json::from_str(local.lines().next().unwrap()).unwrap();
     let trail = first["trail"].as_str().unwrap();

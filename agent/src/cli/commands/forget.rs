@@ -477,10 +477,17 @@ fn render(plans: &[JobPlan], applied: bool) -> String {
             t.push_str(&format!("  {:<7} {}  {}\n", l.action, l.object, l.why));
         }
         let forgotten = p.snapshots.iter().filter(|s| s.action == "forget").count();
-        let deleted = p.archives.iter().filter(|a| a.action == "delete").count();
+        let deleted = |nodes: bool| {
+            p.archives
+                .iter()
+                .filter(|a| a.action == "delete" && a.object.ends_with(".nodes") == nodes)
+                .count()
+        };
         t.push_str(&format!(
-            "  {} {forgotten} snapshot(s) and {deleted} archive(s), {}{}\n",
+            "  {} {forgotten} snapshot(s) and {} archive(s) ({} node pack(s)), {}{}\n",
             if applied { "removed" } else { "would remove" },
+            deleted(false),
+            deleted(true),
             human_bytes(p.freed_bytes),
             if p.locked.is_empty() {
                 String::new()
