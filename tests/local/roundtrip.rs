@@ -123,3 +123,38 @@ fn the_repository_and_state_directory_are_never_archived() {
         "repo/ and state/ must not be archived"
     );
 }
+
+/// A full run of a tree without file content still writes the tar of the
+/// tree, and its manifest names it: `forget` keeps it as the snapshot's
+/// archive, never as an orphan nobody refers to.
+#[test]
+fn a_full_run_without_file_content_names_its_archive() {
+    let f = Fixture::new("");
+    let src = f.path().join("src");
+    std::fs::create_dir_all(src.join("a/b")).unwrap();
+    std::fs::create_dir_all(src.join("c")).unwrap();
+    f.write_config(&format!(
+        "[[jobs]]\nname = \"dirs\"\npaths = [{:?}]\n",
+        src.display().to_string()
+    ));
+    f.init();
+    let id = f.run(&["--json", "backup", "now"]).ok().json()[0]["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(f.objects(".archive").len(), 1);
+    let plan = f.run(&["--json", "forget", "--dry-run"]).ok().json();
+    let archive = plan[0]["archives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["object"].as_str().unwrap().ends_with(".archive"))
+        .unwrap()
+        .clone();
+    assert_eq!(archive["action"], "keep", "{plan}");
+    assert_eq!(archive["why"], format!("snapshot {id} is kept"), "{plan}");
+    let target = f.path().join("restore");
+    f.run(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .ok();
+    assert_same_tree(&src, &restored(&target, &src));
+}

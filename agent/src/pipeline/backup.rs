@@ -50,7 +50,7 @@ use crate::repo::manifest::{
     ManifestHeader, ManifestWriter, NodesRef, NodesWriter,
 };
 use crate::repo::store::{ObjectClass, PendingObject, Retention};
-use crate::repo::{Kind, Repo, new_snapshot_id};
+use crate::repo::{Kind, Repo, snapshot_id_at};
 
 /// How close to the moment of its stat a file's ctime may be before the
 /// record treats it as "racy" (re-archived next run): Linux file timestamps
@@ -408,7 +408,7 @@ pub fn run(
     };
 
     let base = choose_base(repo, keys, host, job, opts, started_at)?;
-    let id = new_snapshot_id()?;
+    let id = snapshot_id_at(started_at)?;
     let manifest_name = repo.manifest_name(host, &job.name, &id);
     let manifest_ctx = repo.context(host, &job.name, &id, Kind::Manifest, &manifest_name)?;
     let (manifest_key, manifest_env) = keys
@@ -548,9 +548,12 @@ pub fn run(
         table.push(None);
     }
     // Archives no entry of this snapshot refers to any more drop out of the
-    // table (the slot stays, so indices hold), and out of the chain.
-    for (slot, count) in table.iter_mut().zip(&refs) {
-        if *count == 0 {
+    // table (the slot stays, so indices hold), and out of the chain. This
+    // run's own archive stays even then (a full run of a tree without file
+    // content): every committed archive is named by its manifest.
+    let own = table.len() - 1;
+    for (i, (slot, count)) in table.iter_mut().zip(&refs).enumerate() {
+        if *count == 0 && i != own {
             *slot = None;
         }
     }

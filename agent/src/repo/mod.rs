@@ -400,7 +400,12 @@ fn marker_bytes(marker: &RepoMarker) -> Result<Vec<u8>> {
 /// A new snapshot id: the UTC time to the second and 8 random hex digits,
 /// `20261122T103000Z-1a2b3c4d`, so ids sort by time and never collide.
 pub fn new_snapshot_id() -> Result<String> {
-    let now = jiff::Timestamp::now();
+    snapshot_id_at(jiff::Timestamp::now())
+}
+
+/// A snapshot id for a run that started at `now`: its second and
+/// millisecond are the manifest's `started` (docs/FORMAT.md §12).
+pub fn snapshot_id_at(now: jiff::Timestamp) -> Result<String> {
     // Three hex digits of milliseconds, then five random ones: ids of one
     // job sort by start time to the millisecond (its runs never overlap),
     // and stay unique across hosts and jobs.
