@@ -914,7 +914,24 @@ fn write_tar(
                 {
                     // A large file: stored as chunks, those the chain holds
                     // already by reference.
-                    return match store_chunks(sinks, &mut entry, file, report, progress, &shown())? {
+                    let size = entry.size;
+                    let stored = store_chunks(
+                        sinks,
+                        &mut entry,
+                        &mut file.take(size),
+                        Some(size),
+                        report,
+                        progress,
+                        &shown(),
+                    )?;
+                    let mut probe = [0u8; 1];
+                    if stored.is_some() && matches!((&mut &*file).read(&mut probe), Ok(1)) {
+                        report.changed.push(SkippedPath {
+                            path: shown(),
+                            reason: format!("grew while being read: stored its first {size} bytes"),
+                        });
+                    }
+                    return match stored {
                         Some(ids) => finish_entry(
                             sinks,
                             &mut links,
@@ -1084,29 +1101,32 @@ fn chunk_member(entry: &Entry, n: usize, length: usize) -> Entry {
 /// directory.
 pub const CHUNK_SUFFIX: &str = ".vaultline-chunk";
 
-/// Stores a large file as content-defined chunks: each chunk the chain
-/// (or this run) holds already is referred to where it is, each other one
-/// is appended as a member of its own. Returns the chunks' names, or
-/// `None` when the file could not be read to its end (reported; the entry
-/// is left out, and the chunk members already written are followed by
-/// the incomplete marker).
+/// Stores content as content-defined chunks: each chunk the chain (or
+/// this run) holds already is referred to where it is, each other one is
+/// appended as a member of its own. `source` is a large file's content
+/// (`expected`: its size) or a stream whose size nobody knows in advance
+/// (`None`: a dump read from a pipe; the entry's size becomes what was
+/// read). Returns the chunks' names, or `None` when the source failed or
+/// a file ended before its size (reported; the entry is left out, and the
+/// chunk members already written are followed by the incomplete marker).
+#[allow(clippy::too_many_arguments)]
 fn store_chunks(
     sinks: &mut Sinks<'_>,
     entry: &mut Entry,
-    file: &File,
+    source: &mut dyn Read,
+    expected: Option<u64>,
     report: &mut BackupReport,
     progress: &dyn Progress,
     shown: &str,
 ) -> Result<Option<Vec<ChunkId>>> {
     let key = sinks.chunk_key;
-    let size = entry.size;
     let mut refs: Vec<ChunkRef> = Vec::new();
     let mut ids: Vec<ChunkId> = Vec::new();
     let mut read = 0u64;
     let mut wrote = false;
     let mut failure = None;
     let mut new_bytes = 0u64;
-    for item in key.chunks(file.take(size)) {
+    for item in key.chunks(source) {
         let (id, data) = match item {
             Ok(c) => c,
             Err(e) => {
@@ -1114,6 +1134,13 @@ fn store_chunks(
                 break;
             }
         };
+        if refs.len() as u64 >= crate::repo::manifest::MAX_CHUNKS {
+            failure = Some(format!(
+                "more than {} chunks (a manifest lists at most that many for one file)",
+                crate::repo::manifest::MAX_CHUNKS
+            ));
+            break;
+        }
         read += data.len() as u64;
         let at = match sinks.index.get(&id) {
             Some(at) => at,
@@ -1138,14 +1165,17 @@ fn store_chunks(
         refs.push(at);
         ids.push(id);
     }
-    if failure.is_none() && read < size {
+    if failure.is_none() && expected.is_some_and(|size| read < size) {
         failure = Some("it shrank while being read".into());
     }
     if let Some(why) = failure {
         if wrote && let Some(out) = sinks.archive.as_mut() {
             out.tar.mark_incomplete(entry, read, &why)?;
         }
-        let reason = format!("{why} after {read} of {size} bytes");
+        let reason = match expected {
+            Some(size) => format!("{why} after {read} of {size} bytes"),
+            None => format!("{why} after {read} bytes"),
+        };
         progress.warn(&format!("cannot read {shown}: {reason}"));
         report.unreadable.push(SkippedPath {
             path: shown.to_string(),
@@ -1153,13 +1183,8 @@ fn store_chunks(
         });
         return Ok(None);
     }
-    let mut probe = [0u8; 1];
-    if matches!((&mut &*file).read(&mut probe), Ok(1)) {
-        report.changed.push(SkippedPath {
-            path: shown.to_string(),
-            reason: format!("grew while being read: stored its first {size} bytes"),
-        });
-    }
+    let size = read;
+    entry.size = size;
     entry.archive = None;
     entry.offset = None;
     entry.chunk_count = refs.len() as u64;
