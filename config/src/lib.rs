@@ -19,6 +19,7 @@
 mod cron;
 mod error;
 mod model;
+mod pattern;
 mod raw;
 mod validate;
 
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 pub use cron::Schedule;
 pub use error::{ConfigError, Problem};
+pub use pattern::{PatternError, Patterns};
 pub use model::{
     Agent, Aws, CHECKS, CheckPolicy, ChecksumPolicy, Config, Excludes, Hardening, Job,
     KEEP_EVERYTHING_FLOOR_DAYS, KeyConfig, KeyStorage, Lifecycle, ObjectLock, OnChange, Repository,

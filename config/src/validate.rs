@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 
-use globset::{GlobBuilder, GlobSetBuilder};
 use toml::Spanned;
 
 use crate::Environment;
 use crate::cron::Schedule;
 use crate::error::{LineIndex, Problem};
 use crate::model::*;
+use crate::pattern::Patterns;
 use crate::raw::*;
 
 /// Defaults, in one place (also documented in packaging/config/vaultline.toml).
@@ -263,40 +263,17 @@ pub(crate) fn validate(
             paths.push(path);
         }
 
-        let mut by_name = GlobSetBuilder::new();
-        let mut by_path = GlobSetBuilder::new();
         let mut patterns = Vec::new();
         for (k, pat) in job.exclude.iter().enumerate() {
             let text = pat.get_ref();
-            match GlobBuilder::new(text)
-                .literal_separator(true)
-                .backslash_escape(true)
-                .build()
-            {
-                Ok(glob) if text.contains('/') => {
-                    by_path.add(glob);
-                }
-                Ok(glob) => {
-                    by_name.add(glob);
-                }
-                Err(e) => {
-                    c.report(
-                        Some(pat.span()),
-                        format!("{at}.exclude[{k}]"),
-                        format!("invalid glob {text:?}: {}", glob_reason(&e)),
-                    );
-                    continue;
-                }
+            match Patterns::new(std::slice::from_ref(text)) {
+                Ok(_) => patterns.push(text.clone()),
+                Err(e) => c.report(Some(pat.span()), format!("{at}.exclude[{k}]"), e.to_string()),
             }
-            patterns.push(text.clone());
         }
-        let exclude = match (by_name.build(), by_path.build()) {
-            (Ok(by_name), Ok(by_path)) => Excludes {
-                patterns,
-                by_name,
-                by_path,
-            },
-            (Err(e), _) | (_, Err(e)) => {
+        let exclude = match Patterns::new(&patterns) {
+            Ok(set) => Excludes { patterns, set },
+            Err(e) => {
                 c.report(
                     Some(raw_job.span()),
                     format!("{at}.exclude"),
@@ -570,10 +547,6 @@ fn hardening(c: &mut Checker<'_>, raw: &RawHardening) -> Hardening {
         access_log_bucket,
         access_log_prefix,
     }
-}
-
-fn glob_reason(e: &globset::Error) -> String {
-    e.kind().to_string()
 }
 
 fn valid_host(h: &str) -> bool {

@@ -210,7 +210,7 @@ fn each_mistake_has_its_exact_message() {
         // 12. an invalid glob
         (
             &format!("{MINIMAL}exclude = ['*.tmp', '[abc']\n"),
-            "config.toml:9:21: jobs[0].exclude[1]: invalid glob \"[abc\": unclosed character class; missing ']'",
+            "config.toml:9:21: jobs[0].exclude[1]: invalid pattern \"[abc\": unclosed character class; missing ']'",
         ),
         // 13. compression level out of range
         (

@@ -230,7 +230,7 @@ fn invalid_exclude_glob() {
     config_rejected(
         &f,
         &text,
-        "15:21: jobs[0].exclude[1]: invalid glob \"[abc\": unclosed character class; missing ']'",
+        "15:21: jobs[0].exclude[1]: invalid pattern \"[abc\": unclosed character class; missing ']'",
     );
 }
 

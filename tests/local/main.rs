@@ -15,6 +15,7 @@ mod hostile;
 mod keys;
 mod monitoring;
 mod packaging;
+mod patterns;
 mod private_state;
 mod roundtrip;
 mod tamper;

@@ -67,6 +67,7 @@ fn the_deb_builds_with_the_expected_files_and_its_units_verify() {
         ("/usr/share/doc/vaultline/hardening.md", "-rw-r--r--"),
         ("/usr/share/doc/vaultline/key-rotation.md", "-rw-r--r--"),
         ("/usr/share/doc/vaultline/operations.md", "-rw-r--r--"),
+        ("/usr/share/doc/vaultline/patterns.md", "-rw-r--r--"),
         ("/usr/share/doc/vaultline/retention.md", "-rw-r--r--"),
         ("/usr/share/doc/vaultline/s3.md", "-rw-r--r--"),
         ("/usr/share/doc/vaultline/threat-model.md", "-rw-r--r--"),

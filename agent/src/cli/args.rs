@@ -193,7 +193,8 @@ pub struct RestoreArgs {
     pub snapshot: String,
 
     /// Restore only these paths (a file, or a directory with all it
-    /// contains), e.g. /etc/hosts; combined with --include, either may match.
+    /// contains), e.g. /etc/hosts: patterns anchored at the root
+    /// (docs/patterns.md); combined with --include, either may match.
     #[arg(value_name = "PATH")]
     pub paths: Vec<String>,
 
@@ -210,15 +211,17 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub host: Option<String>,
 
-    /// Restore only entries matching these globs (`etc/ssh/**`, `**/*.conf`);
-    /// a matching directory brings everything below it; a leading `/` is
-    /// ignored. Repeatable.
-    #[arg(long, value_name = "GLOB")]
+    /// Restore only entries matching these patterns, in the language of a
+    /// job's `exclude` (docs/patterns.md): without `/` a name anywhere
+    /// (`*.conf`, `ssh_config`), with `/` a path from the root
+    /// (`/etc/ssh/**`); a matching directory brings everything below it.
+    /// Repeatable.
+    #[arg(long, value_name = "PATTERN")]
     pub include: Vec<String>,
 
-    /// Leave out entries matching these globs (and everything below a
-    /// matching directory). Repeatable.
-    #[arg(long, value_name = "GLOB")]
+    /// Leave out entries matching these patterns (and everything below a
+    /// matching directory), as --include reads them. Repeatable.
+    #[arg(long, value_name = "PATTERN")]
     pub exclude: Vec<String>,
 
     /// When archives are in GLACIER or DEEP_ARCHIVE: request their restore

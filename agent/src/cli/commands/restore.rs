@@ -11,8 +11,8 @@
 use std::io::Read;
 
 use anyhow::Result;
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Serialize;
+use vaultline_config::Patterns;
 
 use crate::cli::app::App;
 use crate::cli::args::RestoreArgs;
@@ -294,78 +294,37 @@ fn donors(reader: &SnapshotReader<'_>, selection: &Selection) -> Result<HashMap<
     Ok(donors)
 }
 
-/// Which entries a restore takes: those matching a given path or include
-/// glob (all when none is given), minus those matching an exclude glob. A
-/// matching directory brings (or keeps out) everything below it.
+/// Which entries a restore takes: those a PATH or an `--include` pattern
+/// matches (all when none is given), minus those an `--exclude` pattern
+/// matches, in the one pattern language of [`Patterns`] (docs/patterns.md):
+/// PATHs are anchored at the root, a pattern without `/` is a name
+/// anywhere, and a matching directory brings (or keeps out) everything
+/// below it.
 struct Selection {
-    paths: Vec<Vec<u8>>,
-    include: Option<GlobSet>,
-    exclude: Option<GlobSet>,
+    paths: Patterns,
+    include: Patterns,
+    exclude: Patterns,
 }
 
 impl Selection {
     fn new(paths: &[String], include: &[String], exclude: &[String]) -> Result<Self> {
-        let paths = paths
-            .iter()
-            .map(|p| {
-                let trimmed = p.trim_start_matches('/').trim_end_matches('/');
-                if trimmed.is_empty() {
-                    Err(UsageError(format!("{p:?} is not a path inside a snapshot")).into())
-                } else {
-                    Ok(trimmed.as_bytes().to_vec())
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let usage = |flag: &str, e: vaultline_config::PatternError| UsageError(format!("{flag}: {e}"));
         Ok(Selection {
-            paths,
-            include: glob_set("--include", include)?,
-            exclude: glob_set("--exclude", exclude)?,
+            paths: Patterns::anchored(paths).map_err(|e| usage("PATH", e))?,
+            include: Patterns::new(include).map_err(|e| usage("--include", e))?,
+            exclude: Patterns::new(exclude).map_err(|e| usage("--exclude", e))?,
         })
     }
 
     fn is_all(&self) -> bool {
-        self.paths.is_empty() && self.include.is_none() && self.exclude.is_none()
+        self.paths.is_empty() && self.include.is_empty() && self.exclude.is_empty()
     }
 
     fn selects(&self, path: &[u8]) -> bool {
-        let wanted = (self.paths.is_empty() && self.include.is_none())
-            || self
-                .paths
-                .iter()
-                .any(|p| path == &p[..] || (path.starts_with(p) && path.get(p.len()) == Some(&b'/')))
-            || self.include.as_ref().is_some_and(|set| matches(set, path));
-        wanted && !self.exclude.as_ref().is_some_and(|set| matches(set, path))
-    }
-}
-
-fn glob_set(flag: &str, patterns: &[String]) -> Result<Option<GlobSet>> {
-    if patterns.is_empty() {
-        return Ok(None);
-    }
-    let mut set = GlobSetBuilder::new();
-    for p in patterns {
-        let glob = GlobBuilder::new(p.trim_start_matches('/').trim_end_matches('/'))
-            .literal_separator(true)
-            .backslash_escape(true)
-            .build()
-            .map_err(|e| UsageError(format!("{flag} {p:?}: invalid glob: {}", e.kind())))?;
-        set.add(glob);
-    }
-    Ok(Some(set.build().map_err(|e| UsageError(format!("{flag}: {e}")))?))
-}
-
-/// True when `path` or one of its parent directories matches.
-fn matches(set: &GlobSet, path: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(path);
-    let mut candidate: &str = &text;
-    loop {
-        if set.is_match(candidate) {
-            return true;
-        }
-        match candidate.rfind('/') {
-            Some(i) => candidate = &candidate[..i],
-            None => return false,
-        }
+        let wanted = (self.paths.is_empty() && self.include.is_empty())
+            || self.paths.matches_within(path)
+            || self.include.matches_within(path);
+        wanted && !self.exclude.matches_within(path)
     }
 }
 
@@ -400,6 +359,18 @@ mod tests {
         let only_exclude = Selection::new(&[], &[], &["tmp".into()]).unwrap();
         assert!(only_exclude.selects(b"etc/hosts"));
         assert!(!only_exclude.selects(b"tmp/x"));
+        assert!(!only_exclude.selects(b"var/tmp/x"), "a name anywhere, as in the configuration");
         assert!(Selection::new(&["/".into()], &[], &[]).is_err());
+    }
+
+    #[test]
+    fn patterns_without_a_slash_match_names_anywhere_as_config_excludes_do() {
+        let s = Selection::new(&[], &["*.conf".into(), "ssh_config".into()], &[]).unwrap();
+        assert!(s.selects(b"etc/nginx/nginx.conf"));
+        assert!(s.selects(b"etc/ssh/ssh_config"));
+        assert!(!s.selects(b"etc/hosts"));
+        let s = Selection::new(&[], &[], &["*.conf".into()]).unwrap();
+        assert!(!s.selects(b"etc/nginx/nginx.conf"));
+        assert!(s.selects(b"etc/hosts"));
     }
 }
