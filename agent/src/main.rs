@@ -2,6 +2,7 @@
 //! a documented exit code. The engine is the `vaultline_agent` library; its
 //! crate documentation is the map of the layers.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -32,7 +33,8 @@ fn main() -> ExitCode {
         Ok(()) => Exit::Ok.into(),
         Err(err) => {
             let code = classify(&err);
-            eprintln!("error: {err:#}");
+            // (A closed stderr is no reason to panic either.)
+            let _ = writeln!(std::io::stderr(), "error: {err:#}");
             code.into()
         }
     }

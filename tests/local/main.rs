@@ -14,6 +14,7 @@ mod filesystem;
 mod hostile;
 mod keys;
 mod monitoring;
+mod output;
 mod packaging;
 mod patterns;
 mod private_state;

@@ -324,7 +324,7 @@ fn forget_keeps_archives_kept_snapshots_need_and_removes_orphans() {
 
     let text = fx.run(&["forget", "--apply"]).ok();
     assert!(
-        text.stdout.contains("removed 2 snapshot(s) and 1 archive(s)"),
+        text.stdout.contains("removed 2 snapshots and 1 archive"),
         "{}",
         text.stdout
     );
@@ -339,7 +339,7 @@ fn forget_keeps_archives_kept_snapshots_need_and_removes_orphans() {
     // Nothing more to do.
     let again = fx.run(&["forget", "--apply"]).ok();
     assert!(
-        again.stdout.contains("removed 0 snapshot(s) and 0 archive(s)"),
+        again.stdout.contains("removed 0 snapshots and 0 archives"),
         "{}",
         again.stdout
     );

@@ -7,6 +7,7 @@ use vaultline_config::Repository;
 use crate::cli::app::App;
 use crate::cloud::hardening::{self, BucketState, HardeningError, Report};
 use crate::error::UsageError;
+use std::io::Write;
 use std::path::Path;
 
 use crate::cli::output::Output;
@@ -105,7 +106,7 @@ pub fn gate(app: &App, recorder: &Recorder) -> Result<Gate> {
             refused: None,
         });
     }
-    eprint!("{}", report.render(&app.config.hardening));
+    let _ = write!(std::io::stderr(), "{}", report.render(&app.config.hardening));
     Ok(Gate {
         record,
         refused: Some(refusal(app, &report, "backup refused, nothing was uploaded")),

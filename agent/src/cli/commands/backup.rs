@@ -113,8 +113,16 @@ fn run_jobs(
         let start = jiff::Timestamp::now();
         let outcome = (|| -> Result<BackupReport> {
             let _lock = JobLock::acquire(&app.config.agent.state_dir, &job.name, !args.no_wait)?;
-            let total = app.out.interactive().then(|| estimate(job, &own));
-            let progress = app.out.progress(&format!("backing up {}", job.name), total);
+            let (bytes, entries) = match app.out.interactive() {
+                true => {
+                    let (b, e) = estimate(job, &own);
+                    (Some(b), Some(e))
+                }
+                false => (None, None),
+            };
+            let progress = app
+                .out
+                .progress(&format!("backing up {}", job.name), bytes, entries);
             let opts = backup::RunOptions {
                 own: &own,
                 state_dir: &app.config.agent.state_dir,
@@ -126,17 +134,17 @@ fn run_jobs(
         })();
         match outcome {
             Ok(report) => {
-                if !app.out.json {
-                    println!("{}", describe(&report));
-                }
                 let run = JobRun {
                     job: job.name.clone(),
                     start,
                     outcome: JobOutcome::Committed(Box::new(report)),
                     hardening: hardening.clone(),
                 };
+                // Recorded before anything is printed: the record stands
+                // whatever happens to the output.
                 recorder.job(&run)?;
                 if let JobOutcome::Committed(report) = run.outcome {
+                    app.out.line(&describe(&report))?;
                     reports.push(*report);
                 }
             }
@@ -157,7 +165,7 @@ fn run_jobs(
         }
     }
     if app.out.json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        app.out.result(&reports, String::new)?;
     }
     let busy = |e: &anyhow::Error| e.chain().any(|c| c.is::<crate::error::BusyError>());
     if reports.is_empty() && !failed.is_empty() && failed.iter().all(|(_, e)| busy(e)) {
@@ -194,19 +202,21 @@ fn run_jobs(
     Ok(())
 }
 
-/// Bytes the job will read, for the progress bar's ETA (a metadata-only walk).
-fn estimate(job: &vaultline_config::Job, own: &[std::path::PathBuf]) -> u64 {
-    let mut total = 0;
+/// Bytes of content and entries the job will walk, for the progress bar's
+/// totals (a metadata-only walk).
+fn estimate(job: &vaultline_config::Job, own: &[std::path::PathBuf]) -> (u64, u64) {
+    let (mut bytes, mut entries) = (0, 0);
     let _ = Walker::new(job, own).walk(
         |f| {
+            entries += 1;
             if f.kind == Kind::File {
-                total += f.stat.st_size.max(0) as u64;
+                bytes += f.stat.st_size.max(0) as u64;
             }
             Ok(())
         },
         |_| {},
     );
-    total
+    (bytes, entries)
 }
 
 fn describe(r: &BackupReport) -> String {

@@ -27,6 +27,6 @@ pub fn run(dir: &Path) -> Result<()> {
         clap_complete::generate_to(shell, &mut cmd, "vaultline", &completions)
             .with_context(|| format!("writing {shell} completions"))?;
     }
-    println!("wrote {} and {}", man.display(), completions.display());
+    crate::cli::output::print_line(&format!("wrote {} and {}", man.display(), completions.display()))?;
     Ok(())
 }

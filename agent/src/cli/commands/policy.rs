@@ -22,6 +22,6 @@ pub fn run(app: &App, role: PolicyRole) -> Result<()> {
         PolicyRole::Admin => Role::Admin,
     };
     let doc = iam_policy(&app.config, role, key_arn.as_deref())?;
-    println!("{}", serde_json::to_string_pretty(&doc)?);
+    crate::cli::output::print_line(&serde_json::to_string_pretty(&doc)?)?;
     Ok(())
 }

@@ -24,7 +24,7 @@ use std::path::Path;
 use crate::pipeline::extract::{Extractor, Options, Refused};
 use crate::pipeline::snapshot::{SnapshotReader, open_first, resolve};
 use crate::repo::manifest::{EncodedPath, Entry, EntryKind};
-use crate::units::human_bytes;
+use crate::units::{count, human_bytes};
 
 #[derive(Serialize)]
 struct RestoreReport {
@@ -92,11 +92,11 @@ fn restore(app: &App, args: &RestoreArgs, keys: &crate::keys::Keys, recorder: &R
         .map(|(_, p)| p.fetch_bytes(reader.chunk_size()))
         .sum();
     tracing::info!(
-        "snapshot {}: {} entries selected, {} of content, from {} archive(s); fetching {}",
+        "snapshot {}: {} selected, {} of content, from {}; fetching {}",
         snap.id,
-        plan.entries,
+        count(plan.entries, "entry", "entries"),
         human_bytes(plan.bytes),
-        plan.archives.len(),
+        count(plan.archives.len() as u64, "archive", "archives"),
         human_bytes(fetch)
     );
     if let vaultline_config::Repository::S3(s3) = &app.config.repository {
@@ -111,7 +111,7 @@ fn restore(app: &App, args: &RestoreArgs, keys: &crate::keys::Keys, recorder: &R
 
     let progress = app
         .out
-        .progress(&format!("restoring {}", snap.id), Some(plan.bytes));
+        .progress(&format!("restoring {}", snap.id), Some(plan.bytes), Some(plan.entries));
     let onto_root = args.target.canonicalize().is_ok_and(|t| t == Path::new("/"));
     let options = Options {
         overwrite: args.overwrite,
@@ -192,17 +192,21 @@ fn restore(app: &App, args: &RestoreArgs, keys: &crate::keys::Keys, recorder: &R
             }
         );
     }
-    app.out.result(&report, || {
+    app.out.summary(&report, || {
         let mut t = format!(
-            "restored snapshot {} of {}/{} into {}: {} entries, {} in files",
+            "restored snapshot {} of {}/{} into {}: {}, {} in files",
             report.snapshot,
             report.host,
             report.job,
             report.target,
-            report.entries
-                - report.refused.len() as u64
-                - report.blocked.len() as u64
-                - report.existing.len() as u64,
+            count(
+                report.entries
+                    - report.refused.len() as u64
+                    - report.blocked.len() as u64
+                    - report.existing.len() as u64,
+                "entry",
+                "entries"
+            ),
             human_bytes(report.bytes)
         );
         if report.already > 0 {

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::cli::app::App;
 use crate::ops::status::{self, JobStatus};
-use crate::units::human_bytes;
+use crate::units::{count, human_bytes};
 
 #[derive(Serialize)]
 struct Row {
@@ -48,11 +48,11 @@ pub fn run(app: &App) -> Result<()> {
             t.push_str(&format!("job {}\n", s.job));
             match &s.last_run {
                 Some(run) => t.push_str(&format!(
-                    "  last run:     {} ({}, {:.1}s, {} files, read {}, stored {}){}\n",
+                    "  last run:     {} ({}, {:.1}s, {}, read {}, stored {}){}\n",
                     run.start,
                     run.result,
                     run.duration_secs,
-                    run.files,
+                    count(run.files, "file", "files"),
                     human_bytes(run.bytes_read),
                     human_bytes(run.bytes_stored),
                     run.error
@@ -99,8 +99,10 @@ pub fn run(app: &App) -> Result<()> {
                 ));
             }
             t.push_str(&format!(
-                "  totals:       {} runs, {} failed, {} refused by hardening\n",
-                s.runs_total, s.failures_total, s.hardening_failures_total
+                "  totals:       {}, {} failed, {} refused by hardening\n",
+                count(s.runs_total, "run", "runs"),
+                s.failures_total,
+                s.hardening_failures_total
             ));
         }
         t.trim_end().to_string()
