@@ -8,6 +8,7 @@ mod util;
 
 mod agent;
 mod audit_trail;
+mod checks;
 mod concurrency;
 mod config_errors;
 mod filesystem;

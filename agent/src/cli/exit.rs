@@ -8,7 +8,7 @@
 
 use std::process::ExitCode;
 
-use crate::error::{BusyError, IntegrityError, ThawingError, UsageError};
+use crate::error::{BusyError, IntegrityError, NothingToCheck, ThawingError, UsageError};
 
 /// A documented exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,9 @@ pub enum Exit {
     /// Archives in a Glacier class are being restored (thawed): rerun later
     /// (`restore --request-only`).
     Thawing = 7,
+    /// A check had nothing to check: `verify` found no snapshot, `audit-log
+    /// verify` no trail. Not a pass.
+    NothingToCheck = 8,
 }
 
 impl From<Exit> for ExitCode {
@@ -53,6 +56,9 @@ pub fn classify(err: &anyhow::Error) -> Exit {
         }
         if cause.is::<ThawingError>() {
             return Exit::Thawing;
+        }
+        if cause.is::<NothingToCheck>() {
+            return Exit::NothingToCheck;
         }
         if cause.is::<IntegrityError>() {
             return Exit::Integrity;

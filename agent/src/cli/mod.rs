@@ -17,6 +17,7 @@ pub mod args;
 pub mod commands;
 pub mod exit;
 pub mod output;
+pub mod select;
 pub mod service;
 
 use crate::cli::app::App;

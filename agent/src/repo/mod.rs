@@ -381,6 +381,36 @@ impl Repo {
     }
 }
 
+impl Repo {
+    /// The hosts that have committed snapshots, sorted. Lists the whole
+    /// repository: for messages about a host that has none.
+    pub fn list_hosts(&self) -> Result<Vec<String>> {
+        let objects = self
+            .store
+            .list(&self.join(""))
+            .with_context(|| format!("cannot list {}", self.store.describe()))?;
+        let top = self.join("");
+        let mut hosts: Vec<String> = objects
+            .iter()
+            .filter_map(|o| {
+                let rest = o.name.strip_prefix(&top)?;
+                let parts: Vec<&str> = rest.split('/').collect();
+                match parts[..] {
+                    [host, _job, "snapshots", file]
+                        if file.strip_suffix(".manifest").is_some_and(valid_snapshot_id) =>
+                    {
+                        Some(host.to_string())
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        hosts.sort();
+        hosts.dedup();
+        Ok(hosts)
+    }
+}
+
 /// The marker as stored: pretty JSON and a newline.
 fn marker_bytes(marker: &RepoMarker) -> Result<Vec<u8>> {
     let mut bytes = serde_json::to_vec_pretty(marker)?;

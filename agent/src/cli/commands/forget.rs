@@ -71,7 +71,8 @@ struct JobPlan {
 pub fn run(app: &App, args: &ForgetArgs) -> Result<()> {
     let keys = app.keys()?;
     app.repo.check_key(keys.as_ref())?;
-    let host = app.host(&args.host);
+    let scope = crate::cli::select::Scope::new(app, &args.host, None)?;
+    let host = scope.host.as_str();
     let jobs = match &args.job {
         Some(j) => app.select_jobs(std::slice::from_ref(j))?,
         None => app.select_jobs(&[])?,

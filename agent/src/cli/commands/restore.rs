@@ -16,6 +16,7 @@ use vaultline_config::Patterns;
 
 use crate::cli::app::App;
 use crate::cli::args::RestoreArgs;
+use crate::cli::select::Scope;
 use crate::error::{IntegrityError, UsageError};
 use crate::ops::report::Recorder;
 use std::collections::HashMap;
@@ -71,9 +72,11 @@ fn restore(app: &App, args: &RestoreArgs, keys: &crate::keys::Keys, recorder: &R
     let selection = Selection::new(&args.paths, &args.include, &args.exclude)?;
     app.repo.check_key(keys.as_ref())?;
     recorder.reached();
-    let host = app.host(&args.host);
+    let scope = Scope::new(app, &args.host, args.job.as_deref())?;
+    let host = scope.host.as_str();
     let configured: Vec<String> = app.config.jobs.iter().map(|j| j.name.clone()).collect();
-    let candidates = resolve(&app.repo, host, args.job.as_deref(), &configured, &args.snapshot)?;
+    let id = scope.expand(&args.snapshot)?;
+    let candidates = resolve(&app.repo, host, args.job.as_deref(), &configured, &id)?;
     let reader = open_first(&app.repo, keys.as_ref(), candidates)?;
     let snap = reader.snapshot().clone();
     let donors = donors(&reader, &selection)?;
