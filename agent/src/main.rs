@@ -13,7 +13,8 @@ use vaultline_agent::cli::output::Output;
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
+        Err(mut e) => {
+            drop_value_tip(&mut e);
             let _ = e.print();
             return if e.use_stderr() {
                 Exit::Usage.into()
@@ -36,6 +37,25 @@ fn main() -> ExitCode {
             // (A closed stderr is no reason to panic either.)
             let _ = writeln!(std::io::stderr(), "error: {err:#}");
             code.into()
+        }
+    }
+}
+
+/// clap suggests `-- --flag` for an unknown flag, to pass it as a value;
+/// no vaultline argument takes a value starting with `--`, so the tip only
+/// misleads (`backup now -- --dry-run` would look for a job of that name).
+fn drop_value_tip(e: &mut clap::Error) {
+    use clap::error::{ContextKind, ContextValue};
+    if let Some(ContextValue::StyledStrs(tips)) = e.get(ContextKind::Suggested) {
+        let kept: Vec<_> = tips
+            .iter()
+            .filter(|t| !t.to_string().contains("as a value, use"))
+            .cloned()
+            .collect();
+        if kept.is_empty() {
+            e.remove(ContextKind::Suggested);
+        } else {
+            e.insert(ContextKind::Suggested, ContextValue::StyledStrs(kept));
         }
     }
 }

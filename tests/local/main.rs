@@ -8,9 +8,11 @@ mod util;
 
 mod agent;
 mod audit_trail;
+mod browse;
 mod checks;
 mod concurrency;
 mod config_errors;
+mod errors;
 mod filesystem;
 mod hostile;
 mod keys;

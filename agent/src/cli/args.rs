@@ -58,12 +58,19 @@ pub enum Command {
     /// Create the repository and the local master key (or check they exist).
     Init,
 
-    /// Back up now.
-    #[command(subcommand)]
-    Backup(BackupCommand),
+    /// Back up now: every job, or the JOBs named (`backup now JOB…` is the
+    /// same); with --dry-run, only show what would be archived.
+    Backup(BackupNowArgs),
 
     /// List committed snapshots.
     Snapshots(SnapshotsArgs),
+
+    /// List what a snapshot holds (from its manifest; no archive is read).
+    Ls(LsArgs),
+
+    /// Find entries matching patterns in every snapshot (from the
+    /// manifests; no archive is read).
+    Find(FindArgs),
 
     /// Restore a snapshot into a directory.
     Restore(RestoreArgs),
@@ -149,17 +156,11 @@ pub enum PolicyRole {
     Admin,
 }
 
-/// `backup …`.
-#[derive(Debug, Subcommand)]
-pub enum BackupCommand {
-    /// Run jobs now (all jobs when none are named).
-    Now(BackupNowArgs),
-}
-
-/// `backup now`.
+/// `backup [now]`.
 #[derive(Debug, Args)]
 pub struct BackupNowArgs {
-    /// Jobs to run, by name [default: every job in the configuration].
+    /// Jobs to run, by name [default: every job in the configuration]. A
+    /// leading `now` is ignored (`backup now`), unless a job is called so.
     #[arg(value_name = "JOB")]
     pub jobs: Vec<String>,
 
@@ -171,6 +172,63 @@ pub struct BackupNowArgs {
     /// (starts a new chain of incremental snapshots).
     #[arg(long)]
     pub full: bool,
+
+    /// List what would be archived and what is left out, and why; read no
+    /// file content and write nothing (needs no key, no repository).
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// A snapshot id, a unique prefix of one, or `latest`.
+    #[arg(value_name = "SNAPSHOT|latest")]
+    pub snapshot: String,
+
+    /// List this path and what is directly in it [default: the whole
+    /// snapshot].
+    #[arg(value_name = "PATH")]
+    pub path: Option<String>,
+
+    /// With PATH: everything below it, not only what is directly in it.
+    #[arg(short, long)]
+    pub recursive: bool,
+
+    /// Long format: type and mode, owner, size, modification time.
+    #[arg(short, long)]
+    pub long: bool,
+
+    /// The job the snapshot belongs to (needed for `latest` when there are
+    /// several).
+    #[arg(long)]
+    pub job: Option<String>,
+
+    /// Snapshots made by this host [default: agent.host from the configuration].
+    #[arg(long)]
+    pub host: Option<String>,
+}
+
+/// `find`.
+#[derive(Debug, Args)]
+pub struct FindArgs {
+    /// Patterns (docs/patterns.md): without `/` a name anywhere (`*.conf`),
+    /// with `/` a path from the root (`/etc/ssh/**`). An entry matching any
+    /// of them is listed.
+    #[arg(value_name = "PATTERN", required = true)]
+    pub patterns: Vec<String>,
+
+    /// Only this job's snapshots.
+    #[arg(long)]
+    pub job: Option<String>,
+
+    /// Snapshots made by this host [default: agent.host from the configuration].
+    #[arg(long)]
+    pub host: Option<String>,
+
+    /// Only this snapshot (an id, a unique prefix of one, or `latest`).
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub snapshot: Option<String>,
 }
 
 /// `snapshots`.
@@ -188,7 +246,7 @@ pub struct SnapshotsArgs {
 /// `restore`.
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// A snapshot id, or `latest`.
+    /// A snapshot id, a unique prefix of one, or `latest`.
     #[arg(value_name = "SNAPSHOT|latest")]
     pub snapshot: String,
 
@@ -240,6 +298,11 @@ pub struct RestoreArgs {
     /// which are otherwise dropped (and reported) unless root restores onto /.
     #[arg(long)]
     pub keep_privileges: bool,
+
+    /// Say what would be restored (entries, bytes, what would be fetched)
+    /// and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `forget`.
@@ -274,7 +337,8 @@ pub struct RewrapArgs {
 /// `verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// A snapshot id, or `latest` [default: latest].
+    /// A snapshot id, a unique prefix of one, or `latest` [default: the
+    /// latest of each job].
     #[arg(value_name = "SNAPSHOT", conflicts_with = "all")]
     pub snapshot: Option<String>,
 

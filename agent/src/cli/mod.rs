@@ -21,7 +21,7 @@ pub mod select;
 pub mod service;
 
 use crate::cli::app::App;
-use crate::cli::args::{AuditLogCommand, BackupCommand, Cli, Command, PolicyCommand};
+use crate::cli::args::{AuditLogCommand, Cli, Command, PolicyCommand};
 use crate::cli::output::Output;
 
 /// Runs the parsed command line with output settings `out`.
@@ -47,8 +47,10 @@ pub fn run(cli: &Cli, out: Output) -> anyhow::Result<()> {
     let app = App::load(cli, out)?;
     match &cli.command {
         Command::Init => commands::init::run(&app),
-        Command::Backup(BackupCommand::Now(args)) => commands::backup::run(&app, args),
+        Command::Backup(args) => commands::backup::run(&app, args),
         Command::Snapshots(args) => commands::snapshots::run(&app, args),
+        Command::Ls(args) => commands::ls::run(&app, args),
+        Command::Find(args) => commands::ls::find(&app, args),
         Command::Restore(args) => commands::restore::run(&app, args),
         Command::Verify(args) => commands::verify::run(&app, args),
         Command::Forget(args) => commands::forget::run(&app, args),

@@ -3,7 +3,7 @@
 //! the first failure. The run report goes to the invocation's recorder
 //! ([`crate::ops::report`]): status, metrics and audit trail are its job.
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 
 use crate::cli::app::App;
 use crate::cli::args::BackupNowArgs;
@@ -11,12 +11,22 @@ use crate::ops::report::{JobOutcome, JobRun, Recorder};
 use crate::pipeline::backup::{self, BackupReport};
 use crate::pipeline::walk::{Kind, Walker};
 use crate::repo::lock::JobLock;
-use crate::units::human_bytes;
+use crate::error::UsageError;
+use crate::units::{count, human_bytes};
+use serde::Serialize;
 
 /// Runs `backup now`. Everything the run does is told to its
 /// [`Recorder`], which writes the status, the metrics and the audit trail.
 pub fn run(app: &App, args: &BackupNowArgs) -> Result<()> {
-    let jobs = app.select_jobs(&args.jobs)?;
+    // `backup now [JOB…]` is `backup [JOB…]`, unless a job is called `now`.
+    let names = match args.jobs.split_first() {
+        Some((now, rest)) if now == "now" && app.config.job("now").is_none() => rest,
+        _ => &args.jobs[..],
+    };
+    let jobs = app.select_jobs(names)?;
+    if args.dry_run {
+        return dry_run(app, &jobs);
+    }
     let recorder = app.recorder("backup now");
     let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
     recorder.event("run-started", serde_json::json!({ "jobs": names }))?;
@@ -112,6 +122,7 @@ fn run_jobs(
     for job in jobs {
         let start = jiff::Timestamp::now();
         let outcome = (|| -> Result<BackupReport> {
+            require_a_path(app, job)?;
             let _lock = JobLock::acquire(&app.config.agent.state_dir, &job.name, !args.no_wait)?;
             let (bytes, entries) = match app.out.interactive() {
                 true => {
@@ -200,6 +211,146 @@ fn run_jobs(
         return Err(anyhow!("backup incomplete: {} (listed above)", detail.join("; ")));
     }
     Ok(())
+}
+
+/// One path `--dry-run` reports.
+#[derive(Serialize)]
+struct DryEntry {
+    path: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+}
+
+/// A path `--dry-run` says is left out, and why.
+#[derive(Serialize)]
+struct DryLeftOut {
+    path: String,
+    why: String,
+}
+
+/// What `--dry-run` found for one job.
+#[derive(Serialize)]
+struct DryRun {
+    job: String,
+    archive: Vec<DryEntry>,
+    excluded: Vec<DryLeftOut>,
+    skipped: Vec<DryLeftOut>,
+    unreadable: Vec<DryLeftOut>,
+    files: u64,
+    bytes: u64,
+}
+
+/// `backup --dry-run`: walks each job as a run would (same excludes, same
+/// file systems left out) and lists what would be archived and what is
+/// left out and why. Reads no content, takes no lock, needs no key and
+/// writes nothing anywhere.
+fn dry_run(app: &App, jobs: &[&vaultline_config::Job]) -> Result<()> {
+    let own = app.own_paths();
+    let mut reports = Vec::new();
+    for job in jobs {
+        require_a_path(app, job).with_context(|| format!("job {}", job.name))?;
+        let mut r = DryRun {
+            job: job.name.clone(),
+            archive: Vec::new(),
+            excluded: Vec::new(),
+            skipped: Vec::new(),
+            unreadable: Vec::new(),
+            files: 0,
+            bytes: 0,
+        };
+        let left_out = |s: crate::pipeline::walk::Skipped| DryLeftOut {
+            path: s.path.display().to_string(),
+            why: s.reason,
+        };
+        let mut skipped = Vec::new();
+        let mut excluded = Vec::new();
+        Walker::new(job, &own).walk_reporting(
+            |f| {
+                let size = (f.kind == Kind::File).then(|| f.stat.st_size.max(0) as u64);
+                if let Some(size) = size {
+                    r.files += 1;
+                    r.bytes += size;
+                }
+                r.archive.push(DryEntry {
+                    path: f.abs.display().to_string(),
+                    kind: match f.kind {
+                        Kind::File => "file",
+                        Kind::Dir => "dir",
+                        Kind::Symlink => "symlink",
+                        Kind::Fifo => "fifo",
+                        Kind::CharDevice => "chardev",
+                        Kind::BlockDevice => "blockdev",
+                    },
+                    size,
+                });
+                Ok(())
+            },
+            |s| skipped.push(s),
+            |s| excluded.push(s),
+        )?;
+        r.excluded = excluded.into_iter().map(left_out).collect();
+        for s in skipped {
+            if s.is_error {
+                r.unreadable.push(left_out(s));
+            } else {
+                r.skipped.push(left_out(s));
+            }
+        }
+        reports.push(r);
+    }
+    app.out.result(&reports, || {
+        let mut t = String::new();
+        for r in &reports {
+            t.push_str(&format!(
+                "job {}: dry run, nothing was read or written\n",
+                r.job
+            ));
+            for e in &r.archive {
+                match e.size {
+                    Some(size) => t.push_str(&format!("  + {}  ({})\n", e.path, human_bytes(size))),
+                    None => t.push_str(&format!("  + {}  ({})\n", e.path, e.kind)),
+                }
+            }
+            for (mark, list) in [("-", &r.excluded), ("-", &r.skipped), ("!", &r.unreadable)] {
+                for l in list {
+                    t.push_str(&format!("  {mark} {}  ({})\n", l.path, l.why));
+                }
+            }
+            t.push_str(&format!(
+                "  would archive {} ({}) in {}; {} excluded, {} skipped, {} unreadable\n",
+                count(r.files, "file", "files"),
+                human_bytes(r.bytes),
+                count(r.archive.len() as u64, "entry", "entries"),
+                r.excluded.len(),
+                r.skipped.len(),
+                r.unreadable.len()
+            ));
+        }
+        t.trim_end().to_string()
+    })
+}
+
+/// A job none of whose paths exist has nothing to back up: most likely a
+/// typo or a disk that is not mounted. Refused (as restic refuses), rather
+/// than committing an empty snapshot every run.
+fn require_a_path(app: &App, job: &vaultline_config::Job) -> Result<()> {
+    let exists = |p: &std::path::Path| match std::fs::symlink_metadata(p) {
+        Ok(_) => true,
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    };
+    if job.paths.iter().any(|p| exists(p)) {
+        return Ok(());
+    }
+    let paths: Vec<String> = job.paths.iter().map(|p| p.display().to_string()).collect();
+    Err(UsageError(format!(
+        "none of its paths exist ({}); nothing to back up (a typo in {}, or a file system that is not \
+         mounted?)",
+        paths.join(", "),
+        app.config.file.display()
+    ))
+    .into())
 }
 
 /// Bytes of content and entries the job will walk, for the progress bar's

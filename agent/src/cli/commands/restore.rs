@@ -49,13 +49,18 @@ struct RestoreReport {
 
 /// Runs `restore`, recording it in the audit trail.
 pub fn run(app: &App, args: &RestoreArgs) -> Result<()> {
+    if args.dry_run {
+        // Nothing is restored, so nothing is recorded.
+        let keys = app.keys()?;
+        return restore(app, args, &keys, None);
+    }
     let recorder = app.recorder("restore");
     recorder.event(
         "restore-started",
         serde_json::json!({ "snapshot": args.snapshot, "job": args.job, "target": args.target }),
     )?;
     let keys = app.keys()?;
-    let result = restore(app, args, &keys, &recorder);
+    let result = restore(app, args, &keys, Some(&recorder));
     recorder.event(
         "restore-finished",
         serde_json::json!({
@@ -68,10 +73,30 @@ pub fn run(app: &App, args: &RestoreArgs) -> Result<()> {
     result
 }
 
-fn restore(app: &App, args: &RestoreArgs, keys: &crate::keys::Keys, recorder: &Recorder) -> Result<()> {
+/// What `restore --dry-run` reports.
+#[derive(Serialize)]
+struct RestorePlan {
+    snapshot: String,
+    host: String,
+    job: String,
+    target: String,
+    entries: u64,
+    bytes: u64,
+    archives: u64,
+    fetch_bytes: u64,
+}
+
+fn restore(
+    app: &App,
+    args: &RestoreArgs,
+    keys: &crate::keys::Keys,
+    recorder: Option<&Recorder>,
+) -> Result<()> {
     let selection = Selection::new(&args.paths, &args.include, &args.exclude)?;
     app.repo.check_key(keys.as_ref())?;
-    recorder.reached();
+    if let Some(recorder) = recorder {
+        recorder.reached();
+    }
     let scope = Scope::new(app, &args.host, args.job.as_deref())?;
     let host = scope.host.as_str();
     let configured: Vec<String> = app.config.jobs.iter().map(|j| j.name.clone()).collect();
@@ -102,6 +127,32 @@ fn restore(app: &App, args: &RestoreArgs, keys: &crate::keys::Keys, recorder: &R
         count(plan.archives.len() as u64, "archive", "archives"),
         human_bytes(fetch)
     );
+    if args.dry_run {
+        let p = RestorePlan {
+            snapshot: snap.id.clone(),
+            host: snap.host.clone(),
+            job: snap.job.clone(),
+            target: args.target.display().to_string(),
+            entries: plan.entries,
+            bytes: plan.bytes,
+            archives: plan.archives.len() as u64,
+            fetch_bytes: fetch,
+        };
+        return app.out.result(&p, || {
+            format!(
+                "dry run: would restore {} ({} of content) of snapshot {} of {}/{} into {}, fetching {} from \
+                 {}; nothing was written",
+                count(p.entries, "entry", "entries"),
+                human_bytes(p.bytes),
+                p.snapshot,
+                p.host,
+                p.job,
+                p.target,
+                human_bytes(p.fetch_bytes),
+                count(p.archives, "archive", "archives")
+            )
+        });
+    }
     if let vaultline_config::Repository::S3(s3) = &app.config.repository {
         crate::pipeline::thaw::ensure_readable(
             app.repo.store(),
