@@ -36,6 +36,9 @@ fn main() -> ExitCode {
             let code = classify(&err);
             // (A closed stderr is no reason to panic either.)
             let _ = writeln!(std::io::stderr(), "error: {err:#}");
+            if let Some(hint) = vaultline_agent::cli::exit::hint(&err) {
+                let _ = writeln!(std::io::stderr(), "{hint}");
+            }
             code.into()
         }
     }

@@ -12,7 +12,7 @@ use crate::cli::args::Cli;
 use crate::cli::output::Output;
 use crate::error::UsageError;
 use crate::keys::kms::KmsKeyWrap;
-use crate::keys::local::{LocalKey, LocalKeySettings};
+use crate::keys::local::{LocalKey, LocalKeySettings, MissingKey};
 use crate::keys::{CountingKeys, Keys};
 use crate::ops::report::{Destinations, Recorder};
 use crate::repo::Repo;
@@ -125,11 +125,7 @@ impl App {
                 Ok(Err(e)) => format!("unknown AWS principal ({})", crate::cloud::aws::describe(&e)),
                 Err(e) => format!("unknown AWS principal ({e:#})"),
             },
-            None => {
-                let uid = rustix::process::getuid().as_raw();
-                let name = std::env::var("USER").unwrap_or_else(|_| "?".into());
-                format!("local user {name} (uid {uid})")
-            }
+            None => local_user(),
         };
         let config_sha256 = std::fs::read(&self.config.file)
             .map(|b| hex::encode(sha2::Sha256::digest(&b)))
@@ -209,7 +205,10 @@ impl App {
     /// unwrapping (`rewrap` reads manifests it already moved to its new key).
     pub fn keys_also_trusting(&self, extra: &[String]) -> Result<Keys> {
         match &self.config.key {
-            KeyConfig::Local { .. } => Ok(CountingKeys::new(Box::new(self.local_key()?.provider()))),
+            KeyConfig::Local { .. } => match self.local_key() {
+                Ok(key) => Ok(CountingKeys::new(Box::new(key.provider()))),
+                Err(e) => Err(self.missing_key(e)),
+            },
             KeyConfig::Kms {
                 key_id,
                 accepted_keys,
@@ -243,6 +242,41 @@ impl App {
     /// The existing local key.
     pub fn local_key(&self) -> Result<LocalKey> {
         self.key_settings()?.load()
+    }
+
+    /// A missing local key (`err` a [`MissingKey`]) worded for what the
+    /// operator must do: when a repository exists, the key it was sealed
+    /// with must come back from the key backup (a new key cannot read it,
+    /// so `init` is no help); only without a repository is `init` the
+    /// answer. Other errors are returned as they are.
+    pub fn missing_key(&self, err: anyhow::Error) -> anyhow::Error {
+        let Some(missing) = err.downcast_ref::<MissingKey>() else {
+            return err;
+        };
+        let repo = self.repo.store().describe();
+        let message = match self.repo.read_marker() {
+            Ok(Some(m)) if m.key_provider == vaultline_crypto::LOCAL_PROVIDER => format!(
+                "{missing}; {repo} was sealed with local key {}: put that key back from your key backup with \
+                 `vaultline key import FILE` (docs/operations.md, \"The local master key\"); `vaultline init` \
+                 cannot help, a new key cannot read this repository",
+                m.key_id
+            ),
+            Ok(Some(m)) => format!(
+                "{missing}; {repo} was sealed with {} key {}: configure that key in the [key] section of {}",
+                m.key_provider,
+                m.key_id,
+                self.config.file.display()
+            ),
+            Ok(None) => format!("{missing}; {repo} has no repository yet: run `vaultline init` to create both"),
+            Err(e) => {
+                tracing::debug!("{e:#}");
+                format!(
+                    "{missing}; if {repo} holds a repository, put its key back from your key backup with \
+                     `vaultline key import FILE`, else run `vaultline init`"
+                )
+            }
+        };
+        UsageError(message).into()
     }
 
     /// The jobs named (all when `names` is empty); unknown names are a usage error.
@@ -283,6 +317,30 @@ impl App {
     pub fn host<'a>(&'a self, flag: &'a Option<String>) -> &'a str {
         flag.as_deref().unwrap_or(&self.config.agent.host)
     }
+}
+
+/// The running user for the audit trail and messages, from the kernel (the
+/// real uid) and the password database, not from `$USER`, which anyone can
+/// set: `local user alice (uid 1000)`, or `local user (uid 1000)` when the
+/// uid has no entry there.
+pub fn local_user() -> String {
+    let uid = rustix::process::getuid().as_raw();
+    match passwd_name(uid) {
+        Some(name) => format!("local user {name} (uid {uid})"),
+        None => format!("local user (uid {uid})"),
+    }
+}
+
+/// The name of `uid` in `/etc/passwd`. (Users only a directory service
+/// knows are named by uid alone: reading NSS would take libc.)
+pub fn passwd_name(uid: u32) -> Option<String> {
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id = fields.nth(1)?.parse::<u32>().ok()?;
+        (id == uid && !name.is_empty()).then(|| name.to_string())
+    })
 }
 
 /// Where STS is asked who the caller is: at the S3 or KMS endpoint when

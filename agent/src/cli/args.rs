@@ -107,6 +107,11 @@ pub enum Command {
     #[command(subcommand, name = "audit-log")]
     AuditLog(AuditLogCommand),
 
+    /// The local master key: export it for safekeeping, import a backed-up
+    /// one (docs/operations.md, "The local master key").
+    #[command(subcommand)]
+    Key(KeyCommand),
+
     /// Write the man page and shell completions (for packaging).
     #[command(hide = true)]
     Generate {
@@ -129,6 +134,27 @@ pub enum AuditLogCommand {
         /// The trail to check [default: STATE-DIR/audit.jsonl].
         #[arg(long, value_name = "PATH")]
         file: Option<std::path::PathBuf>,
+    },
+}
+
+/// `key …`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Write the master key for safekeeping: to FILE (created 0600, never
+    /// overwritten), or to standard output redirected to a file (made 0600)
+    /// or a pipe (`| gpg -c`); never onto a terminal.
+    Export {
+        /// The file to create [default: standard output].
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Put a backed-up master key back where the configuration keeps it
+    /// (refused when it is not the key the repository was sealed with, and
+    /// when another key is in place).
+    Import {
+        /// The export (or a copy of the key file); `-` reads standard input.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
     },
 }
 

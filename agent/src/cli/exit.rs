@@ -79,6 +79,26 @@ pub fn classify(err: &anyhow::Error) -> Exit {
     Exit::RunFailed
 }
 
+/// A line to print after the error when the fix is to run as another user:
+/// permission was denied somewhere in the chain, and vaultline does not run
+/// as root (as a system installation expects).
+pub fn hint(err: &anyhow::Error) -> Option<String> {
+    let denied = err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+    });
+    if !denied || rustix::process::geteuid().is_root() {
+        return None;
+    }
+    Some(format!(
+        "hint: permission denied, and vaultline runs as {}, not root: a system installation's configuration, \
+         state and repository belong to root; run it as root (`sudo vaultline …`), or as the user that owns \
+         the path above",
+        crate::cli::app::local_user().trim_start_matches("local ")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ pub mod select;
 pub mod service;
 
 use crate::cli::app::App;
-use crate::cli::args::{AuditLogCommand, Cli, Command, PolicyCommand};
+use crate::cli::args::{AuditLogCommand, Cli, Command, KeyCommand, PolicyCommand};
 use crate::cli::output::Output;
 
 /// Runs the parsed command line with output settings `out`.
@@ -64,5 +64,7 @@ pub fn run(cli: &Cli, out: Output) -> anyhow::Result<()> {
             commands::audit::verify_log(Some(&app), file.as_deref(), &app.out)
         }
         Command::Harden { apply } => commands::harden::run(&app, *apply),
+        Command::Key(KeyCommand::Export { output }) => commands::key::export(&app, output.as_deref()),
+        Command::Key(KeyCommand::Import { file }) => commands::key::import(&app, file),
     }
 }

@@ -222,7 +222,7 @@ impl Repo {
                 Ok(Some(marker))
             }
             Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read repository marker {name}")),
+            Err(e) => Err(e).with_context(|| format!("cannot read the marker of {}", self.store.describe())),
         }
     }
 
@@ -264,8 +264,18 @@ impl Repo {
             || (marker.key_provider == crate::keys::kms::PROVIDER
                 && crate::keys::kms::same_multi_region_key(&marker.key_id, keys.key_id()));
         if marker.key_provider != keys.provider_id() || !same_key {
+            // A local key can only come back from the operator's key backup.
+            let hint = if marker.key_provider == vaultline_crypto::LOCAL_PROVIDER {
+                format!(
+                    ": move the configured key aside and put key {} back from your key backup with `vaultline \
+                     key import FILE`",
+                    marker.key_id
+                )
+            } else {
+                String::new()
+            };
             return Err(UsageError(format!(
-                "this repository was sealed with {} key {}, but the configured key is {} key {}",
+                "this repository was sealed with {} key {}, but the configured key is {} key {}{hint}",
                 marker.key_provider,
                 marker.key_id,
                 keys.provider_id(),
