@@ -38,6 +38,9 @@ pub const DEFAULT_RESTORE_TIER: &str = "Standard";
 pub const DEFAULT_RESTORE_DAYS: u32 = 7;
 /// The state directory when running as root.
 pub const ROOT_STATE_DIR: &str = "/var/lib/vaultline";
+/// The metrics file with the root state directory: outside it (it is 0700),
+/// in a directory node_exporter's user can read.
+pub const ROOT_METRICS_FILE: &str = "/var/lib/vaultline-metrics/vaultline.prom";
 
 struct Checker<'a> {
     index: &'a LineIndex<'a>,
@@ -133,8 +136,11 @@ pub(crate) fn validate(
         },
     };
 
+    // node_exporter reads the metrics as another user: never inside the
+    // system's private (0700) state directory.
     let metrics_file = match &raw.agent.metrics_file {
         Some(p) => c.absolute_path(p, "agent.metrics-file").unwrap_or_default(),
+        None if state_dir == Path::new(ROOT_STATE_DIR) => PathBuf::from(ROOT_METRICS_FILE),
         None => state_dir.join("vaultline.prom"),
     };
     let timezone = match &raw.agent.timezone {

@@ -78,6 +78,14 @@ fn root_state_dir_default() {
     };
     let c = Config::parse(MINIMAL, Path::new("c.toml"), &root).unwrap();
     assert_eq!(c.agent.state_dir, PathBuf::from("/var/lib/vaultline"));
+    // node_exporter, another user, could not read it inside the 0700 state
+    // directory.
+    assert_eq!(
+        c.agent.metrics_file,
+        PathBuf::from("/var/lib/vaultline-metrics/vaultline.prom")
+    );
+    let user = Config::parse(MINIMAL, Path::new("c.toml"), &env()).unwrap();
+    assert_eq!(user.agent.metrics_file, user.agent.state_dir.join("vaultline.prom"));
 }
 
 #[test]

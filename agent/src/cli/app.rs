@@ -160,6 +160,7 @@ impl App {
                     .filter_map(|j| j.object_lock.as_ref())
                     .max_by_key(|l| (l.days, l.mode == "COMPLIANCE"))
                     .map(|l| (l.mode.clone(), l.days)),
+                hardened: matches!(self.config.repository, Repository::S3(_)),
             },
         )
     }

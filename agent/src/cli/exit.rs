@@ -8,7 +8,7 @@
 
 use std::process::ExitCode;
 
-use crate::error::{BusyError, IntegrityError, NothingToCheck, ThawingError, UsageError};
+use crate::error::{BusyError, IntegrityError, Interrupted, NothingToCheck, ThawingError, UsageError};
 
 /// A documented exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +31,9 @@ pub enum Exit {
     /// A check had nothing to check: `verify` found no snapshot, `audit-log
     /// verify` no trail. Not a pass.
     NothingToCheck = 8,
+    /// Interrupted by SIGINT or SIGTERM; stopped cleanly, nothing committed
+    /// (128 + SIGINT, as shells report a command stopped by Ctrl-C).
+    Interrupted = 130,
 }
 
 impl From<Exit> for ExitCode {
@@ -59,6 +62,9 @@ pub fn classify(err: &anyhow::Error) -> Exit {
         }
         if cause.is::<NothingToCheck>() {
             return Exit::NothingToCheck;
+        }
+        if cause.is::<Interrupted>() {
+            return Exit::Interrupted;
         }
         if cause.is::<IntegrityError>() {
             return Exit::Integrity;

@@ -16,6 +16,7 @@ pub mod app;
 pub mod args;
 pub mod commands;
 pub mod exit;
+pub mod interrupt;
 pub mod output;
 pub mod select;
 pub mod service;

@@ -28,6 +28,7 @@ use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Instant;
 
@@ -36,7 +37,7 @@ use serde::Serialize;
 use vaultline_config::Job;
 use vaultline_crypto::{KeyWrap, SealedWriter};
 
-use crate::error::UsageError;
+use crate::error::{Interrupted, UsageError};
 use crate::pipeline::Progress;
 use crate::pipeline::changes::{self, Record, RecordWriter, STATE_VERSION, Stat, StateHeader};
 use crate::pipeline::frames::FrameWriter;
@@ -131,6 +132,11 @@ pub struct RunOptions<'a> {
     pub state_dir: &'a Path,
     /// Make a full snapshot whatever the record says.
     pub force_full: bool,
+    /// Set (by a signal handler) to stop the run: checked once per walked
+    /// entry and before the archive is committed; the run then fails with
+    /// [`Interrupted`] and its pending objects are discarded (nothing is
+    /// committed).
+    pub cancel: &'a AtomicBool,
 }
 
 /// The parent an incremental run builds on, or why the run is full.
@@ -428,7 +434,7 @@ pub fn run(
         record: RecordWriter::new(opts.state_dir, &job.name)?,
         refs: vec![0; table.len() + 1],
     };
-    write_tar(job, opts.own, &mut sinks, record.as_mut(), &mut report, progress)?;
+    write_tar(job, opts.own, opts.cancel, &mut sinks, record.as_mut(), &mut report, progress)?;
 
     let Sinks {
         archive,
@@ -437,6 +443,11 @@ pub fn run(
         refs,
         ..
     } = sinks;
+    // The last moment to stop: once the archive is committed, the manifest
+    // follows at once (an archive alone would be an orphan).
+    if opts.cancel.load(Ordering::Relaxed) {
+        return Err(Interrupted(None).into());
+    }
     let mut archive_size = 0;
     if let Some(out) = archive {
         let frames_out = out.tar.finish()?;
@@ -589,9 +600,11 @@ fn refresh(entry: &mut Entry, st: &rustix::fs::Stat) {
 /// writes changed content into the archive, every entry into the manifest
 /// and the new record. An entry that cannot be read costs that entry: it is
 /// reported (NOT BACKED UP) and left out of the manifest, never the run.
+#[allow(clippy::too_many_arguments)]
 fn write_tar(
     job: &Job,
     own: &[PathBuf],
+    cancel: &AtomicBool,
     sinks: &mut Sinks<'_>,
     mut parent: Option<&mut Record>,
     report: &mut BackupReport,
@@ -605,6 +618,9 @@ fn write_tar(
     let mut attr_problems: HashMap<String, (u64, String)> = HashMap::new();
     Walker::new(job, own).walk(
         |found| {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Interrupted(None).into());
+            }
             let mut entry = entry_from(&found);
             let shown = || found.abs.display().to_string();
             if found.kind == WalkKind::Symlink {

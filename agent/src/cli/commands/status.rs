@@ -23,6 +23,7 @@ struct Row {
 
 /// Runs `status`.
 pub fn run(app: &App) -> Result<()> {
+    let hardened = matches!(app.config.repository, vaultline_config::Repository::S3(_));
     let now = jiff::Timestamp::now().as_second();
     let mut rows = Vec::new();
     for job in &app.config.jobs {
@@ -98,11 +99,24 @@ pub fn run(app: &App) -> Result<()> {
                     }
                 ));
             }
+            if let Some(skip) = &s.last_skipped {
+                t.push_str(&format!(
+                    "  last skipped: {} ({})\n",
+                    skip.start,
+                    skip.error.as_deref().unwrap_or("another run was in progress")
+                ));
+            }
             t.push_str(&format!(
-                "  totals:       {}, {} failed, {} refused by hardening\n",
+                "  totals:       {}, {} failed, {} interrupted, {} skipped{}\n",
                 count(s.runs_total, "run", "runs"),
                 s.failures_total,
-                s.hardening_failures_total
+                s.interrupted_total,
+                s.skipped_total,
+                if hardened {
+                    format!(", {} refused by hardening", s.hardening_failures_total)
+                } else {
+                    String::new()
+                }
             ));
         }
         t.trim_end().to_string()

@@ -303,6 +303,9 @@ impl Service {
             .args(["backup", "now", job])
             .env("VAULTLINE_TRIGGER", trigger)
             .stdin(std::process::Stdio::null())
+            // Its own process group: a Ctrl-C at the agent's terminal is
+            // the agent's to handle (a grace period), not the run's.
+            .process_group(0)
             .kill_on_drop(false);
         match cmd.spawn() {
             Ok(mut child) => {
@@ -321,10 +324,13 @@ impl Service {
                 let name = job.to_string();
                 tokio::spawn(async move {
                     let status = child.wait().await;
+                    // A run stopped by a signal, or that stopped itself
+                    // cleanly on one (exit 130), was stopped, not failed.
                     let (ok, killed) = match status {
                         Ok(s) => (
                             s.success(),
-                            std::os::unix::process::ExitStatusExt::signal(&s).is_some(),
+                            std::os::unix::process::ExitStatusExt::signal(&s).is_some()
+                                || s.code() == Some(crate::cli::exit::Exit::Interrupted as i32),
                         ),
                         Err(_) => (false, false),
                     };
@@ -455,16 +461,32 @@ impl Service {
         }
     }
 
-    /// Kills runs still going after the grace period, then aborts what they
-    /// left (open multipart uploads) under each job's lock.
+    /// Stops runs still going after the grace period: SIGTERM first (a run
+    /// stops cleanly, aborts its uploads and records itself as
+    /// interrupted), SIGKILL for one still there 10 s later; then aborts
+    /// what they left (open multipart uploads) under each job's lock.
     async fn kill_running(&mut self) {
         let jobs: Vec<(String, Option<u32>)> = self.running.iter().map(|(j, r)| (j.clone(), r.pid)).collect();
-        for (job, pid) in &jobs {
-            if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
-                tracing::warn!(
-                    "job {job}: grace period over; stopping its run (process {})",
-                    pid.as_raw_nonzero()
-                );
+        let pids = |jobs: &[(String, Option<u32>)]| -> Vec<(String, rustix::process::Pid)> {
+            jobs.iter()
+                .filter_map(|(j, p)| p.and_then(|p| rustix::process::Pid::from_raw(p as i32)).map(|p| (j.clone(), p)))
+                .collect()
+        };
+        for (job, pid) in pids(&jobs) {
+            tracing::warn!(
+                "job {job}: grace period over; stopping its run (process {})",
+                pid.as_raw_nonzero()
+            );
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let alive = |pid: rustix::process::Pid| std::path::Path::new(&format!("/proc/{}", pid.as_raw_nonzero())).exists();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pids(&jobs).into_iter().any(|(_, p)| alive(p)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for (job, pid) in pids(&jobs) {
+            if alive(pid) {
+                tracing::warn!("job {job}: its run did not stop; killing it");
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
             }
         }
