@@ -109,3 +109,145 @@ fn a_closed_stdout_ends_quietly_in_every_command() {
     assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
     assert_eq!(fs::read(target.join(f.path().join("src/a.txt").strip_prefix("/").unwrap())).unwrap(), b"alpha\n");
 }
+
+/// What a terminal shows after `raw` was written to it (`width` columns):
+/// enough of a VT100 for progress bars and log lines (`\r`, `\n`, erase
+/// line and display, cursor up and down, column; colours ignored).
+fn screen(raw: &str, width: usize) -> Vec<String> {
+    let mut rows: Vec<Vec<char>> = vec![Vec::new()];
+    let (mut row, mut col) = (0usize, 0usize);
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' => col = 0,
+            '\n' => {
+                row += 1;
+                col = 0;
+            }
+            '\x1b' if chars.peek() == Some(&'[') => {
+                chars.next();
+                let mut params = String::new();
+                let mut last = ' ';
+                for p in chars.by_ref() {
+                    if p.is_ascii_alphabetic() {
+                        last = p;
+                        break;
+                    }
+                    params.push(p);
+                }
+                let n = params.trim_start_matches('?').parse::<usize>().unwrap_or(0);
+                while rows.len() <= row {
+                    rows.push(Vec::new());
+                }
+                match last {
+                    'K' if n == 2 => rows[row].clear(),
+                    'K' => rows[row].truncate(col),
+                    'J' => {
+                        rows[row].truncate(col);
+                        rows.truncate(row + 1);
+                    }
+                    'A' => row = row.saturating_sub(n.max(1)),
+                    'B' => row += n.max(1),
+                    'G' => col = n.saturating_sub(1),
+                    _ => {} // colours, cursor shown or hidden
+                }
+            }
+            '\x1b' => {}
+            c => {
+                if col >= width {
+                    row += 1;
+                    col = 0;
+                }
+                while rows.len() <= row {
+                    rows.push(Vec::new());
+                }
+                let line = &mut rows[row];
+                while line.len() < col {
+                    line.push(' ');
+                }
+                if col < line.len() {
+                    line[col] = c;
+                } else {
+                    line.push(c);
+                }
+                col += 1;
+            }
+        }
+    }
+    rows.into_iter()
+        .map(|r| r.into_iter().collect::<String>().trim_end().to_string())
+        .collect()
+}
+
+#[test]
+fn the_terminal_emulation_of_these_tests_is_sound() {
+    let raw = "bar 1\r\x1b[2Kbar 2\nline\r\n\x1b[1A\x1b[2Knew\x1b[31m red\x1b[0m";
+    assert_eq!(screen(raw, 80), ["bar 2", "new red", ""]);
+    assert_eq!(screen("abcdef", 4), ["abcd", "ef"]);
+}
+
+/// On a terminal, a log line written while the bar is shown does not
+/// leave a frozen copy of the bar behind, the finished bar is cleared, and
+/// the bar shows entries out of their total, with no `ETA 0s` at 0 B/s.
+#[test]
+fn progress_bars_leave_nothing_behind_on_a_terminal() {
+    let f = Fixture::new("");
+    let tree = f.path().join("tree");
+    fs::create_dir_all(&tree).unwrap();
+    // Big enough for the bar to be drawn while it is read.
+    fs::write(tree.join("a-big"), crate::util::noise(48 << 20, 7)).unwrap();
+    // vaultline's own directories inside the job: the walk logs each at
+    // debug level (-v) while the bar is up, after the big file.
+    fs::write(
+        &f.config,
+        format!(
+            "[agent]\nhost = \"testhost\"\nstate-dir = {:?}\n\n[repository]\ntype = \"local\"\npath = {:?}\n\n\
+             [key]\nstorage = \"file\"\n\n[[jobs]]\nname = \"data\"\npaths = [{:?}]\n",
+            tree.join("state").display().to_string(),
+            tree.join("repo").display().to_string(),
+            tree.display().to_string()
+        ),
+    )
+    .unwrap();
+    f.init();
+    let on_a_terminal = |args: &str| {
+        let out = std::process::Command::new("script")
+            .arg("-qec")
+            .arg(format!(
+                "stty cols 200 rows 60; exec {} --config {} {args}",
+                crate::util::vaultline_bin().display(),
+                f.config.display()
+            ))
+            .arg("/dev/null")
+            .env("HOME", f.home())
+            .env("TERM", "xterm")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let raw = on_a_terminal("-v backup now");
+    let lines = screen(&raw, 200);
+    let own = format!("DEBUG not archiving {}: it is vaultline's own", tree.join("repo").display());
+    assert!(lines.iter().any(|l| l.trim() == own), "no clean log line; screen:\n{}", lines.join("\n"));
+    assert!(
+        !lines.iter().any(|l| l.contains("backing up data")),
+        "the bar left debris; screen:\n{}",
+        lines.join("\n")
+    );
+    assert!(lines.iter().any(|l| l.starts_with("data: snapshot ")), "{}", lines.join("\n"));
+    assert!(raw.contains("/2 entries"), "no total of entries: {raw:?}");
+    assert!(
+        !raw.contains("ETA 0s") && !raw.contains(" 0 B/s"),
+        "ETA or rate before they were known: {raw:?}"
+    );
+
+    // Verify and restore show a bar too, and clear it.
+    let raw = on_a_terminal("verify");
+    assert!(raw.contains("verifying "), "{raw:?}");
+    assert!(!screen(&raw, 200).iter().any(|l| l.contains("verifying ")), "{raw:?}");
+    let target = f.path().join("r");
+    let raw = on_a_terminal(&format!("restore latest --target {}", target.display()));
+    assert!(raw.contains("restoring "), "{raw:?}");
+    assert!(!screen(&raw, 200).iter().any(|l| l.contains("restoring ")), "{raw:?}");
+}
