@@ -131,7 +131,7 @@ impl Config {
                 return Err(invalid(vec![index.problem(
                     inner.span(),
                     path,
-                    inner.message().trim(),
+                    error::in_words(inner.message().trim()),
                 )]));
             }
         };

@@ -631,7 +631,7 @@ fn repository(
                     c.report(
                         Some(repo_span),
                         "repository",
-                        "missing field `path` (required when type = \"local\")",
+                        "missing key `path` (required when type = \"local\")",
                     );
                     PathBuf::new()
                 }
@@ -657,7 +657,7 @@ fn repository(
                     c.report(
                         Some(repo_span),
                         "repository",
-                        "missing field `bucket` (required when type = \"s3\")",
+                        "missing key `bucket` (required when type = \"s3\")",
                     );
                     String::new()
                 }
@@ -824,7 +824,7 @@ fn key(c: &mut Checker<'_>, raw: &RawKey, state_dir: &Path, aws: &Aws) -> KeyCon
                     c.report(
                         span,
                         "key",
-                        "missing field `key-id` (required when provider = \"kms\")",
+                        "missing key `key-id` (required when provider = \"kms\")",
                     );
                     String::new()
                 }
