@@ -1052,7 +1052,9 @@ fn parse_tag(t: &str) -> Result<Tag, &'static str> {
     })
 }
 
-fn valid_kms_key_arn(k: &str) -> bool {
+/// True for a full KMS key ARN (`arn:aws:kms:REGION:ACCOUNT:key/ID`): the
+/// key itself, which needs no lookup (an alias or a bare id does).
+pub fn valid_kms_key_arn(k: &str) -> bool {
     let parts: Vec<&str> = k.splitn(6, ':').collect();
     matches!(parts.as_slice(), ["arn", _, "kms", region, account, resource]
     if !region.is_empty()

@@ -20,6 +20,7 @@ mod monitoring;
 mod output;
 mod packaging;
 mod patterns;
+mod policy;
 mod private_state;
 mod roundtrip;
 mod tamper;
