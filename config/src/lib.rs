@@ -49,6 +49,9 @@ pub struct Environment {
     pub hostname: Option<String>,
     /// Whether the process runs as root.
     pub is_root: bool,
+    /// Whether the configuration file belongs to root: the system's
+    /// configuration, whose state is the system's whoever reads it.
+    pub config_of_root: bool,
     /// `$HOME`.
     pub home: Option<PathBuf>,
     /// `$XDG_CONFIG_HOME`.
@@ -64,9 +67,12 @@ pub const SYSTEM_CONFIG: &str = "/etc/vaultline/config.toml";
 
 impl Environment {
     /// The state directory when none is configured: `/var/lib/vaultline` for
-    /// root, else `$XDG_STATE_HOME/vaultline` (default `~/.local/state/vaultline`).
+    /// root or a configuration of root's (a user reading the system's
+    /// configuration reads the system's state, not an empty one of their
+    /// own), else `$XDG_STATE_HOME/vaultline` (default
+    /// `~/.local/state/vaultline`).
     pub fn default_state_dir(&self) -> Option<PathBuf> {
-        if self.is_root {
+        if self.is_root || self.config_of_root {
             return Some(PathBuf::from(ROOT_STATE_DIR));
         }
         absolute(&self.xdg_state_home)

@@ -14,6 +14,7 @@ fn env() -> Environment {
     Environment {
         hostname: Some("web1".into()),
         is_root: false,
+        config_of_root: false,
         home: Some("/home/op".into()),
         xdg_config_home: None,
         xdg_state_home: None,
@@ -85,7 +86,15 @@ fn root_state_dir_default() {
         PathBuf::from("/var/lib/vaultline-metrics/vaultline.prom")
     );
     let user = Config::parse(MINIMAL, Path::new("c.toml"), &env()).unwrap();
+    assert_eq!(user.agent.state_dir, PathBuf::from("/home/op/.local/state/vaultline"));
     assert_eq!(user.agent.metrics_file, user.agent.state_dir.join("vaultline.prom"));
+    // A user reading the system's configuration reads the system's state.
+    let shared = Environment {
+        config_of_root: true,
+        ..env()
+    };
+    let c = Config::parse(MINIMAL, Path::new("c.toml"), &shared).unwrap();
+    assert_eq!(c.agent.state_dir, PathBuf::from("/var/lib/vaultline"));
 }
 
 #[test]

@@ -339,3 +339,55 @@ fn a_backup_interrupted_mid_run_commits_nothing_and_is_recorded() {
     let _ = fs_proc.kill();
     let _ = fs_proc.wait();
 }
+
+/// A user reading the system's configuration (root's, with no state-dir)
+/// reads the system's state directory: refused with the path and the fix,
+/// never a quiet `last run: never` from an empty state of their own.
+#[test]
+fn status_as_another_user_reads_the_systems_state_or_says_why_not() {
+    if !crate::util::root_or_explain("status_as_another_user") {
+        return;
+    }
+    let system = std::path::Path::new("/var/lib/vaultline");
+    // As systemd makes it, if this machine has none; removed afterwards.
+    struct Made(bool);
+    impl Drop for Made {
+        fn drop(&mut self) {
+            if self.0 {
+                let _ = fs::remove_dir_all("/var/lib/vaultline");
+            }
+        }
+    }
+    let _made = Made(!system.exists());
+    if _made.0 {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new().mode(0o700).create(system).unwrap();
+    }
+    let f = Fixture::new("");
+    fs::write(
+        &f.config,
+        format!(
+            "[agent]\nhost = \"testhost\"\n\n[repository]\ntype = \"local\"\npath = {:?}\n\n[[jobs]]\nname = \
+             \"data\"\npaths = [\"/etc\"]\n",
+            f.repo().display().to_string()
+        ),
+    )
+    .unwrap();
+    let home = f.path().join("nobody");
+    fs::create_dir_all(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(65534), Some(65534)).unwrap();
+    let run = f.run_as_nobody(&home, &["status"]);
+    assert_eq!(
+        (run.code, run.stderr.as_str()),
+        (
+            4,
+            "error: cannot read /var/lib/vaultline/status/data.json: Permission denied (os error 13)\nhint: \
+             permission denied, and vaultline runs as user nobody (uid 65534), not root: a system \
+             installation's configuration, state and repository belong to root; run it as root (`sudo \
+             vaultline …`), or as the user that owns the path above\n"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert!(!home.join(".local").exists(), "a state directory of nobody's own was used");
+}

@@ -43,8 +43,9 @@ pub struct App {
 impl App {
     /// Locates and loads the configuration named by the flags.
     pub fn load(cli: &Cli, out: Output) -> Result<App> {
-        let env = process_environment();
+        let mut env = process_environment();
         let path = vaultline_config::locate(cli.config.as_deref(), &env)?;
+        env.config_of_root = config_of_root(&path);
         let config = Config::load(&path, &env)?;
         tracing::debug!("configuration {}", path.display());
         if env.is_root {
@@ -429,6 +430,12 @@ fn check_commands_file(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// Whether the configuration file at `path` belongs to root.
+pub fn config_of_root(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).is_ok_and(|m| m.uid() == 0)
+}
+
 /// Reads the facts configuration defaults depend on from this process.
 pub fn process_environment() -> Environment {
     let var = |name: &str| {
@@ -444,6 +451,7 @@ pub fn process_environment() -> Environment {
     Environment {
         hostname,
         is_root: rustix::process::geteuid().is_root(),
+        config_of_root: false,
         home: var("HOME"),
         xdg_config_home: var("XDG_CONFIG_HOME"),
         xdg_state_home: var("XDG_STATE_HOME"),

@@ -24,6 +24,13 @@ struct Row {
 /// Runs `status`.
 pub fn run(app: &App) -> Result<()> {
     let hardened = matches!(app.config.repository, vaultline_config::Repository::S3(_));
+    let state = &app.config.agent.state_dir;
+    if !state.exists() {
+        tracing::warn!(
+            "no state directory {}: no run has been recorded with this configuration yet",
+            state.display()
+        );
+    }
     let now = jiff::Timestamp::now().as_second();
     let mut rows = Vec::new();
     for job in &app.config.jobs {

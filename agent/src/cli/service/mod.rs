@@ -437,7 +437,8 @@ impl Service {
     }
 
     async fn reload(&mut self) {
-        let env = process_environment();
+        let mut env = process_environment();
+        env.config_of_root = crate::cli::app::config_of_root(&self.config.file);
         match Config::load(&self.config.file, &env) {
             Ok(new) => {
                 tracing::info!("SIGHUP: configuration {} reloaded", new.file.display());
