@@ -112,17 +112,36 @@ pub enum Command {
     #[command(subcommand)]
     Key(KeyCommand),
 
-    /// Write the man page and shell completions (for packaging).
-    #[command(hide = true)]
+    /// Write the man pages (DIR/man/, one per command) and the bash, zsh and
+    /// fish completions (DIR/completions/), for packaging or installing.
     Generate {
-        /// Directory to write vaultline.1 and completions/ into.
+        /// Directory to write man/ and completions/ into.
         #[arg(value_name = "DIR")]
         dir: std::path::PathBuf,
+    },
+
+    /// Print the completions for a shell, e.g.
+    /// `vaultline completions bash > /etc/bash_completion.d/vaultline`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: CompletionShell,
     },
 
     /// Print policies for this configuration.
     #[command(subcommand)]
     Policy(PolicyCommand),
+}
+
+/// The shells `completions` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompletionShell {
+    /// bash.
+    Bash,
+    /// zsh.
+    Zsh,
+    /// fish.
+    Fish,
 }
 
 /// `audit-log …`.

@@ -31,6 +31,9 @@ pub fn run(cli: &Cli, out: Output) -> anyhow::Result<()> {
     if let Command::Generate { dir } = &cli.command {
         return commands::generate::run(dir);
     }
+    if let Command::Completions { shell } = &cli.command {
+        return commands::generate::completions(*shell);
+    }
     // An auditor's copy of a trail is checked with or without one.
     if let Command::AuditLog(AuditLogCommand::Verify { file: Some(file) }) = &cli.command {
         return match App::load(cli, out) {
@@ -60,7 +63,7 @@ pub fn run(cli: &Cli, out: Output) -> anyhow::Result<()> {
         Command::Audit => commands::audit::run(&app),
         Command::Status => commands::status::run(&app),
         Command::Agent => service::run(&app),
-        Command::Generate { .. } => Ok(()),
+        Command::Generate { .. } | Command::Completions { .. } => Ok(()),
         Command::AuditLog(AuditLogCommand::Verify { file }) => {
             commands::audit::verify_log(Some(&app), file.as_deref(), &app.out)
         }
