@@ -251,3 +251,14 @@ fn progress_bars_leave_nothing_behind_on_a_terminal() {
     assert!(raw.contains("restoring "), "{raw:?}");
     assert!(!screen(&raw, 200).iter().any(|l| l.contains("restoring ")), "{raw:?}");
 }
+
+/// `forget --apply` on a local repository says nothing of versioned
+/// buckets (an S3 matter), and counts in words that agree with the number.
+#[test]
+fn forget_on_a_local_repository_says_nothing_of_versioned_buckets() {
+    let f = backed_up();
+    f.run(&["backup", "now"]).ok();
+    let run = f.run(&["forget", "--apply"]).ok();
+    assert!(!run.stdout.contains("versioned bucket"), "{}", run.stdout);
+    assert!(run.stdout.contains("  removed 1 snapshot and "), "{}", run.stdout);
+}

@@ -207,9 +207,10 @@ fn log_writer() -> LogWriter {
 
 /// `12/345 entries`, or `12 entries` when the total is not known.
 fn entries_text(done: u64, total: Option<u64>) -> String {
+    let noun = if total.unwrap_or(done) == 1 { "entry" } else { "entries" };
     match total {
-        Some(t) => format!("{done}/{t} entries"),
-        None => format!("{done} entries"),
+        Some(t) => format!("{done}/{t} {noun}"),
+        None => format!("{done} {noun}"),
     }
 }
 
@@ -366,5 +367,6 @@ mod tests {
         assert_eq!(rate_text(3 << 20, sec(3)), "1.0 MiB/s");
         assert_eq!(entries_text(3, Some(40)), "3/40 entries");
         assert_eq!(entries_text(3, None), "3 entries");
+        assert_eq!(entries_text(0, Some(1)), "0/1 entry");
     }
 }
