@@ -98,13 +98,21 @@ pub(crate) fn in_words(message: &str) -> String {
             None if known.is_empty() => format!("unknown key `{name}`: this section has no keys"),
             None => format!(
                 "unknown key `{name}` (the keys here: {})",
-                known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                known
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         };
     }
     if let Some(rest) = message.strip_prefix("unknown variant ") {
         let (name, known) = split_known(rest);
-        let list = known.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ");
+        let list = known
+            .iter()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
         return match closest(&name, &known) {
             Some(best) => format!("unknown value `{name}`: did you mean `{best}`? (expected one of {list})"),
             None => format!("unknown value `{name}`: expected one of {list}"),
@@ -140,10 +148,7 @@ fn split_known(rest: &str) -> (String, Vec<String>) {
             .collect()
     };
     match rest.split_once(", ") {
-        Some((name, known)) => (
-            ticked(name).into_iter().next().unwrap_or_default(),
-            ticked(known),
-        ),
+        Some((name, known)) => (ticked(name).into_iter().next().unwrap_or_default(), ticked(known)),
         None => (ticked(rest).into_iter().next().unwrap_or_default(), Vec::new()),
     }
 }
@@ -192,7 +197,11 @@ fn expected_in_words(expected: &str) -> String {
 }
 
 fn found_in_words(found: &str) -> String {
-    let value = |prefix: &str| found.strip_prefix(prefix).map(|v| v.trim_matches('`').to_string());
+    let value = |prefix: &str| {
+        found
+            .strip_prefix(prefix)
+            .map(|v| v.trim_matches('`').to_string())
+    };
     if let Some(s) = found.strip_prefix("string ") {
         return format!("the string {s}");
     }

@@ -27,12 +27,12 @@ use std::path::{Path, PathBuf};
 
 pub use cron::Schedule;
 pub use error::{ConfigError, Problem};
-pub use pattern::{PatternError, Patterns};
 pub use model::{
     Agent, Aws, CHECKS, CheckPolicy, ChecksumPolicy, Config, Excludes, Hardening, Job,
     KEEP_EVERYTHING_FLOOR_DAYS, KeyConfig, KeyStorage, Lifecycle, ObjectLock, OnChange, Repository,
     Retention, RetentionFloor, S3Repository, StorageClass, Tag,
 };
+pub use pattern::{PatternError, Patterns};
 pub use validate::{
     DEFAULT_COMPRESSION_LEVEL, DEFAULT_FULL_EVERY_DAYS, DEFAULT_FULL_EVERY_RUNS, DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PART_SIZE_MIB, DEFAULT_PARTS_IN_FLIGHT, DEFAULT_PREFIX, DEFAULT_RESTORE_DAYS,

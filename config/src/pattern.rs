@@ -141,11 +141,13 @@ impl Patterns {
         }
         let relative = path.strip_prefix(b"/").unwrap_or(path);
         let name = relative.rsplit(|&b| b == b'/').next().unwrap_or(relative);
-        let by_name = (!name.is_empty())
-            .then(|| self.names.matches_candidate(&candidate(name)))
-            .unwrap_or_default()
-            .into_iter()
-            .map(|k| self.name_index[k]);
+        let by_name = if name.is_empty() {
+            Vec::new()
+        } else {
+            self.names.matches_candidate(&candidate(name))
+        }
+        .into_iter()
+        .map(|k| self.name_index[k]);
         let by_path = self
             .paths
             .matches_candidate(&candidate(relative))
@@ -198,10 +200,21 @@ mod tests {
     #[test]
     fn a_pattern_without_a_slash_is_a_name_anywhere() {
         let s = set(&["*.conf", "ssh_config"]);
-        for yes in ["etc/a.conf", "/etc/a.conf", "a.conf", "etc/ssh/ssh_config", "/srv/x/y/z.conf"] {
+        for yes in [
+            "etc/a.conf",
+            "/etc/a.conf",
+            "a.conf",
+            "etc/ssh/ssh_config",
+            "/srv/x/y/z.conf",
+        ] {
             assert!(s.matches(yes.as_bytes()), "{yes}");
         }
-        for no in ["etc/a.conf.bak", "etc/ssh_config/../x", "etc/conf", "etc/ssh/ssh_config.d"] {
+        for no in [
+            "etc/a.conf.bak",
+            "etc/ssh_config/../x",
+            "etc/conf",
+            "etc/ssh/ssh_config.d",
+        ] {
             assert!(!s.matches(no.as_bytes()), "{no}");
         }
         assert_eq!(s.matching(b"/etc/ssh/ssh_config"), Some("ssh_config"));

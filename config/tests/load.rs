@@ -86,8 +86,14 @@ fn root_state_dir_default() {
         PathBuf::from("/var/lib/vaultline-metrics/vaultline.prom")
     );
     let user = Config::parse(MINIMAL, Path::new("c.toml"), &env()).unwrap();
-    assert_eq!(user.agent.state_dir, PathBuf::from("/home/op/.local/state/vaultline"));
-    assert_eq!(user.agent.metrics_file, user.agent.state_dir.join("vaultline.prom"));
+    assert_eq!(
+        user.agent.state_dir,
+        PathBuf::from("/home/op/.local/state/vaultline")
+    );
+    assert_eq!(
+        user.agent.metrics_file,
+        user.agent.state_dir.join("vaultline.prom")
+    );
     // A user reading the system's configuration reads the system's state.
     let shared = Environment {
         config_of_root: true,

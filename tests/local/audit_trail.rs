@@ -195,12 +195,21 @@ fn who_comes_from_the_uid_not_from_user() {
             (v.get(2) == Some(&uid.to_string().as_str())).then(|| v[0].to_string())
         })
         .expect("the running uid is in /etc/passwd");
-    let out = f.command(&["backup", "now"]).env("USER", "alice").output().unwrap();
+    let out = f
+        .command(&["backup", "now"])
+        .env("USER", "alice")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     f.run(&["backup", "now"]).ok(); // USER unset
     let whos: Vec<String> = trail(&f)
         .iter()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["who"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["who"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     let want = format!("local user {name} (uid {uid})");
     assert!(!whos.is_empty());

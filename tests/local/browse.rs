@@ -68,7 +68,10 @@ fn ls_lists_a_snapshot_from_its_manifest_alone() {
     assert!(line.starts_with("-rw-r--r--"), "{line}");
     assert!(line.contains(" 2.0 KiB  "), "{line}");
     assert!(line.ends_with(&format!("  {s}/notes.txt")), "{line}");
-    let json = f.run(&["--json", "ls", "latest", &format!("{s}/link")]).ok().json();
+    let json = f
+        .run(&["--json", "ls", "latest", &format!("{s}/link")])
+        .ok()
+        .json();
     assert_eq!(json[0]["type"], "symlink");
     assert_eq!(json[0]["target"], "etc/app.conf");
     // A path the snapshot does not have is named.
@@ -76,7 +79,10 @@ fn ls_lists_a_snapshot_from_its_manifest_alone() {
     let id = &ids(&f)[0];
     assert_eq!(
         (run.code, run.stderr.as_str()),
-        (2, format!("error: snapshot {id} of job data has no /nope\n").as_str())
+        (
+            2,
+            format!("error: snapshot {id} of job data has no /nope\n").as_str()
+        )
     );
 }
 
@@ -109,10 +115,21 @@ fn find_matches_entries_of_every_snapshot_with_the_one_pattern_language() {
     );
     // With a `/`: a path from the root; one snapshot by a prefix of its id.
     let json = f
-        .run(&["--json", "find", &format!("{s}/etc/**"), "--snapshot", &ids[1][17..23]])
+        .run(&[
+            "--json",
+            "find",
+            &format!("{s}/etc/**"),
+            "--snapshot",
+            &ids[1][17..23],
+        ])
         .ok()
         .json();
-    let paths: Vec<&str> = json.as_array().unwrap().iter().map(|e| e["path"].as_str().unwrap()).collect();
+    let paths: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
     assert_eq!(
         paths,
         [
@@ -139,13 +156,18 @@ fn a_unique_id_prefix_is_accepted_wherever_an_id_is() {
     let ids = ids(&f);
     let short = &ids[0][17..]; // the hex digits after the dash, like restic's short ids
     let target = f.path().join("r");
-    f.run(&["restore", short, "--target", target.to_str().unwrap()]).ok();
+    f.run(&["restore", short, "--target", target.to_str().unwrap()])
+        .ok();
     assert_eq!(
         fs::read(crate::util::restored(&target, &src).join("etc/app.conf")).unwrap(),
         b"conf\n"
     );
     let run = f.run(&["verify", &short[..5]]).ok();
-    assert!(run.stdout.starts_with(&format!("{} (data): ok", ids[0])), "{}", run.stdout);
+    assert!(
+        run.stdout.starts_with(&format!("{} (data): ok", ids[0])),
+        "{}",
+        run.stdout
+    );
     f.run(&["ls", &ids[1][..ids[1].len() - 1]]).ok();
 
     // A prefix both ids share is refused, naming them.
@@ -189,14 +211,22 @@ fn backup_dry_run_lists_what_would_be_archived_and_left_out_and_writes_nothing()
         )
     );
     assert!(!f.repo().exists(), "a dry run wrote into the repository");
-    assert_eq!(crate::util::files_under(&f.state()), state_before, "a dry run wrote state");
+    assert_eq!(
+        crate::util::files_under(&f.state()),
+        state_before,
+        "a dry run wrote state"
+    );
     let json = f.run(&["--json", "backup", "now", "--dry-run"]).ok().json();
     assert_eq!(json[0]["files"], 3);
     assert_eq!(json[0]["excluded"][0]["why"], "excluded by \"*.swp\"");
     // A mistyped flag gets the real one suggested, not `-- --dryrun`.
     let run: Run = f.run(&["backup", "--dryrun"]);
     assert_eq!(run.code, 2);
-    assert!(run.stderr.contains("tip: a similar argument exists: '--dry-run'"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("tip: a similar argument exists: '--dry-run'"),
+        "{}",
+        run.stderr
+    );
     assert!(!run.stderr.contains("as a value"), "{}", run.stderr);
     let run = f.run(&["restore", "latest", "--target", "/tmp/x", "--frobnicate"]);
     assert_eq!(run.code, 2);
@@ -214,7 +244,20 @@ fn backup_alone_runs_the_jobs_like_backup_now() {
     assert_eq!(ids(&f).len(), 4);
     // restore --dry-run says what it would do and writes nothing.
     let target = f.path().join("r");
-    let run = f.run(&["restore", "latest", "--dry-run", "--target", target.to_str().unwrap()]).ok();
-    assert!(run.stdout.starts_with("dry run: would restore 7 entries (2.0 KiB of content)"), "{}", run.stdout);
+    let run = f
+        .run(&[
+            "restore",
+            "latest",
+            "--dry-run",
+            "--target",
+            target.to_str().unwrap(),
+        ])
+        .ok();
+    assert!(
+        run.stdout
+            .starts_with("dry run: would restore 7 entries (2.0 KiB of content)"),
+        "{}",
+        run.stdout
+    );
     assert!(!target.exists());
 }

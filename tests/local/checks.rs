@@ -46,7 +46,14 @@ fn an_unknown_job_is_a_usage_error_naming_the_known_jobs() {
     refused(f.run(&["snapshots", "ect"]), 2, &want, "");
     let target = f.path().join("r");
     refused(
-        f.run(&["restore", "latest", "--job", "ect", "--target", target.to_str().unwrap()]),
+        f.run(&[
+            "restore",
+            "latest",
+            "--job",
+            "ect",
+            "--target",
+            target.to_str().unwrap(),
+        ]),
         2,
         &want,
         "",
@@ -71,18 +78,38 @@ fn an_unknown_job_is_a_usage_error_naming_the_known_jobs() {
 fn an_unknown_host_is_a_usage_error_naming_the_hosts_with_snapshots() {
     let f = fixture();
     let repo = f.repo().display().to_string();
-    let none = format!("no snapshots of host \"otherhost\" in local repository {repo} (no host has snapshots there yet)");
+    let none = format!(
+        "no snapshots of host \"otherhost\" in local repository {repo} (no host has snapshots there yet)"
+    );
     refused(f.run(&["verify", "--host", "otherhost"]), 2, &none, "");
     f.run(&["backup", "now"]).ok();
-    let want =
-        format!("no snapshots of host \"otherhost\" in local repository {repo} (hosts with snapshots: testhost)");
+    let want = format!(
+        "no snapshots of host \"otherhost\" in local repository {repo} (hosts with snapshots: testhost)"
+    );
     refused(f.run(&["verify", "--host", "otherhost"]), 2, &want, "");
-    refused(f.run(&["--json", "verify", "--all", "--host", "otherhost"]), 2, &want, "");
+    refused(
+        f.run(&["--json", "verify", "--all", "--host", "otherhost"]),
+        2,
+        &want,
+        "",
+    );
     refused(f.run(&["snapshots", "--host", "otherhost"]), 2, &want, "");
-    refused(f.run(&["forget", "--dry-run", "--host", "otherhost"]), 2, &want, "");
+    refused(
+        f.run(&["forget", "--dry-run", "--host", "otherhost"]),
+        2,
+        &want,
+        "",
+    );
     let target = f.path().join("r");
     refused(
-        f.run(&["restore", "latest", "--host", "otherhost", "--target", target.to_str().unwrap()]),
+        f.run(&[
+            "restore",
+            "latest",
+            "--host",
+            "otherhost",
+            "--target",
+            target.to_str().unwrap(),
+        ]),
         2,
         &want,
         "",
@@ -101,13 +128,18 @@ fn verify_with_no_snapshot_to_check_exits_8_not_0() {
     refused(f.run(&["verify", "latest"]), 8, &host, "");
     // --json still prints a document: an empty list, and the same exit code.
     refused(f.run(&["--json", "verify", "--all"]), 8, &host, "[]\n");
-    let job = format!("nothing to verify: job data of host testhost has no snapshots in local repository {repo}");
+    let job =
+        format!("nothing to verify: job data of host testhost has no snapshots in local repository {repo}");
     refused(f.run(&["verify", "--job", "data"]), 8, &job, "");
 
     // Once there is one, verify passes and says what it checked.
     f.run(&["backup", "now"]).ok();
     let run = f.run(&["verify"]).ok();
-    assert!(run.stdout.ends_with(" (data): ok, 2 entries, 6 B\n"), "{}", run.stdout);
+    assert!(
+        run.stdout.ends_with(" (data): ok, 2 entries, 6 B\n"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]

@@ -24,7 +24,10 @@ fn a_job_none_of_whose_paths_exist_refuses_to_run() {
     );
     let run = f.run(&["backup", "now"]);
     assert_eq!((run.code, run.stderr.as_str()), (2, want.as_str()));
-    assert!(f.objects(".manifest").is_empty(), "no empty snapshot was committed");
+    assert!(
+        f.objects(".manifest").is_empty(),
+        "no empty snapshot was committed"
+    );
     let run = f.run(&["backup", "--dry-run"]);
     assert_eq!((run.code, run.stderr.as_str()), (2, want.as_str()));
     // It is a failed run for monitoring.
@@ -36,7 +39,12 @@ fn a_job_none_of_whose_paths_exist_refuses_to_run() {
     fs::write(missing.join("a/x"), b"x").unwrap();
     let run = f.run(&["backup", "now"]);
     assert_eq!(run.code, 4, "{}", run.stderr);
-    assert!(run.stdout.contains(&format!("NOT BACKED UP: {}/b", missing.display())), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains(&format!("NOT BACKED UP: {}/b", missing.display())),
+        "{}",
+        run.stdout
+    );
 }
 
 /// A repository disk that fills up is named as what is at fault (with the
@@ -65,7 +73,10 @@ fn a_full_repository_is_named_not_the_file_being_archived() {
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
         }
     }
     let _unmount = Unmount(f.repo());
@@ -86,8 +97,16 @@ fn a_full_repository_is_named_not_the_file_being_archived() {
         "{}",
         run.stderr
     );
-    assert!(!run.stderr.contains("file.zip"), "the source is not at fault: {}", run.stderr);
-    let left: Vec<String> = f.repo_files().into_iter().filter(|n| n.contains(".pending-")).collect();
+    assert!(
+        !run.stderr.contains("file.zip"),
+        "the source is not at fault: {}",
+        run.stderr
+    );
+    let left: Vec<String> = f
+        .repo_files()
+        .into_iter()
+        .filter(|n| n.contains(".pending-"))
+        .collect();
     assert!(left.is_empty(), "{left:?}");
     let status = f.run(&["--json", "status"]).ok().json();
     assert_eq!(status[0]["last_run"]["result"], "failed");

@@ -84,7 +84,10 @@ fn missing_master_key_names_the_key_the_repository_needs() {
         "restore wrote {:?}",
         files_under(&target)
     );
-    assert!(!f.key_file().exists(), "a key was created for an existing repository");
+    assert!(
+        !f.key_file().exists(),
+        "a key was created for an existing repository"
+    );
 
     // With no repository at all, init is the answer.
     let fresh = Fixture::new("");
@@ -110,17 +113,32 @@ fn a_lost_key_comes_back_from_its_export() {
 
     // To a new file of its own, 0600, never over an existing one.
     let export = f.path().join("master.key.backup");
-    let run = f.run(&["key", "export", "--output", export.to_str().unwrap()]).ok();
+    let run = f
+        .run(&["key", "export", "--output", export.to_str().unwrap()])
+        .ok();
     assert_eq!(run.stdout, "");
-    assert!(run.stderr.contains(&format!("master key {fingerprint} written to {}", export.display())));
+    assert!(run.stderr.contains(&format!(
+        "master key {fingerprint} written to {}",
+        export.display()
+    )));
     assert_eq!(fs::metadata(&export).unwrap().permissions().mode() & 0o777, 0o600);
     let text = fs::read_to_string(&export).unwrap();
-    assert!(text.starts_with(&format!("# vaultline master key, fingerprint {fingerprint}\n")), "{text}");
+    assert!(
+        text.starts_with(&format!("# vaultline master key, fingerprint {fingerprint}\n")),
+        "{text}"
+    );
     assert!(text.ends_with(&key_line), "{text}");
     let again = f.run(&["key", "export", "--output", export.to_str().unwrap()]);
     assert_eq!(
         (again.code, again.stderr.as_str()),
-        (2, format!("error: {} exists already; the key is written only into a new file\n", export.display()).as_str())
+        (
+            2,
+            format!(
+                "error: {} exists already; the key is written only into a new file\n",
+                export.display()
+            )
+            .as_str()
+        )
     );
     // To standard output redirected to a file others could read: made 0600.
     let redirected = f.path().join("redirected");
@@ -132,9 +150,15 @@ fn a_lost_key_comes_back_from_its_export() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(fs::metadata(&redirected).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        fs::metadata(&redirected).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let written = fs::read_to_string(&redirected).unwrap();
-    assert!(written.starts_with(&format!("# vaultline master key, fingerprint {fingerprint}\n")), "{written}");
+    assert!(
+        written.starts_with(&format!("# vaultline master key, fingerprint {fingerprint}\n")),
+        "{written}"
+    );
     assert!(written.ends_with(&key_line), "{written}");
     // Never onto a terminal.
     let tty = std::process::Command::new("script")
@@ -149,7 +173,10 @@ fn a_lost_key_comes_back_from_its_export() {
         .output()
         .unwrap();
     let shown = String::from_utf8_lossy(&tty.stdout);
-    assert!(shown.contains("refusing to print the master key onto a terminal"), "{shown}");
+    assert!(
+        shown.contains("refusing to print the master key onto a terminal"),
+        "{shown}"
+    );
     assert!(!shown.contains(&hex), "the key reached the terminal");
 
     // The key is lost; init makes no new one, a wrong key is refused.
@@ -157,7 +184,10 @@ fn a_lost_key_comes_back_from_its_export() {
     assert_eq!(f.run(&["init"]).code, 2);
     assert!(!f.key_file().exists());
     let other = Fixture::new("");
-    let other_fp = other.run(&["--json", "init"]).ok().json()["key_id"].as_str().unwrap().to_string();
+    let other_fp = other.run(&["--json", "init"]).ok().json()["key_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let run = f.run(&["key", "import", other.key_file().to_str().unwrap()]);
     assert_eq!(
         (run.code, run.stderr.as_str()),
@@ -185,11 +215,19 @@ fn a_lost_key_comes_back_from_its_export() {
             f.repo().display()
         )
     );
-    assert_eq!(fs::metadata(f.key_file()).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        fs::metadata(f.key_file()).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let run = f.run(&["key", "import", export.to_str().unwrap()]).ok();
-    assert!(run.stdout.contains("is in place already in key file"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("is in place already in key file"),
+        "{}",
+        run.stdout
+    );
     let target = f.path().join("restore");
-    f.run(&["restore", "latest", "--target", target.to_str().unwrap()]).ok();
+    f.run(&["restore", "latest", "--target", target.to_str().unwrap()])
+        .ok();
     let src = f.path().join("src");
     crate::util::assert_same_tree(&src, &crate::util::restored(&target, &src));
 
@@ -210,7 +248,10 @@ fn a_lost_key_comes_back_from_its_export() {
             .as_str()
         )
     );
-    assert_eq!(fs::read(other.key_file()).unwrap(), fs::read(f.key_file()).unwrap());
+    assert_eq!(
+        fs::read(other.key_file()).unwrap(),
+        fs::read(f.key_file()).unwrap()
+    );
     fs::write(f.key_file(), right).unwrap();
 
     // The audit trail names the fingerprint, never the key.
@@ -234,9 +275,10 @@ fn init_as_a_user_without_access_names_the_path_and_creates_no_key() {
     fs::create_dir_all(f.repo()).unwrap();
     fs::set_permissions(f.repo(), fs::Permissions::from_mode(0o700)).unwrap();
     let state = home.join("state");
-    let config = fs::read_to_string(&f.config)
-        .unwrap()
-        .replace(&format!("{:?}", f.state().display().to_string()), &format!("{:?}", state.display().to_string()));
+    let config = fs::read_to_string(&f.config).unwrap().replace(
+        &format!("{:?}", f.state().display().to_string()),
+        &format!("{:?}", state.display().to_string()),
+    );
     fs::write(&f.config, config).unwrap();
     let run = f.run_as_nobody(&home, &["init"]);
     assert_eq!(
@@ -253,7 +295,10 @@ fn init_as_a_user_without_access_names_the_path_and_creates_no_key() {
             .as_str()
         )
     );
-    assert!(!state.join("keys").exists(), "a key was created for a repository that cannot be written");
+    assert!(
+        !state.join("keys").exists(),
+        "a key was created for a repository that cannot be written"
+    );
 }
 
 /// The key file holds another key than the one the repository was sealed
@@ -358,7 +403,10 @@ fn init_says_what_it_did_to_the_repository_directory() {
     let first_line = |run: Run| run.stdout.lines().next().unwrap_or_default().to_string();
     let f = Fixture::new("");
     let repo = f.repo().display().to_string();
-    assert_eq!(first_line(f.init()), format!("repository: local repository {repo} (created)"));
+    assert_eq!(
+        first_line(f.init()),
+        format!("repository: local repository {repo} (created)")
+    );
     assert_eq!(
         first_line(f.init()),
         format!("repository: local repository {repo} (exists, matches the key)")
@@ -380,8 +428,14 @@ fn init_says_what_it_did_to_the_repository_directory() {
     let run = busy.init();
     let repo = busy.repo().display().to_string();
     assert_eq!(
-        first_line(Run { stdout: run.stdout.clone(), stderr: String::new(), code: 0 }),
-        format!("repository: local repository {repo} (initialized in an existing directory that already holds 2 other entries)")
+        first_line(Run {
+            stdout: run.stdout.clone(),
+            stderr: String::new(),
+            code: 0
+        }),
+        format!(
+            "repository: local repository {repo} (initialized in an existing directory that already holds 2 other entries)"
+        )
     );
     assert_eq!(
         run.stderr,

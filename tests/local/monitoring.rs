@@ -23,7 +23,10 @@ fn status_and_metrics_follow_the_runs() {
 
     f.run(&["backup", "now", "data"]).ok();
     let first = f.run(&["status", "--json"]).ok().json();
-    assert_eq!(first[0]["last_run"]["bytes_read"], 5005, "a full run reads everything");
+    assert_eq!(
+        first[0]["last_run"]["bytes_read"], 5005,
+        "a full run reads everything"
+    );
     assert_eq!(first[0]["last_run"]["archived_files"], 2);
     // No change: the second run opens no file, and says so.
     let run = f.run(&["backup", "now", "data"]).ok();
@@ -32,9 +35,16 @@ fn status_and_metrics_follow_the_runs() {
         "{}",
         run.stdout
     );
-    assert!(!run.stdout.contains("/s)"), "no rate for nothing read: {}", run.stdout);
+    assert!(
+        !run.stdout.contains("/s)"),
+        "no rate for nothing read: {}",
+        run.stdout
+    );
     let json = f.run(&["--json", "backup", "now", "data"]).ok().json();
-    assert_eq!((json[0]["read_bytes"].as_u64(), json[0]["snapshot_bytes"].as_u64()), (Some(0), Some(5005)));
+    assert_eq!(
+        (json[0]["read_bytes"].as_u64(), json[0]["snapshot_bytes"].as_u64()),
+        (Some(0), Some(5005))
+    );
     let status = f.run(&["status", "--json"]).ok().json();
     let data = &status[0];
     assert_eq!(data["job"], "data");
@@ -88,15 +98,24 @@ fn status_and_metrics_follow_the_runs() {
     assert_eq!(value("vaultline_skipped_total"), 0.0);
     // HELP says what each number is.
     let help = |name: &str| scrape.docs.get(name).cloned().unwrap_or_default();
-    assert_eq!(help("vaultline_last_run_files"), "Regular files in the snapshot the last run committed.");
+    assert_eq!(
+        help("vaultline_last_run_files"),
+        "Regular files in the snapshot the last run committed."
+    );
     assert_eq!(
         help("vaultline_last_run_archived_files"),
         "Files the last run read and archived (new or changed; all of them in a full run)."
     );
     // A local repository has no hardening checks: no hardening series.
     assert!(!text.contains("vaultline_hardening"), "{text}");
-    assert!(text.contains("vaultline_last_run_result{job=\"data\",result=\"ok\"} 1\n"), "{text}");
-    assert!(text.contains("vaultline_last_run_result{job=\"data\",result=\"interrupted\"} 0\n"), "{text}");
+    assert!(
+        text.contains("vaultline_last_run_result{job=\"data\",result=\"ok\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("vaultline_last_run_result{job=\"data\",result=\"interrupted\"} 0\n"),
+        "{text}"
+    );
     assert!(value("vaultline_last_run_stored_bytes") > 0.0);
     assert_eq!(
         value("vaultline_last_success_timestamp_seconds"),
@@ -133,7 +152,10 @@ impl HeldLock {
             .unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !ready.exists() {
-            assert!(std::time::Instant::now() < deadline, "flock did not take the lock");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "flock did not take the lock"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         HeldLock(child)
@@ -184,7 +206,12 @@ fn a_run_skipped_because_the_job_is_running_is_not_a_failure() {
     let held = HeldLock::take(&f, "data");
     let run = f.run(&["backup", "now", "--no-wait"]);
     assert_eq!(run.code, 6, "{}", run.stderr);
-    assert!(run.stderr.starts_with("error: job data: already running (process "), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .starts_with("error: job data: already running (process "),
+        "{}",
+        run.stderr
+    );
     drop(held);
     let status = f.run(&["--json", "status"]).ok().json();
     assert_eq!(
@@ -207,7 +234,10 @@ fn a_run_skipped_because_the_job_is_running_is_not_a_failure() {
     assert_eq!(metric(&f, "vaultline_failures_total"), Some(0.0));
     assert_eq!(metric(&f, "vaultline_skipped_total"), Some(1.0));
     let text = f.run(&["status"]).ok().stdout;
-    assert!(text.contains("  totals:       1 run, 0 failed, 0 interrupted, 1 skipped"), "{text}");
+    assert!(
+        text.contains("  totals:       1 run, 0 failed, 0 interrupted, 1 skipped"),
+        "{text}"
+    );
     let trail = fs::read_to_string(f.state().join("audit.jsonl")).unwrap();
     assert!(trail.contains("\"what\":\"job-skipped\""), "{trail}");
 }
@@ -298,7 +328,10 @@ fn a_backup_interrupted_mid_run_commits_nothing_and_is_recorded() {
     assert_eq!(line.trim(), "HELD", "the run never reached the held file");
     // Mid-run: the archive and the manifest are being written.
     let pending = |f: &Fixture| -> Vec<String> {
-        f.repo_files().into_iter().filter(|n| n.contains(".pending-")).collect()
+        f.repo_files()
+            .into_iter()
+            .filter(|n| n.contains(".pending-"))
+            .collect()
     };
     assert_eq!(pending(&f).len(), 2, "{:?}", f.repo_files());
     let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
@@ -309,13 +342,22 @@ fn a_backup_interrupted_mid_run_commits_nothing_and_is_recorded() {
     child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{stderr}");
-    assert!(stderr.contains(" WARN SIGINT: interrupted, cleaning up (again to stop at once)\n"), "{stderr}");
     assert!(
-        stderr.ends_with("error: interrupted by SIGINT: job data stopped and cleaned up, nothing was committed\n"),
+        stderr.contains(" WARN SIGINT: interrupted, cleaning up (again to stop at once)\n"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.ends_with(
+            "error: interrupted by SIGINT: job data stopped and cleaned up, nothing was committed\n"
+        ),
         "{stderr}"
     );
     assert!(pending(&f).is_empty(), "left behind: {:?}", f.repo_files());
-    assert!(f.objects(".manifest").is_empty() && f.objects(".archive").is_empty(), "{:?}", f.repo_files());
+    assert!(
+        f.objects(".manifest").is_empty() && f.objects(".archive").is_empty(),
+        "{:?}",
+        f.repo_files()
+    );
 
     let st = f.run(&["--json", "status"]).ok().json();
     assert_eq!(st[0]["last_run"]["result"], "interrupted", "{st}");
@@ -323,15 +365,27 @@ fn a_backup_interrupted_mid_run_commits_nothing_and_is_recorded() {
         st[0]["last_run"]["error"],
         "interrupted by SIGINT: nothing was committed"
     );
-    assert_eq!((&st[0]["interrupted_total"], &st[0]["failures_total"]), (&1.into(), &0.into()));
+    assert_eq!(
+        (&st[0]["interrupted_total"], &st[0]["failures_total"]),
+        (&1.into(), &0.into())
+    );
     assert_eq!(metric(&f, "vaultline_last_run_success"), Some(0.0));
     assert_eq!(metric(&f, "vaultline_interrupted_total"), Some(1.0));
     let trail = fs::read_to_string(f.state().join("audit.jsonl")).unwrap();
     let whats: Vec<String> = trail
         .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["what"].as_str().unwrap().to_string())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["what"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
-    assert_eq!(whats, ["run-started", "job-interrupted", "run-finished"], "{trail}");
+    assert_eq!(
+        whats,
+        ["run-started", "job-interrupted", "run-finished"],
+        "{trail}"
+    );
 
     // The next run is an ordinary one.
     f.run(&["backup", "now"]).ok();
@@ -389,5 +443,8 @@ fn status_as_another_user_reads_the_systems_state_or_says_why_not() {
         "{}",
         run.stdout
     );
-    assert!(!home.join(".local").exists(), "a state directory of nobody's own was used");
+    assert!(
+        !home.join(".local").exists(),
+        "a state directory of nobody's own was used"
+    );
 }

@@ -107,7 +107,10 @@ fn a_closed_stdout_ends_quietly_in_every_command() {
     let run = into_closed_pipe(&f, &["restore", "latest", "--target", target.to_str().unwrap()]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
-    assert_eq!(fs::read(target.join(f.path().join("src/a.txt").strip_prefix("/").unwrap())).unwrap(), b"alpha\n");
+    assert_eq!(
+        fs::read(target.join(f.path().join("src/a.txt").strip_prefix("/").unwrap())).unwrap(),
+        b"alpha\n"
+    );
 }
 
 /// What a terminal shows after `raw` was written to it (`width` columns):
@@ -228,14 +231,25 @@ fn progress_bars_leave_nothing_behind_on_a_terminal() {
     };
     let raw = on_a_terminal("-v backup now");
     let lines = screen(&raw, 200);
-    let own = format!("DEBUG not archiving {}: it is vaultline's own", tree.join("repo").display());
-    assert!(lines.iter().any(|l| l.trim() == own), "no clean log line; screen:\n{}", lines.join("\n"));
+    let own = format!(
+        "DEBUG not archiving {}: it is vaultline's own",
+        tree.join("repo").display()
+    );
+    assert!(
+        lines.iter().any(|l| l.trim() == own),
+        "no clean log line; screen:\n{}",
+        lines.join("\n")
+    );
     assert!(
         !lines.iter().any(|l| l.contains("backing up data")),
         "the bar left debris; screen:\n{}",
         lines.join("\n")
     );
-    assert!(lines.iter().any(|l| l.starts_with("data: snapshot ")), "{}", lines.join("\n"));
+    assert!(
+        lines.iter().any(|l| l.starts_with("data: snapshot ")),
+        "{}",
+        lines.join("\n")
+    );
     assert!(raw.contains("/2 entries"), "no total of entries: {raw:?}");
     assert!(
         !raw.contains("ETA 0s") && !raw.contains(" 0 B/s"),
@@ -245,11 +259,17 @@ fn progress_bars_leave_nothing_behind_on_a_terminal() {
     // Verify and restore show a bar too, and clear it.
     let raw = on_a_terminal("verify");
     assert!(raw.contains("verifying "), "{raw:?}");
-    assert!(!screen(&raw, 200).iter().any(|l| l.contains("verifying ")), "{raw:?}");
+    assert!(
+        !screen(&raw, 200).iter().any(|l| l.contains("verifying ")),
+        "{raw:?}"
+    );
     let target = f.path().join("r");
     let raw = on_a_terminal(&format!("restore latest --target {}", target.display()));
     assert!(raw.contains("restoring "), "{raw:?}");
-    assert!(!screen(&raw, 200).iter().any(|l| l.contains("restoring ")), "{raw:?}");
+    assert!(
+        !screen(&raw, 200).iter().any(|l| l.contains("restoring ")),
+        "{raw:?}"
+    );
 }
 
 /// `forget --apply` on a local repository says nothing of versioned

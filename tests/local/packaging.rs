@@ -55,7 +55,8 @@ fn the_deb_builds_with_the_expected_files_and_its_units_verify() {
         .collect();
     files.sort();
     // A man page per command: every page the pages refer to is there.
-    let (man, files): (Vec<(String, String)>, Vec<(String, String)>) = files
+    type Listed = Vec<(String, String)>;
+    let (man, files): (Listed, Listed) = files
         .into_iter()
         .partition(|(p, _)| p.starts_with("/usr/share/man/man1/"));
     let want = [
@@ -136,7 +137,11 @@ fn the_deb_builds_with_the_expected_files_and_its_units_verify() {
     let page = |name: &str| -> String {
         let out = Command::new("gzip")
             .arg("-dc")
-            .arg(root.path().join("usr/share/man/man1").join(format!("{name}.1.gz")))
+            .arg(
+                root.path()
+                    .join("usr/share/man/man1")
+                    .join(format!("{name}.1.gz")),
+            )
             .output()
             .unwrap();
         assert!(out.status.success(), "no man page {name}.1.gz");
@@ -156,7 +161,9 @@ fn the_deb_builds_with_the_expected_files_and_its_units_verify() {
     while let Some(name) = todo.pop() {
         let text = page(&name);
         for (i, _) in text.match_indices("(1)") {
-            let start = text[..i].rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).map_or(0, |p| p + 1);
+            let start = text[..i]
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .map_or(0, |p| p + 1);
             let other = &text[start..i];
             if other.starts_with("vaultline-") && referred.insert(other.to_string()) {
                 todo.push(other.to_string());
@@ -164,8 +171,20 @@ fn the_deb_builds_with_the_expected_files_and_its_units_verify() {
         }
     }
     assert_eq!(installed, referred, "man pages installed vs referred to");
-    for sub in ["init", "backup", "restore", "ls", "find", "key-export", "key-import", "completions"] {
-        assert!(installed.contains(&format!("vaultline-{sub}")), "no man page for {sub}");
+    for sub in [
+        "init",
+        "backup",
+        "restore",
+        "ls",
+        "find",
+        "key-export",
+        "key-import",
+        "completions",
+    ] {
+        assert!(
+            installed.contains(&format!("vaultline-{sub}")),
+            "no man page for {sub}"
+        );
     }
     assert!(page("vaultline-restore").contains("--include"));
 }

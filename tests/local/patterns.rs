@@ -57,17 +57,29 @@ fn restore_patterns_mean_what_config_excludes_mean() {
     // kept those out of the snapshot.
     assert_eq!(
         restore("all", &[]),
-        ["a.conf", "app/deep/c.conf", "app/deep/c.conf.bak", "keep.txt", "ssh/ssh_config"]
+        [
+            "a.conf",
+            "app/deep/c.conf",
+            "app/deep/c.conf.bak",
+            "keep.txt",
+            "ssh/ssh_config"
+        ]
     );
     // The same text on the command line: a name anywhere.
-    assert_eq!(restore("inc", &["--include", "*.conf"]), ["a.conf", "app/deep/c.conf"]);
+    assert_eq!(
+        restore("inc", &["--include", "*.conf"]),
+        ["a.conf", "app/deep/c.conf"]
+    );
     assert_eq!(restore("name", &["--include", "ssh_config"]), ["ssh/ssh_config"]);
     assert_eq!(
         restore("exc", &["--exclude", "*.conf"]),
         ["app/deep/c.conf.bak", "keep.txt", "ssh/ssh_config"]
     );
     // A directory's name brings (or keeps out) everything below it.
-    assert_eq!(restore("dir", &["--include", "deep"]), ["app/deep/c.conf", "app/deep/c.conf.bak"]);
+    assert_eq!(
+        restore("dir", &["--include", "deep"]),
+        ["app/deep/c.conf", "app/deep/c.conf.bak"]
+    );
     // With a `/`: anchored at the root, with or without the leading `/`.
     let app = src.join("app").display().to_string();
     assert_eq!(
@@ -89,7 +101,14 @@ fn restore_patterns_mean_what_config_excludes_mean() {
 fn a_bad_pattern_is_named_the_same_way_everywhere() {
     let (f, _) = tree();
     let target = f.path().join("r");
-    let run = f.run(&["restore", "latest", "--include", "[abc", "--target", target.to_str().unwrap()]);
+    let run = f.run(&[
+        "restore",
+        "latest",
+        "--include",
+        "[abc",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
     assert_eq!(
         (run.code, run.stderr.as_str()),
         (

@@ -269,7 +269,9 @@ impl App {
                 m.key_id,
                 self.config.file.display()
             ),
-            Ok(None) => format!("{missing}; {repo} has no repository yet: run `vaultline init` to create both"),
+            Ok(None) => {
+                format!("{missing}; {repo} has no repository yet: run `vaultline init` to create both")
+            }
             Err(e) => {
                 tracing::debug!("{e:#}");
                 format!(

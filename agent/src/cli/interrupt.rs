@@ -44,7 +44,10 @@ fn received(number: u8) {
         std::process::exit(crate::cli::exit::Exit::Interrupted as i32);
     }
     SIGNAL.store(number, Ordering::SeqCst);
-    tracing::warn!("{}: interrupted, cleaning up (again to stop at once)", name(number));
+    tracing::warn!(
+        "{}: interrupted, cleaning up (again to stop at once)",
+        name(number)
+    );
 }
 
 fn name(number: u8) -> &'static str {

@@ -187,7 +187,10 @@ struct LogWriter;
 
 impl std::io::Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let bar = ACTIVE_BAR.lock().ok().and_then(|a| a.as_ref().map(|(_, b)| b.clone()));
+        let bar = ACTIVE_BAR
+            .lock()
+            .ok()
+            .and_then(|a| a.as_ref().map(|(_, b)| b.clone()));
         match bar {
             // (The formatter hands over whole lines, one write each.)
             Some(bar) => bar.suspend(|| std::io::stderr().write_all(buf))?,
@@ -207,7 +210,11 @@ fn log_writer() -> LogWriter {
 
 /// `12/345 entries`, or `12 entries` when the total is not known.
 fn entries_text(done: u64, total: Option<u64>) -> String {
-    let noun = if total.unwrap_or(done) == 1 { "entry" } else { "entries" };
+    let noun = if total.unwrap_or(done) == 1 {
+        "entry"
+    } else {
+        "entries"
+    };
     match total {
         Some(t) => format!("{done}/{t} {noun}"),
         None => format!("{done} {noun}"),
@@ -310,7 +317,11 @@ impl Progress {
                 "{}: {}, {bytes}{}",
                 self.what,
                 entries_text(s.entries, self.total_entries),
-                if rate.is_empty() { String::new() } else { format!(", {rate}") }
+                if rate.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {rate}")
+                }
             );
         }
     }
@@ -356,7 +367,11 @@ mod tests {
     #[test]
     fn no_rate_or_eta_until_they_can_be_told() {
         let sec = Duration::from_secs;
-        assert_eq!(eta_text(0, Some(300 << 20), sec(5)), "", "nothing done yet: no ETA 0s");
+        assert_eq!(
+            eta_text(0, Some(300 << 20), sec(5)),
+            "",
+            "nothing done yet: no ETA 0s"
+        );
         assert_eq!(eta_text(10, Some(100), Duration::from_millis(200)), "");
         assert_eq!(eta_text(10, None, sec(5)), "", "no total, no ETA");
         assert_eq!(eta_text(100, Some(100), sec(5)), "");

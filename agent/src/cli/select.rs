@@ -95,9 +95,9 @@ impl Scope {
         }
         let shaped = spec.len() >= MIN_PREFIX
             && spec.len() < 25
-            && spec
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b'T' || b == b'Z' || b == b'-');
+            && spec.bytes().all(|b| {
+                b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b'T' || b == b'Z' || b == b'-'
+            });
         if !shaped {
             return Err(UsageError(format!(
                 "{spec:?} is not a snapshot id (like 20261122T103000Z-1a2b3c4d), a unique prefix of one (at \
@@ -177,7 +177,12 @@ mod tests {
             "\"20261123\" is ambiguous: 2 snapshots of host h match: 20261123T103000Z-213a811a (etc), \
              20261123T110000Z-99990000 (www); give more characters"
         );
-        assert!(s.expand("abc").unwrap_err().to_string().contains("at least 4 characters"));
+        assert!(
+            s.expand("abc")
+                .unwrap_err()
+                .to_string()
+                .contains("at least 4 characters")
+        );
         assert!(s.expand("../x").is_err());
         assert_eq!(
             s.expand("ffff").unwrap_err().to_string(),

@@ -88,7 +88,9 @@ pub fn export_text(key: &LocalKey, host: &str) -> Zeroizing<String> {
          import FILE`.\n{FILE_TAG} {}\n",
         key.master.fingerprint(),
         key.location,
-        jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()),
+        jiff::Timestamp::now()
+            .round(jiff::Unit::Second)
+            .unwrap_or_else(|_| jiff::Timestamp::now()),
         hex::encode(key.master.expose_secret())
     ))
 }
@@ -362,7 +364,10 @@ mod tests {
         };
         let (k, _) = settings(&key).load_or_create().unwrap();
         let text = export_text(&k, "web1");
-        assert!(text.starts_with(&format!("# vaultline master key, fingerprint {}\n", k.master.fingerprint())));
+        assert!(text.starts_with(&format!(
+            "# vaultline master key, fingerprint {}\n",
+            k.master.fingerprint()
+        )));
         let back = parse_key_text(&text).unwrap();
         assert_eq!(back.fingerprint(), k.master.fingerprint());
         // Put back as the key file, comments and all, it loads.

@@ -341,7 +341,11 @@ pub fn metrics_text(jobs: &[JobStatus], hardened: bool) -> String {
         for (s, result) in ran {
             for r in RESULTS {
                 let v = u8::from(r == result);
-                let _ = writeln!(out, "{name}{{job=\"{}\",result=\"{r}\"}} {v}", escape_label(&s.job));
+                let _ = writeln!(
+                    out,
+                    "{name}{{job=\"{}\",result=\"{r}\"}} {v}",
+                    escape_label(&s.job)
+                );
             }
         }
     }
@@ -425,9 +429,15 @@ mod tests {
         );
         assert!(text.contains("vaultline_last_success_timestamp_seconds{job=\"etc\"} 1795316400\n"));
         assert!(text.contains("# TYPE vaultline_failures_total counter\n"));
-        assert!(text.contains("vaultline_hardening_passed{job=\"etc\"} 0\n"), "{text}");
+        assert!(
+            text.contains("vaultline_hardening_passed{job=\"etc\"} 0\n"),
+            "{text}"
+        );
         let s = load(dir.path(), "etc").unwrap();
-        assert!(!metrics_text(&[s], false).contains("hardening"), "no hardening series without checks");
+        assert!(
+            !metrics_text(&[s], false).contains("hardening"),
+            "no hardening series without checks"
+        );
     }
 
     #[test]
@@ -436,14 +446,30 @@ mod tests {
         record_run(dir.path(), "etc", run("ok"), None).unwrap();
         let s = record_run(dir.path(), "etc", run("skipped"), None).unwrap();
         assert_eq!((s.runs_total, s.skipped_total, s.failures_total), (1, 1, 0));
-        assert_eq!(s.last_run.as_ref().unwrap().result, "ok", "a skipped run is not the last run");
+        assert_eq!(
+            s.last_run.as_ref().unwrap().result,
+            "ok",
+            "a skipped run is not the last run"
+        );
         assert_eq!(s.last_skipped.as_ref().unwrap().result, "skipped");
         let s = record_run(dir.path(), "etc", run("interrupted"), None).unwrap();
         assert_eq!((s.runs_total, s.interrupted_total, s.failures_total), (2, 1, 0));
         let text = metrics_text(&[s], false);
-        assert!(text.contains("vaultline_last_run_success{job=\"etc\"} 0\n"), "{text}");
-        assert!(text.contains("vaultline_last_run_result{job=\"etc\",result=\"interrupted\"} 1\n"), "{text}");
-        assert!(text.contains("vaultline_last_run_result{job=\"etc\",result=\"ok\"} 0\n"), "{text}");
-        assert!(text.contains("vaultline_skipped_total{job=\"etc\"} 1\n"), "{text}");
+        assert!(
+            text.contains("vaultline_last_run_success{job=\"etc\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vaultline_last_run_result{job=\"etc\",result=\"interrupted\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vaultline_last_run_result{job=\"etc\",result=\"ok\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vaultline_skipped_total{job=\"etc\"} 1\n"),
+            "{text}"
+        );
     }
 }

@@ -434,7 +434,15 @@ pub fn run(
         record: RecordWriter::new(opts.state_dir, &job.name)?,
         refs: vec![0; table.len() + 1],
     };
-    write_tar(job, opts.own, opts.cancel, &mut sinks, record.as_mut(), &mut report, progress)?;
+    write_tar(
+        job,
+        opts.own,
+        opts.cancel,
+        &mut sinks,
+        record.as_mut(),
+        &mut report,
+        progress,
+    )?;
 
     let Sinks {
         archive,

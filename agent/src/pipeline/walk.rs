@@ -253,7 +253,17 @@ impl<'a> Walker<'a> {
             dev: st.st_dev,
             pseudo,
         };
-        self.visit(&parent, name, root.to_path_buf(), st, &info, true, found, skipped, excluded)
+        self.visit(
+            &parent,
+            name,
+            root.to_path_buf(),
+            st,
+            &info,
+            true,
+            found,
+            skipped,
+            excluded,
+        )
     }
 
     /// Hands out one entry (and, for a directory, everything below it).

@@ -15,11 +15,11 @@ use anyhow::{Context, Result, anyhow};
 
 use crate::cli::app::App;
 use crate::cli::args::BackupNowArgs;
+use crate::error::{BusyError, Interrupted, UsageError};
 use crate::ops::report::{JobOutcome, JobRun, Recorder};
 use crate::pipeline::backup::{self, BackupReport};
 use crate::pipeline::walk::{Kind, Walker};
 use crate::repo::lock::JobLock;
-use crate::error::{BusyError, Interrupted, UsageError};
 use crate::repo::store::store_write_error;
 use crate::units::{count, human_bytes};
 use serde::Serialize;
@@ -242,14 +242,26 @@ fn run_jobs(
     }
     if !failed.is_empty() || !skipped.is_empty() {
         let names = |list: &[(String, anyhow::Error)]| {
-            list.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+            list.iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         let mut summary = Vec::new();
         if !failed.is_empty() {
-            summary.push(format!("{} of {} failed ({})", failed.len(), count(jobs.len() as u64, "job", "jobs"), names(&failed)));
+            summary.push(format!(
+                "{} of {} failed ({})",
+                failed.len(),
+                count(jobs.len() as u64, "job", "jobs"),
+                names(&failed)
+            ));
         }
         if !skipped.is_empty() {
-            summary.push(format!("{} skipped, already running ({})", skipped.len(), names(&skipped)));
+            summary.push(format!(
+                "{} skipped, already running ({})",
+                skipped.len(),
+                names(&skipped)
+            ));
         }
         // The first failure's chain decides the exit code (a skipped job's
         // when none failed).
@@ -395,10 +407,7 @@ fn dry_run(app: &App, jobs: &[&vaultline_config::Job]) -> Result<()> {
     app.out.result(&reports, || {
         let mut t = String::new();
         for r in &reports {
-            t.push_str(&format!(
-                "job {}: dry run, nothing was read or written\n",
-                r.job
-            ));
+            t.push_str(&format!("job {}: dry run, nothing was read or written\n", r.job));
             for e in &r.archive {
                 match e.size {
                     Some(size) => t.push_str(&format!("  + {}  ({})\n", e.path, human_bytes(size))),
@@ -466,7 +475,11 @@ fn estimate(job: &vaultline_config::Job, own: &[std::path::PathBuf]) -> (u64, u6
 /// read (only new and changed files are read) and stored.
 fn describe(r: &BackupReport) -> String {
     let mut holds = vec![
-        format!("{} ({})", count(r.files, "file", "files"), human_bytes(r.bytes_read)),
+        format!(
+            "{} ({})",
+            count(r.files, "file", "files"),
+            human_bytes(r.bytes_read)
+        ),
         count(r.dirs, "dir", "dirs"),
         count(r.symlinks, "symlink", "symlinks"),
         count(r.hardlinks, "hard link", "hard links"),
@@ -510,7 +523,11 @@ fn describe(r: &BackupReport) -> String {
     if !r.skipped.is_empty() {
         t.push_str(&format!(
             "\n  skipped {}",
-            count(r.skipped.len() as u64, "special or vanished path", "special or vanished paths")
+            count(
+                r.skipped.len() as u64,
+                "special or vanished path",
+                "special or vanished paths"
+            )
         ));
     }
     for c in &r.changed {

@@ -121,7 +121,11 @@ fn mode_text(kind: EntryKind, mode: u32) -> String {
         EntryKind::BlockDevice => 'b',
         EntryKind::File => '-',
     });
-    for (shift, special, lower, upper) in [(6, 0o4000, 's', 'S'), (3, 0o2000, 's', 'S'), (0, 0o1000, 't', 'T')] {
+    for (shift, special, lower, upper) in [
+        (6, 0o4000, 's', 'S'),
+        (3, 0o2000, 's', 'S'),
+        (0, 0o1000, 't', 'T'),
+    ] {
         let bits = (mode >> shift) & 7;
         t.push(if bits & 4 != 0 { 'r' } else { '-' });
         t.push(if bits & 2 != 0 { 'w' } else { '-' });

@@ -163,9 +163,11 @@ fn restore(
         )?;
     }
 
-    let progress = app
-        .out
-        .progress(&format!("restoring {}", snap.id), Some(plan.bytes), Some(plan.entries));
+    let progress = app.out.progress(
+        &format!("restoring {}", snap.id),
+        Some(plan.bytes),
+        Some(plan.entries),
+    );
     let onto_root = args.target.canonicalize().is_ok_and(|t| t == Path::new("/"));
     let options = Options {
         overwrite: args.overwrite,
@@ -417,7 +419,10 @@ mod tests {
         let only_exclude = Selection::new(&[], &[], &["tmp".into()]).unwrap();
         assert!(only_exclude.selects(b"etc/hosts"));
         assert!(!only_exclude.selects(b"tmp/x"));
-        assert!(!only_exclude.selects(b"var/tmp/x"), "a name anywhere, as in the configuration");
+        assert!(
+            !only_exclude.selects(b"var/tmp/x"),
+            "a name anywhere, as in the configuration"
+        );
         assert!(Selection::new(&["/".into()], &[], &[]).is_err());
     }
 

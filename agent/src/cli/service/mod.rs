@@ -470,7 +470,10 @@ impl Service {
         let jobs: Vec<(String, Option<u32>)> = self.running.iter().map(|(j, r)| (j.clone(), r.pid)).collect();
         let pids = |jobs: &[(String, Option<u32>)]| -> Vec<(String, rustix::process::Pid)> {
             jobs.iter()
-                .filter_map(|(j, p)| p.and_then(|p| rustix::process::Pid::from_raw(p as i32)).map(|p| (j.clone(), p)))
+                .filter_map(|(j, p)| {
+                    p.and_then(|p| rustix::process::Pid::from_raw(p as i32))
+                        .map(|p| (j.clone(), p))
+                })
                 .collect()
         };
         for (job, pid) in pids(&jobs) {
@@ -480,7 +483,9 @@ impl Service {
             );
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
-        let alive = |pid: rustix::process::Pid| std::path::Path::new(&format!("/proc/{}", pid.as_raw_nonzero())).exists();
+        let alive = |pid: rustix::process::Pid| {
+            std::path::Path::new(&format!("/proc/{}", pid.as_raw_nonzero())).exists()
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while pids(&jobs).into_iter().any(|(_, p)| alive(p)) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;

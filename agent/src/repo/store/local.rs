@@ -53,8 +53,11 @@ impl LocalStore {
 
     /// Fails unless the running user may create files in the root.
     pub fn check_writable(&self) -> io::Result<()> {
-        rustix::fs::access(&self.root, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK)
-            .map_err(|e| self.write_error(&self.root, io::Error::from(e)))
+        rustix::fs::access(
+            &self.root,
+            rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+        )
+        .map_err(|e| self.write_error(&self.root, io::Error::from(e)))
     }
 
     fn write_error(&self, path: &Path, reason: io::Error) -> io::Error {
