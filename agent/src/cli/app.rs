@@ -145,6 +145,13 @@ impl App {
 
     /// The recorder of this invocation of `command` (see [`crate::ops::report`]).
     pub fn recorder(&self, command: &str) -> Recorder {
+        let trigger = std::env::var("VAULTLINE_TRIGGER").unwrap_or_else(|_| "manual".into());
+        self.recorder_triggered(command, &trigger)
+    }
+
+    /// Like [`App::recorder`], for a run started by `trigger` (the agent
+    /// recording a run it had to kill).
+    pub fn recorder_triggered(&self, command: &str, trigger: &str) -> Recorder {
         Recorder::new(
             self.audit(command),
             Destinations {
@@ -153,7 +160,7 @@ impl App {
                 jobs: self.config.jobs.iter().map(|j| j.name.clone()).collect(),
                 repo: self.repo.clone(),
                 host: self.config.agent.host.clone(),
-                trigger: std::env::var("VAULTLINE_TRIGGER").unwrap_or_else(|_| "manual".into()),
+                trigger: trigger.to_string(),
                 lock: self
                     .config
                     .jobs

@@ -71,8 +71,12 @@ struct JobPlan {
 pub fn run(app: &App, args: &ForgetArgs) -> Result<()> {
     let keys = app.keys()?;
     app.repo.check_key(keys.as_ref())?;
-    let scope = crate::cli::select::Scope::new(app, &args.host, None)?;
-    let host = scope.host.as_str();
+    // Another host must be one with snapshots (a typo is a usage error,
+    // not an empty plan); this one needs no check.
+    if args.host.is_some() {
+        crate::cli::select::Scope::new(app, &args.host, None)?;
+    }
+    let host = app.host(&args.host);
     let jobs = match &args.job {
         Some(j) => app.select_jobs(std::slice::from_ref(j))?,
         None => app.select_jobs(&[])?,

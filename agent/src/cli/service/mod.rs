@@ -51,6 +51,9 @@ pub(crate) enum Event {
 struct Running {
     pid: Option<u32>,
     started: Instant,
+    /// When, for the record of a run the agent has to kill.
+    started_at: jiff::Timestamp,
+    trigger: &'static str,
 }
 
 struct Service {
@@ -318,6 +321,8 @@ impl Service {
                     Running {
                         pid: child.id(),
                         started: Instant::now(),
+                        started_at: jiff::Timestamp::now(),
+                        trigger,
                     },
                 );
                 let tx = self.tx.clone();
@@ -468,6 +473,7 @@ impl Service {
     /// what they left (open multipart uploads) under each job's lock.
     async fn kill_running(&mut self) {
         let jobs: Vec<(String, Option<u32>)> = self.running.iter().map(|(j, r)| (j.clone(), r.pid)).collect();
+        let mut killed: Vec<(String, jiff::Timestamp, &'static str)> = Vec::new();
         let pids = |jobs: &[(String, Option<u32>)]| -> Vec<(String, rustix::process::Pid)> {
             jobs.iter()
                 .filter_map(|(j, p)| {
@@ -494,6 +500,9 @@ impl Service {
             if alive(pid) {
                 tracing::warn!("job {job}: its run did not stop; killing it");
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                if let Some(r) = self.running.get(&job) {
+                    killed.push((job.clone(), r.started_at, r.trigger));
+                }
             }
         }
         // Wait for them to be reaped (their Done events).
@@ -509,7 +518,7 @@ impl Service {
         }
         let config = self.config.clone();
         let names: Vec<String> = jobs.into_iter().map(|(j, _)| j).collect();
-        let _ = tokio::task::spawn_blocking(move || cleanup(&config, &names)).await;
+        let _ = tokio::task::spawn_blocking(move || cleanup(&config, &names, &killed)).await;
     }
 
     fn status_line(&self) {
@@ -545,9 +554,11 @@ fn fmt_time(t: i64) -> String {
         .unwrap_or_default()
 }
 
-/// After killed runs: abort their open multipart uploads, holding each
-/// job's lock so no new run races the cleanup.
-fn cleanup(config: &Config, jobs: &[String]) {
+/// After stopped runs: abort their open multipart uploads, holding each
+/// job's lock so no new run races the cleanup. A run that had to be killed
+/// could not record itself: it is recorded here as interrupted (a run that
+/// stopped on SIGTERM did so itself).
+fn cleanup(config: &Config, jobs: &[String], killed: &[(String, jiff::Timestamp, &'static str)]) {
     let app = match App::from_config(config.clone()) {
         Ok(a) => a,
         Err(e) => {
@@ -570,6 +581,27 @@ fn cleanup(config: &Config, jobs: &[String]) {
             Err(e) => tracing::error!(
                 "job {job}: cleanup after the stopped run failed: {e:#}; the next run retries"
             ),
+        }
+    }
+    for (job, start, trigger) in killed {
+        let recorder = app.recorder_triggered("agent", trigger);
+        let recorded = recorder
+            .job(&crate::ops::report::JobRun {
+                job: job.clone(),
+                start: *start,
+                outcome: crate::ops::report::JobOutcome::Interrupted(
+                    "SIGKILL (it did not stop within 10 s of SIGTERM)".into(),
+                ),
+                hardening: None,
+            })
+            .and_then(|()| {
+                recorder.finish(
+                    "interrupted: killed after the grace period",
+                    serde_json::Value::Null,
+                )
+            });
+        if let Err(e) = recorded {
+            tracing::error!("job {job}: cannot record the killed run: {e:#}");
         }
     }
 }
