@@ -4,8 +4,13 @@
 //!   surface described in PRODUCT.md);
 //! - [`app`]: what every command starts from: the loaded configuration, the
 //!   repository, the key provider, the recorder of the invocation;
-//! - [`output`]: logs, results (text or `--json`) and progress;
-//! - [`exit`]: exit codes, and how an error chain maps to one;
+//! - [`output`]: logs, results (text or `--json`), `-q`, a stdout whose
+//!   reader went away, and progress;
+//! - [`select`]: which snapshots a reading command means (`--host` and
+//!   `--job` checked, snapshot id prefixes);
+//! - [`interrupt`]: SIGINT and SIGTERM during a backup;
+//! - [`exit`]: exit codes, how an error chain maps to one, and the hint
+//!   printed after a permission error;
 //! - [`commands`]: one module per subcommand;
 //! - [`service`]: `vaultline agent`, the scheduler and watcher.
 //!
