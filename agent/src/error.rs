@@ -33,6 +33,18 @@ pub struct BusyError(pub String);
 #[error("{0}")]
 pub struct ThawingError(pub String);
 
+/// A check found nothing to check (no snapshot to verify, no audit trail):
+/// not a pass, and not a failure of what exists either.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NothingToCheck(pub String);
+
+/// The run was interrupted (SIGINT, SIGTERM) and stopped cleanly: nothing
+/// was committed. The message, when given, says what was stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.as_deref().unwrap_or("interrupted"))]
+pub struct Interrupted(pub Option<String>);
+
 /// True when `err` says stored data is not what vaultline wrote (an
 /// [`IntegrityError`], or a sealed object that failed authentication): the
 /// object is to be reported and skipped where a command can go on without

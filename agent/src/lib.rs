@@ -7,8 +7,9 @@
 //!
 //! ```text
 //! cli        the operator's shell: clap definitions (args), the loaded
-//!  │         configuration (app), output and progress, exit codes, one
-//!  │         module per command (commands/), the service (service/)
+//!  │         configuration (app), output and progress, snapshot selection,
+//!  │         signals, exit codes, one module per command (commands/), the
+//!  │         service (service/)
 //!  ▼
 //! ops        what a run leaves behind: the run report and its recorder,
 //!  │         job status files and metrics, the hash-chained audit trail

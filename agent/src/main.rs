@@ -2,6 +2,7 @@
 //! a documented exit code. The engine is the `vaultline_agent` library; its
 //! crate documentation is the map of the layers.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -12,7 +13,8 @@ use vaultline_agent::cli::output::Output;
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
+        Err(mut e) => {
+            drop_value_tip(&mut e);
             let _ = e.print();
             return if e.use_stderr() {
                 Exit::Usage.into()
@@ -32,8 +34,31 @@ fn main() -> ExitCode {
         Ok(()) => Exit::Ok.into(),
         Err(err) => {
             let code = classify(&err);
-            eprintln!("error: {err:#}");
+            // (A closed stderr is no reason to panic either.)
+            let _ = writeln!(std::io::stderr(), "error: {err:#}");
+            if let Some(hint) = vaultline_agent::cli::exit::hint(&err) {
+                let _ = writeln!(std::io::stderr(), "{hint}");
+            }
             code.into()
+        }
+    }
+}
+
+/// clap suggests `-- --flag` for an unknown flag, to pass it as a value;
+/// no vaultline argument takes a value starting with `--`, so the tip only
+/// misleads (`backup now -- --dry-run` would look for a job of that name).
+fn drop_value_tip(e: &mut clap::Error) {
+    use clap::error::{ContextKind, ContextValue};
+    if let Some(ContextValue::StyledStrs(tips)) = e.get(ContextKind::Suggested) {
+        let kept: Vec<_> = tips
+            .iter()
+            .filter(|t| !t.to_string().contains("as a value, use"))
+            .cloned()
+            .collect();
+        if kept.is_empty() {
+            e.remove(ContextKind::Suggested);
+        } else {
+            e.insert(ContextKind::Suggested, ContextValue::StyledStrs(kept));
         }
     }
 }

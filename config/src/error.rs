@@ -86,6 +86,138 @@ impl ConfigError {
     }
 }
 
+/// serde's messages, said for a person editing a TOML file: what is
+/// expected in words (`a whole number`, not `i64`), keys rather than
+/// fields, and for a misspelt key the one it probably is instead of every
+/// key of the section.
+pub(crate) fn in_words(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("unknown field ") {
+        let (name, known) = split_known(rest);
+        return match closest(&name, &known) {
+            Some(best) => format!("unknown key `{name}`: did you mean `{best}`?"),
+            None if known.is_empty() => format!("unknown key `{name}`: this section has no keys"),
+            None => format!(
+                "unknown key `{name}` (the keys here: {})",
+                known
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant ") {
+        let (name, known) = split_known(rest);
+        let list = known
+            .iter()
+            .map(|k| format!("`{k}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return match closest(&name, &known) {
+            Some(best) => format!("unknown value `{name}`: did you mean `{best}`? (expected one of {list})"),
+            None => format!("unknown value `{name}`: expected one of {list}"),
+        };
+    }
+    if let Some(field) = message.strip_prefix("missing field ") {
+        return format!("missing key {field}");
+    }
+    for (prefix, is_type) in [("invalid type: ", true), ("invalid value: ", false)] {
+        if let Some(rest) = message.strip_prefix(prefix)
+            && let Some((found, expected)) = rest.rsplit_once(", expected ")
+        {
+            let found = found_in_words(found);
+            let expected = expected_in_words(expected);
+            return if is_type {
+                format!("expected {expected}, found {found}")
+            } else {
+                format!("{found} is not allowed here: expected {expected}")
+            };
+        }
+    }
+    message.to_string()
+}
+
+/// `` `name`, expected one of `a`, `b` `` (or `` expected `a` or `b` ``,
+/// or `there are no fields`) → the name and the known ones.
+fn split_known(rest: &str) -> (String, Vec<String>) {
+    let ticked = |s: &str| -> Vec<String> {
+        s.split('`')
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 1)
+            .map(|(_, t)| t.to_string())
+            .collect()
+    };
+    match rest.split_once(", ") {
+        Some((name, known)) => (ticked(name).into_iter().next().unwrap_or_default(), ticked(known)),
+        None => (ticked(rest).into_iter().next().unwrap_or_default(), Vec::new()),
+    }
+}
+
+/// The known name closest to `name`, if one is close enough to be a typo
+/// of it (a quarter of its letters wrong at most).
+fn closest(name: &str, known: &[String]) -> Option<String> {
+    let limit = (name.chars().count() / 4).max(1);
+    known
+        .iter()
+        .map(|k| (edit_distance(&name.to_lowercase(), &k.to_lowercase()), k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k.clone())
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let here = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(here + 1);
+            prev = here;
+        }
+    }
+    row[b.len()]
+}
+
+fn expected_in_words(expected: &str) -> String {
+    match expected {
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "a whole number".into(),
+        "u8" => "a whole number from 0 to 255".into(),
+        "u16" => "a whole number from 0 to 65535".into(),
+        "u32" => "a whole number from 0 to 4294967295".into(),
+        "u64" | "u128" | "usize" => "a whole number, 0 or more".into(),
+        "f32" | "f64" => "a number".into(),
+        "a boolean" => "true or false".into(),
+        "a sequence" => "an array (`[…]`)".into(),
+        "a map" => "a table".into(),
+        e if e.starts_with("struct ") => "a table".into(),
+        e => e.to_string(),
+    }
+}
+
+fn found_in_words(found: &str) -> String {
+    let value = |prefix: &str| {
+        found
+            .strip_prefix(prefix)
+            .map(|v| v.trim_matches('`').to_string())
+    };
+    if let Some(s) = found.strip_prefix("string ") {
+        return format!("the string {s}");
+    }
+    if let Some(v) = value("integer ").or_else(|| value("floating point ")) {
+        return v;
+    }
+    if let Some(v) = value("boolean ") {
+        return v;
+    }
+    match found {
+        "sequence" => "an array".into(),
+        "map" => "a table".into(),
+        other => other.to_string(),
+    }
+}
+
 /// Turns byte offsets into 1-based line and column numbers.
 pub(crate) struct LineIndex<'a> {
     text: &'a str,
@@ -136,6 +268,36 @@ mod tests {
         assert_eq!(idx.position(6), (2, 1));
         // "näme" has a two-byte 'ä': byte 12 is character 6 of line 2.
         assert_eq!(idx.position(12), (2, 6));
+    }
+
+    #[test]
+    fn serde_messages_are_said_in_words() {
+        assert_eq!(
+            in_words("invalid type: string \"high\", expected i64"),
+            "expected a whole number, found the string \"high\""
+        );
+        assert_eq!(
+            in_words("invalid value: integer `-1`, expected u32"),
+            "-1 is not allowed here: expected a whole number from 0 to 4294967295"
+        );
+        assert_eq!(
+            in_words("invalid type: sequence, expected a boolean"),
+            "expected true or false, found an array"
+        );
+        assert_eq!(
+            in_words("unknown field `schedul`, expected one of `name`, `paths`, `schedule`, `watch`"),
+            "unknown key `schedul`: did you mean `schedule`?"
+        );
+        assert_eq!(
+            in_words("unknown field `xyzzy`, expected `name` or `paths`"),
+            "unknown key `xyzzy` (the keys here: `name`, `paths`)"
+        );
+        assert_eq!(
+            in_words("unknown variant `kmss`, expected `local` or `kms`"),
+            "unknown value `kmss`: did you mean `kms`? (expected one of `local`, `kms`)"
+        );
+        assert_eq!(in_words("missing field `paths`"), "missing key `paths`");
+        assert_eq!(edit_distance("versionin", "versioning"), 1);
     }
 
     #[test]

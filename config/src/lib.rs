@@ -19,6 +19,7 @@
 mod cron;
 mod error;
 mod model;
+mod pattern;
 mod raw;
 mod validate;
 
@@ -31,10 +32,12 @@ pub use model::{
     KEEP_EVERYTHING_FLOOR_DAYS, KeyConfig, KeyStorage, Lifecycle, ObjectLock, OnChange, Repository,
     Retention, RetentionFloor, S3Repository, StorageClass, Tag,
 };
+pub use pattern::{PatternError, Patterns};
 pub use validate::{
     DEFAULT_COMPRESSION_LEVEL, DEFAULT_FULL_EVERY_DAYS, DEFAULT_FULL_EVERY_RUNS, DEFAULT_MAX_ATTEMPTS,
     DEFAULT_PART_SIZE_MIB, DEFAULT_PARTS_IN_FLIGHT, DEFAULT_PREFIX, DEFAULT_RESTORE_DAYS,
-    DEFAULT_RESTORE_TIER, DEFAULT_TIER_TAG, DEFAULT_TIMEOUT_SECS, ROOT_STATE_DIR,
+    DEFAULT_RESTORE_TIER, DEFAULT_TIER_TAG, DEFAULT_TIMEOUT_SECS, ROOT_METRICS_FILE, ROOT_STATE_DIR,
+    valid_kms_key_arn,
 };
 
 use error::LineIndex;
@@ -46,6 +49,9 @@ pub struct Environment {
     pub hostname: Option<String>,
     /// Whether the process runs as root.
     pub is_root: bool,
+    /// Whether the configuration file belongs to root: the system's
+    /// configuration, whose state is the system's whoever reads it.
+    pub config_of_root: bool,
     /// `$HOME`.
     pub home: Option<PathBuf>,
     /// `$XDG_CONFIG_HOME`.
@@ -61,9 +67,12 @@ pub const SYSTEM_CONFIG: &str = "/etc/vaultline/config.toml";
 
 impl Environment {
     /// The state directory when none is configured: `/var/lib/vaultline` for
-    /// root, else `$XDG_STATE_HOME/vaultline` (default `~/.local/state/vaultline`).
+    /// root or a configuration of root's (a user reading the system's
+    /// configuration reads the system's state, not an empty one of their
+    /// own), else `$XDG_STATE_HOME/vaultline` (default
+    /// `~/.local/state/vaultline`).
     pub fn default_state_dir(&self) -> Option<PathBuf> {
-        if self.is_root {
+        if self.is_root || self.config_of_root {
             return Some(PathBuf::from(ROOT_STATE_DIR));
         }
         absolute(&self.xdg_state_home)
@@ -129,7 +138,7 @@ impl Config {
                 return Err(invalid(vec![index.problem(
                     inner.span(),
                     path,
-                    inner.message().trim(),
+                    error::in_words(inner.message().trim()),
                 )]));
             }
         };

@@ -3,9 +3,10 @@
 //! Every default has been applied and every value checked; nothing here can
 //! be invalid. The agent never looks at the raw TOML.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use globset::GlobSet;
+use crate::pattern::Patterns;
 
 use crate::cron::Schedule;
 
@@ -321,25 +322,27 @@ pub struct OnChange {
     pub min_interval_secs: u64,
 }
 
-/// A job's exclude patterns. A pattern without `/` matches an entry's file
-/// name (`*.tmp`, `node_modules`); a pattern with `/` matches its absolute
-/// path (`/var/cache/**`, `/home/*/.cache`). `*` and `?` stay within one path
-/// component, `**` spans any number of them.
-#[derive(Debug, Clone)]
+/// A job's exclude patterns, in the pattern language of
+/// [`Patterns`](crate::Patterns) (`docs/patterns.md`): a pattern without
+/// `/` matches a name anywhere (`*.tmp`, `node_modules`); a pattern with `/`
+/// matches the path from the root (`/var/cache/**`, `/home/*/.cache`). `*`
+/// and `?` stay within one path component, `**` spans any number of them.
+#[derive(Debug, Clone, Default)]
 pub struct Excludes {
     /// The patterns as written.
     pub patterns: Vec<String>,
-    pub(crate) by_name: GlobSet,
-    pub(crate) by_path: GlobSet,
+    pub(crate) set: Patterns,
 }
 
 impl Excludes {
     /// True when `path` (absolute) is excluded.
     pub fn is_excluded(&self, path: &Path) -> bool {
-        if self.patterns.is_empty() {
-            return false;
-        }
-        path.file_name().is_some_and(|n| self.by_name.is_match(n)) || self.by_path.is_match(path)
+        self.matching(path).is_some()
+    }
+
+    /// The pattern (as written) that excludes `path` (absolute), if one does.
+    pub fn matching(&self, path: &Path) -> Option<&str> {
+        self.set.matching(path.as_os_str().as_bytes())
     }
 }
 

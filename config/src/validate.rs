@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Component, Path, PathBuf};
 
-use globset::{GlobBuilder, GlobSetBuilder};
 use toml::Spanned;
 
 use crate::Environment;
 use crate::cron::Schedule;
 use crate::error::{LineIndex, Problem};
 use crate::model::*;
+use crate::pattern::Patterns;
 use crate::raw::*;
 
 /// Defaults, in one place (also documented in packaging/config/vaultline.toml).
@@ -38,6 +38,9 @@ pub const DEFAULT_RESTORE_TIER: &str = "Standard";
 pub const DEFAULT_RESTORE_DAYS: u32 = 7;
 /// The state directory when running as root.
 pub const ROOT_STATE_DIR: &str = "/var/lib/vaultline";
+/// The metrics file with the root state directory: outside it (it is 0700),
+/// in a directory node_exporter's user can read.
+pub const ROOT_METRICS_FILE: &str = "/var/lib/vaultline-metrics/vaultline.prom";
 
 struct Checker<'a> {
     index: &'a LineIndex<'a>,
@@ -133,8 +136,11 @@ pub(crate) fn validate(
         },
     };
 
+    // node_exporter reads the metrics as another user: never inside the
+    // system's private (0700) state directory.
     let metrics_file = match &raw.agent.metrics_file {
         Some(p) => c.absolute_path(p, "agent.metrics-file").unwrap_or_default(),
+        None if state_dir == Path::new(ROOT_STATE_DIR) => PathBuf::from(ROOT_METRICS_FILE),
         None => state_dir.join("vaultline.prom"),
     };
     let timezone = match &raw.agent.timezone {
@@ -263,40 +269,17 @@ pub(crate) fn validate(
             paths.push(path);
         }
 
-        let mut by_name = GlobSetBuilder::new();
-        let mut by_path = GlobSetBuilder::new();
         let mut patterns = Vec::new();
         for (k, pat) in job.exclude.iter().enumerate() {
             let text = pat.get_ref();
-            match GlobBuilder::new(text)
-                .literal_separator(true)
-                .backslash_escape(true)
-                .build()
-            {
-                Ok(glob) if text.contains('/') => {
-                    by_path.add(glob);
-                }
-                Ok(glob) => {
-                    by_name.add(glob);
-                }
-                Err(e) => {
-                    c.report(
-                        Some(pat.span()),
-                        format!("{at}.exclude[{k}]"),
-                        format!("invalid glob {text:?}: {}", glob_reason(&e)),
-                    );
-                    continue;
-                }
+            match Patterns::new(std::slice::from_ref(text)) {
+                Ok(_) => patterns.push(text.clone()),
+                Err(e) => c.report(Some(pat.span()), format!("{at}.exclude[{k}]"), e.to_string()),
             }
-            patterns.push(text.clone());
         }
-        let exclude = match (by_name.build(), by_path.build()) {
-            (Ok(by_name), Ok(by_path)) => Excludes {
-                patterns,
-                by_name,
-                by_path,
-            },
-            (Err(e), _) | (_, Err(e)) => {
+        let exclude = match Patterns::new(&patterns) {
+            Ok(set) => Excludes { patterns, set },
+            Err(e) => {
                 c.report(
                     Some(raw_job.span()),
                     format!("{at}.exclude"),
@@ -572,10 +555,6 @@ fn hardening(c: &mut Checker<'_>, raw: &RawHardening) -> Hardening {
     }
 }
 
-fn glob_reason(e: &globset::Error) -> String {
-    e.kind().to_string()
-}
-
 fn valid_host(h: &str) -> bool {
     (1..=253).contains(&h.len())
         && !h.starts_with(['.', '-'])
@@ -652,7 +631,7 @@ fn repository(
                     c.report(
                         Some(repo_span),
                         "repository",
-                        "missing field `path` (required when type = \"local\")",
+                        "missing key `path` (required when type = \"local\")",
                     );
                     PathBuf::new()
                 }
@@ -678,7 +657,7 @@ fn repository(
                     c.report(
                         Some(repo_span),
                         "repository",
-                        "missing field `bucket` (required when type = \"s3\")",
+                        "missing key `bucket` (required when type = \"s3\")",
                     );
                     String::new()
                 }
@@ -845,7 +824,7 @@ fn key(c: &mut Checker<'_>, raw: &RawKey, state_dir: &Path, aws: &Aws) -> KeyCon
                     c.report(
                         span,
                         "key",
-                        "missing field `key-id` (required when provider = \"kms\")",
+                        "missing key `key-id` (required when provider = \"kms\")",
                     );
                     String::new()
                 }
@@ -1073,7 +1052,9 @@ fn parse_tag(t: &str) -> Result<Tag, &'static str> {
     })
 }
 
-fn valid_kms_key_arn(k: &str) -> bool {
+/// True for a full KMS key ARN (`arn:aws:kms:REGION:ACCOUNT:key/ID`): the
+/// key itself, which needs no lookup (an alias or a bare id does).
+pub fn valid_kms_key_arn(k: &str) -> bool {
     let parts: Vec<&str> = k.splitn(6, ':').collect();
     matches!(parts.as_slice(), ["arn", _, "kms", region, account, resource]
     if !region.is_empty()

@@ -177,3 +177,42 @@ fn rechain(lines: &mut [String]) {
         prev = hex::encode(sha2::Sha256::digest(line.as_bytes()));
     }
 }
+
+/// "Who" is the uid the kernel says and its name in the password database,
+/// not `$USER`, which anyone sets: `USER=alice` is not believed, and an
+/// unset `USER` is no `local user ?`.
+#[test]
+fn who_comes_from_the_uid_not_from_user() {
+    let src = tempfile::tempdir().unwrap();
+    fs::write(src.path().join("f"), b"data").unwrap();
+    let f = Fixture::with_job("j", &[src.path()]);
+    f.init();
+    let uid = rustix::process::getuid().as_raw();
+    let name = fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let v: Vec<&str> = l.split(':').collect();
+            (v.get(2) == Some(&uid.to_string().as_str())).then(|| v[0].to_string())
+        })
+        .expect("the running uid is in /etc/passwd");
+    let out = f
+        .command(&["backup", "now"])
+        .env("USER", "alice")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    f.run(&["backup", "now"]).ok(); // USER unset
+    let whos: Vec<String> = trail(&f)
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["who"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let want = format!("local user {name} (uid {uid})");
+    assert!(!whos.is_empty());
+    assert!(whos.iter().all(|w| *w == want), "{whos:?}");
+}

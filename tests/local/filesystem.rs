@@ -17,21 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::util::moto::python;
-use crate::util::{Fixture, files_under, repo_root, restored};
-
-/// True when the test may act as root; false (with a note) outside CI for
-/// another user. In CI, not being root is a failure.
-fn root_or_explain(test: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test} needs root, and CI runs the suites as root"
-    );
-    eprintln!("{test}: not root; run the suite as root to exercise it");
-    false
-}
+use crate::util::{Fixture, files_under, repo_root, restored, root_or_explain};
 
 /// A mounted [`failing_fs.py`](../support/failing_fs.py).
 struct FailingFs {

@@ -54,6 +54,11 @@ fn the_deb_builds_with_the_expected_files_and_its_units_verify() {
         })
         .collect();
     files.sort();
+    // A man page per command: every page the pages refer to is there.
+    type Listed = Vec<(String, String)>;
+    let (man, files): (Listed, Listed) = files
+        .into_iter()
+        .partition(|(p, _)| p.starts_with("/usr/share/man/man1/"));
     let want = [
         ("/etc/vaultline/config.toml", "-rw-r-----"),
         ("/lib/systemd/system/vaultline-backup@.service", "-rw-r--r--"),
@@ -67,6 +72,7 @@ fn the_deb_builds_with_the_expected_files_and_its_units_verify() {
         ("/usr/share/doc/vaultline/hardening.md", "-rw-r--r--"),
         ("/usr/share/doc/vaultline/key-rotation.md", "-rw-r--r--"),
         ("/usr/share/doc/vaultline/operations.md", "-rw-r--r--"),
+        ("/usr/share/doc/vaultline/patterns.md", "-rw-r--r--"),
         ("/usr/share/doc/vaultline/retention.md", "-rw-r--r--"),
         ("/usr/share/doc/vaultline/s3.md", "-rw-r--r--"),
         ("/usr/share/doc/vaultline/threat-model.md", "-rw-r--r--"),
@@ -74,7 +80,6 @@ fn the_deb_builds_with_the_expected_files_and_its_units_verify() {
             "/usr/share/fish/vendor_completions.d/vaultline.fish",
             "-rw-r--r--",
         ),
-        ("/usr/share/man/man1/vaultline.1.gz", "-rw-r--r--"),
         ("/usr/share/zsh/vendor-completions/_vaultline", "-rw-r--r--"),
     ];
     let want: Vec<(String, String)> = want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
@@ -127,17 +132,59 @@ fn the_deb_builds_with_the_expected_files_and_its_units_verify() {
         "systemd-analyze verify:\n{stderr}"
     );
 
-    // The man page and completions come from the real command line.
-    let man = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "gzip -dc {}/usr/share/man/man1/vaultline.1.gz",
-            root.path().display()
-        ))
-        .output()
-        .unwrap();
-    let man = String::from_utf8_lossy(&man.stdout);
-    for sub in ["backup", "restore", "audit", "harden", "agent", "status"] {
-        assert!(man.contains(sub), "man page lacks {sub}");
+    // The man pages come from the real command line: one per command, and
+    // every `vaultline-X(1)` a page refers to is installed.
+    let page = |name: &str| -> String {
+        let out = Command::new("gzip")
+            .arg("-dc")
+            .arg(
+                root.path()
+                    .join("usr/share/man/man1")
+                    .join(format!("{name}.1.gz")),
+            )
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "no man page {name}.1.gz");
+        String::from_utf8_lossy(&out.stdout).replace("\\-", "-")
+    };
+    let installed: std::collections::BTreeSet<String> = man
+        .iter()
+        .map(|(p, mode)| {
+            assert_eq!(mode, "-rw-r--r--", "{p}");
+            p.trim_start_matches("/usr/share/man/man1/")
+                .trim_end_matches(".1.gz")
+                .to_string()
+        })
+        .collect();
+    let mut referred = std::collections::BTreeSet::from(["vaultline".to_string()]);
+    let mut todo = vec!["vaultline".to_string()];
+    while let Some(name) = todo.pop() {
+        let text = page(&name);
+        for (i, _) in text.match_indices("(1)") {
+            let start = text[..i]
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .map_or(0, |p| p + 1);
+            let other = &text[start..i];
+            if other.starts_with("vaultline-") && referred.insert(other.to_string()) {
+                todo.push(other.to_string());
+            }
+        }
     }
+    assert_eq!(installed, referred, "man pages installed vs referred to");
+    for sub in [
+        "init",
+        "backup",
+        "restore",
+        "ls",
+        "find",
+        "key-export",
+        "key-import",
+        "completions",
+    ] {
+        assert!(
+            installed.contains(&format!("vaultline-{sub}")),
+            "no man page for {sub}"
+        );
+    }
+    assert!(page("vaultline-restore").contains("--include"));
 }

@@ -314,7 +314,7 @@ fn wrong_length(made: &Made, (first, last): (u64, u64), length: u64) -> String {
 /// The progress line of restoring only a.bin.
 fn selected(made: &Made) -> String {
     format!(
-        " INFO snapshot {}: 1 entries selected, 6.0 MiB of content, from 1 archive(s); fetching 8.0 MiB\n",
+        " INFO snapshot {}: 1 entry selected, 6.0 MiB of content, from 1 archive; fetching 8.0 MiB\n",
         made.id
     )
 }
@@ -396,7 +396,7 @@ fn archives_shorter_or_longer_than_sealed_fail_authentication() {
         assert_failed("verify", &w, 5, &manifest_failure("verify", &made.id, &why).1);
         let w = run_within(&made.fx, &["restore", "latest", "--target", &target], DEADLINE);
         let progress = format!(
-            " INFO snapshot {}: 3 entries selected, 12 B of content, from 1 archive(s); fetching {} B\n",
+            " INFO snapshot {}: 3 entries selected, 12 B of content, from 1 archive; fetching {} B\n",
             made.id,
             made.size(&a)
         );

@@ -332,7 +332,7 @@ fn forget_keeps_archives_kept_snapshots_need_and_removes_orphans() {
     let text = fx.run(&["forget", "--apply"]).ok();
     assert!(
         text.stdout
-            .contains("removed 2 snapshot(s) and 1 archive(s) (2 node pack(s))"),
+            .contains("removed 2 snapshots and 1 archive (2 node packs)"),
         "{}",
         text.stdout
     );
@@ -349,7 +349,7 @@ fn forget_keeps_archives_kept_snapshots_need_and_removes_orphans() {
     assert!(
         again
             .stdout
-            .contains("removed 0 snapshot(s) and 0 archive(s) (0 node pack(s))"),
+            .contains("removed 0 snapshots and 0 archives (0 node packs)"),
         "{}",
         again.stdout
     );

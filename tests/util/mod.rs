@@ -52,6 +52,21 @@ pub fn vaultline_bin() -> PathBuf {
     .clone()
 }
 
+/// True when the test may act as root (mount, chown, run as another user);
+/// false (with a note) outside CI for another user. In CI, which runs the
+/// suites as root, not being root is a failure.
+pub fn root_or_explain(test: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test} needs root, and CI runs the suites as root"
+    );
+    eprintln!("{test}: not root; run the suite as root to exercise it");
+    false
+}
+
 /// The result of running the binary.
 #[derive(Debug)]
 pub struct Run {
@@ -208,6 +223,20 @@ impl Fixture {
     /// Runs the binary and waits.
     pub fn run(&self, args: &[&str]) -> Run {
         Run::from(self.command(args).output().expect("run vaultline"))
+    }
+
+    /// Runs the binary as user `nobody` (uid 65534) with `home` as HOME:
+    /// the fixture's directory and configuration are opened to others
+    /// first, as a shared system configuration would be.
+    pub fn run_as_nobody(&self, home: &Path, args: &[&str]) -> Run {
+        fs::set_permissions(self.path(), fs::Permissions::from_mode(0o755)).expect("chmod fixture");
+        fs::set_permissions(&self.config, fs::Permissions::from_mode(0o644)).expect("chmod config");
+        let mut cmd = self.command_via(
+            &["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"],
+            args,
+        );
+        cmd.env("HOME", home);
+        Run::from(cmd.output().expect("run vaultline as nobody"))
     }
 
     /// Runs the binary through `wrapper` (see [`Fixture::command_via`]).

@@ -12,7 +12,7 @@ use crate::cli::args::Cli;
 use crate::cli::output::Output;
 use crate::error::UsageError;
 use crate::keys::kms::KmsKeyWrap;
-use crate::keys::local::{LocalKey, LocalKeySettings};
+use crate::keys::local::{LocalKey, LocalKeySettings, MissingKey};
 use crate::keys::{CountingKeys, Keys};
 use crate::ops::report::{Destinations, Recorder};
 use crate::repo::Repo;
@@ -43,8 +43,9 @@ pub struct App {
 impl App {
     /// Locates and loads the configuration named by the flags.
     pub fn load(cli: &Cli, out: Output) -> Result<App> {
-        let env = process_environment();
+        let mut env = process_environment();
         let path = vaultline_config::locate(cli.config.as_deref(), &env)?;
+        env.config_of_root = config_of_root(&path);
         let config = Config::load(&path, &env)?;
         tracing::debug!("configuration {}", path.display());
         if env.is_root {
@@ -125,11 +126,7 @@ impl App {
                 Ok(Err(e)) => format!("unknown AWS principal ({})", crate::cloud::aws::describe(&e)),
                 Err(e) => format!("unknown AWS principal ({e:#})"),
             },
-            None => {
-                let uid = rustix::process::getuid().as_raw();
-                let name = std::env::var("USER").unwrap_or_else(|_| "?".into());
-                format!("local user {name} (uid {uid})")
-            }
+            None => local_user(),
         };
         let config_sha256 = std::fs::read(&self.config.file)
             .map(|b| hex::encode(sha2::Sha256::digest(&b)))
@@ -148,6 +145,13 @@ impl App {
 
     /// The recorder of this invocation of `command` (see [`crate::ops::report`]).
     pub fn recorder(&self, command: &str) -> Recorder {
+        let trigger = std::env::var("VAULTLINE_TRIGGER").unwrap_or_else(|_| "manual".into());
+        self.recorder_triggered(command, &trigger)
+    }
+
+    /// Like [`App::recorder`], for a run started by `trigger` (the agent
+    /// recording a run it had to kill).
+    pub fn recorder_triggered(&self, command: &str, trigger: &str) -> Recorder {
         Recorder::new(
             self.audit(command),
             Destinations {
@@ -156,7 +160,7 @@ impl App {
                 jobs: self.config.jobs.iter().map(|j| j.name.clone()).collect(),
                 repo: self.repo.clone(),
                 host: self.config.agent.host.clone(),
-                trigger: std::env::var("VAULTLINE_TRIGGER").unwrap_or_else(|_| "manual".into()),
+                trigger: trigger.to_string(),
                 lock: self
                     .config
                     .jobs
@@ -164,6 +168,7 @@ impl App {
                     .filter_map(|j| j.object_lock.as_ref())
                     .max_by_key(|l| (l.days, l.mode == "COMPLIANCE"))
                     .map(|l| (l.mode.clone(), l.days)),
+                hardened: matches!(self.config.repository, Repository::S3(_)),
             },
         )
     }
@@ -209,7 +214,10 @@ impl App {
     /// unwrapping (`rewrap` reads manifests it already moved to its new key).
     pub fn keys_also_trusting(&self, extra: &[String]) -> Result<Keys> {
         match &self.config.key {
-            KeyConfig::Local { .. } => Ok(CountingKeys::new(Box::new(self.local_key()?.provider()))),
+            KeyConfig::Local { .. } => match self.local_key() {
+                Ok(key) => Ok(CountingKeys::new(Box::new(key.provider()))),
+                Err(e) => Err(self.missing_key(e)),
+            },
             KeyConfig::Kms {
                 key_id,
                 accepted_keys,
@@ -243,6 +251,43 @@ impl App {
     /// The existing local key.
     pub fn local_key(&self) -> Result<LocalKey> {
         self.key_settings()?.load()
+    }
+
+    /// A missing local key (`err` a [`MissingKey`]) worded for what the
+    /// operator must do: when a repository exists, the key it was sealed
+    /// with must come back from the key backup (a new key cannot read it,
+    /// so `init` is no help); only without a repository is `init` the
+    /// answer. Other errors are returned as they are.
+    pub fn missing_key(&self, err: anyhow::Error) -> anyhow::Error {
+        let Some(missing) = err.downcast_ref::<MissingKey>() else {
+            return err;
+        };
+        let repo = self.repo.store().describe();
+        let message = match self.repo.read_marker() {
+            Ok(Some(m)) if m.key_provider == vaultline_crypto::LOCAL_PROVIDER => format!(
+                "{missing}; {repo} was sealed with local key {}: put that key back from your key backup with \
+                 `vaultline key import FILE` (docs/operations.md, \"The local master key\"); `vaultline init` \
+                 cannot help, a new key cannot read this repository",
+                m.key_id
+            ),
+            Ok(Some(m)) => format!(
+                "{missing}; {repo} was sealed with {} key {}: configure that key in the [key] section of {}",
+                m.key_provider,
+                m.key_id,
+                self.config.file.display()
+            ),
+            Ok(None) => {
+                format!("{missing}; {repo} has no repository yet: run `vaultline init` to create both")
+            }
+            Err(e) => {
+                tracing::debug!("{e:#}");
+                format!(
+                    "{missing}; if {repo} holds a repository, put its key back from your key backup with \
+                     `vaultline key import FILE`, else run `vaultline init`"
+                )
+            }
+        };
+        UsageError(message).into()
     }
 
     /// The jobs named (all when `names` is empty); unknown names are a usage error.
@@ -283,6 +328,30 @@ impl App {
     pub fn host<'a>(&'a self, flag: &'a Option<String>) -> &'a str {
         flag.as_deref().unwrap_or(&self.config.agent.host)
     }
+}
+
+/// The running user for the audit trail and messages, from the kernel (the
+/// real uid) and the password database, not from `$USER`, which anyone can
+/// set: `local user alice (uid 1000)`, or `local user (uid 1000)` when the
+/// uid has no entry there.
+pub fn local_user() -> String {
+    let uid = rustix::process::getuid().as_raw();
+    match passwd_name(uid) {
+        Some(name) => format!("local user {name} (uid {uid})"),
+        None => format!("local user (uid {uid})"),
+    }
+}
+
+/// The name of `uid` in `/etc/passwd`. (Users only a directory service
+/// knows are named by uid alone: reading NSS would take libc.)
+pub fn passwd_name(uid: u32) -> Option<String> {
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id = fields.nth(1)?.parse::<u32>().ok()?;
+        (id == uid && !name.is_empty()).then(|| name.to_string())
+    })
 }
 
 /// Where STS is asked who the caller is: at the S3 or KMS endpoint when
@@ -370,6 +439,12 @@ fn check_commands_file(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// Whether the configuration file at `path` belongs to root.
+pub fn config_of_root(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).is_ok_and(|m| m.uid() == 0)
+}
+
 /// Reads the facts configuration defaults depend on from this process.
 pub fn process_environment() -> Environment {
     let var = |name: &str| {
@@ -385,6 +460,7 @@ pub fn process_environment() -> Environment {
     Environment {
         hostname,
         is_root: rustix::process::geteuid().is_root(),
+        config_of_root: false,
         home: var("HOME"),
         xdg_config_home: var("XDG_CONFIG_HOME"),
         xdg_state_home: var("XDG_STATE_HOME"),

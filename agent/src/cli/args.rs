@@ -58,12 +58,19 @@ pub enum Command {
     /// Create the repository and the local master key (or check they exist).
     Init,
 
-    /// Back up now.
-    #[command(subcommand)]
-    Backup(BackupCommand),
+    /// Back up now: every job, or the JOBs named (`backup now JOB…` is the
+    /// same); with --dry-run, only show what would be archived.
+    Backup(BackupNowArgs),
 
     /// List committed snapshots.
     Snapshots(SnapshotsArgs),
+
+    /// List what a snapshot holds (from its manifest; no archive is read).
+    Ls(LsArgs),
+
+    /// Find entries matching patterns in every snapshot (from the
+    /// manifests; no archive is read).
+    Find(FindArgs),
 
     /// Restore a snapshot into a directory.
     Restore(RestoreArgs),
@@ -100,17 +107,41 @@ pub enum Command {
     #[command(subcommand, name = "audit-log")]
     AuditLog(AuditLogCommand),
 
-    /// Write the man page and shell completions (for packaging).
-    #[command(hide = true)]
+    /// The local master key: export it for safekeeping, import a backed-up
+    /// one (docs/operations.md, "The local master key").
+    #[command(subcommand)]
+    Key(KeyCommand),
+
+    /// Write the man pages (DIR/man/, one per command) and the bash, zsh and
+    /// fish completions (DIR/completions/), for packaging or installing.
     Generate {
-        /// Directory to write vaultline.1 and completions/ into.
+        /// Directory to write man/ and completions/ into.
         #[arg(value_name = "DIR")]
         dir: std::path::PathBuf,
+    },
+
+    /// Print the completions for a shell, e.g.
+    /// `vaultline completions bash > /etc/bash_completion.d/vaultline`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: CompletionShell,
     },
 
     /// Print policies for this configuration.
     #[command(subcommand)]
     Policy(PolicyCommand),
+}
+
+/// The shells `completions` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CompletionShell {
+    /// bash.
+    Bash,
+    /// zsh.
+    Zsh,
+    /// fish.
+    Fish,
 }
 
 /// `audit-log …`.
@@ -122,6 +153,27 @@ pub enum AuditLogCommand {
         /// The trail to check [default: STATE-DIR/audit.jsonl].
         #[arg(long, value_name = "PATH")]
         file: Option<std::path::PathBuf>,
+    },
+}
+
+/// `key …`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Write the master key for safekeeping: to FILE (created 0600, never
+    /// overwritten), or to standard output redirected to a file (made 0600)
+    /// or a pipe (`| gpg -c`); never onto a terminal.
+    Export {
+        /// The file to create [default: standard output].
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Put a backed-up master key back where the configuration keeps it
+    /// (refused when it is not the key the repository was sealed with, and
+    /// when another key is in place).
+    Import {
+        /// The export (or a copy of the key file); `-` reads standard input.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
     },
 }
 
@@ -149,17 +201,11 @@ pub enum PolicyRole {
     Admin,
 }
 
-/// `backup …`.
-#[derive(Debug, Subcommand)]
-pub enum BackupCommand {
-    /// Run jobs now (all jobs when none are named).
-    Now(BackupNowArgs),
-}
-
-/// `backup now`.
+/// `backup [now]`.
 #[derive(Debug, Args)]
 pub struct BackupNowArgs {
-    /// Jobs to run, by name [default: every job in the configuration].
+    /// Jobs to run, by name [default: every job in the configuration]. A
+    /// leading `now` is ignored (`backup now`), unless a job is called so.
     #[arg(value_name = "JOB")]
     pub jobs: Vec<String>,
 
@@ -171,6 +217,63 @@ pub struct BackupNowArgs {
     /// (starts a new chain of incremental snapshots).
     #[arg(long)]
     pub full: bool,
+
+    /// List what would be archived and what is left out, and why; read no
+    /// file content and write nothing (needs no key, no repository).
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// A snapshot id, a unique prefix of one, or `latest`.
+    #[arg(value_name = "SNAPSHOT|latest")]
+    pub snapshot: String,
+
+    /// List this path and what is directly in it [default: the whole
+    /// snapshot].
+    #[arg(value_name = "PATH")]
+    pub path: Option<String>,
+
+    /// With PATH: everything below it, not only what is directly in it.
+    #[arg(short, long)]
+    pub recursive: bool,
+
+    /// Long format: type and mode, owner, size, modification time.
+    #[arg(short, long)]
+    pub long: bool,
+
+    /// The job the snapshot belongs to (needed for `latest` when there are
+    /// several).
+    #[arg(long)]
+    pub job: Option<String>,
+
+    /// Snapshots made by this host [default: agent.host from the configuration].
+    #[arg(long)]
+    pub host: Option<String>,
+}
+
+/// `find`.
+#[derive(Debug, Args)]
+pub struct FindArgs {
+    /// Patterns (docs/patterns.md): without `/` a name anywhere (`*.conf`),
+    /// with `/` a path from the root (`/etc/ssh/**`). An entry matching any
+    /// of them is listed.
+    #[arg(value_name = "PATTERN", required = true)]
+    pub patterns: Vec<String>,
+
+    /// Only this job's snapshots.
+    #[arg(long)]
+    pub job: Option<String>,
+
+    /// Snapshots made by this host [default: agent.host from the configuration].
+    #[arg(long)]
+    pub host: Option<String>,
+
+    /// Only this snapshot (an id, a unique prefix of one, or `latest`).
+    #[arg(long, value_name = "SNAPSHOT")]
+    pub snapshot: Option<String>,
 }
 
 /// `snapshots`.
@@ -188,12 +291,13 @@ pub struct SnapshotsArgs {
 /// `restore`.
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// A snapshot id, or `latest`.
+    /// A snapshot id, a unique prefix of one, or `latest`.
     #[arg(value_name = "SNAPSHOT|latest")]
     pub snapshot: String,
 
     /// Restore only these paths (a file, or a directory with all it
-    /// contains), e.g. /etc/hosts; combined with --include, either may match.
+    /// contains), e.g. /etc/hosts: patterns anchored at the root
+    /// (docs/patterns.md); combined with --include, either may match.
     #[arg(value_name = "PATH")]
     pub paths: Vec<String>,
 
@@ -210,15 +314,17 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub host: Option<String>,
 
-    /// Restore only entries matching these globs (`etc/ssh/**`, `**/*.conf`);
-    /// a matching directory brings everything below it; a leading `/` is
-    /// ignored. Repeatable.
-    #[arg(long, value_name = "GLOB")]
+    /// Restore only entries matching these patterns, in the language of a
+    /// job's `exclude` (docs/patterns.md): without `/` a name anywhere
+    /// (`*.conf`, `ssh_config`), with `/` a path from the root
+    /// (`/etc/ssh/**`); a matching directory brings everything below it.
+    /// Repeatable.
+    #[arg(long, value_name = "PATTERN")]
     pub include: Vec<String>,
 
-    /// Leave out entries matching these globs (and everything below a
-    /// matching directory). Repeatable.
-    #[arg(long, value_name = "GLOB")]
+    /// Leave out entries matching these patterns (and everything below a
+    /// matching directory), as --include reads them. Repeatable.
+    #[arg(long, value_name = "PATTERN")]
     pub exclude: Vec<String>,
 
     /// When archives are in GLACIER or DEEP_ARCHIVE: request their restore
@@ -237,6 +343,11 @@ pub struct RestoreArgs {
     /// which are otherwise dropped (and reported) unless root restores onto /.
     #[arg(long)]
     pub keep_privileges: bool,
+
+    /// Say what would be restored (entries, bytes, what would be fetched)
+    /// and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `forget`.
@@ -271,7 +382,8 @@ pub struct RewrapArgs {
 /// `verify`.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// A snapshot id, or `latest` [default: latest].
+    /// A snapshot id, a unique prefix of one, or `latest` [default: the
+    /// latest of each job].
     #[arg(value_name = "SNAPSHOT", conflicts_with = "all")]
     pub snapshot: Option<String>,
 

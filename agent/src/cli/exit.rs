@@ -8,7 +8,7 @@
 
 use std::process::ExitCode;
 
-use crate::error::{BusyError, IntegrityError, ThawingError, UsageError};
+use crate::error::{BusyError, IntegrityError, Interrupted, NothingToCheck, ThawingError, UsageError};
 
 /// A documented exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,12 @@ pub enum Exit {
     /// Archives in a Glacier class are being restored (thawed): rerun later
     /// (`restore --request-only`).
     Thawing = 7,
+    /// A check had nothing to check: `verify` found no snapshot, `audit-log
+    /// verify` no trail. Not a pass.
+    NothingToCheck = 8,
+    /// Interrupted by SIGINT or SIGTERM; stopped cleanly, nothing committed
+    /// (128 + SIGINT, as shells report a command stopped by Ctrl-C).
+    Interrupted = 130,
 }
 
 impl From<Exit> for ExitCode {
@@ -54,6 +60,12 @@ pub fn classify(err: &anyhow::Error) -> Exit {
         if cause.is::<ThawingError>() {
             return Exit::Thawing;
         }
+        if cause.is::<NothingToCheck>() {
+            return Exit::NothingToCheck;
+        }
+        if cause.is::<Interrupted>() {
+            return Exit::Interrupted;
+        }
         if cause.is::<IntegrityError>() {
             return Exit::Integrity;
         }
@@ -71,6 +83,26 @@ pub fn classify(err: &anyhow::Error) -> Exit {
         }
     }
     Exit::RunFailed
+}
+
+/// A line to print after the error when the fix is to run as another user:
+/// permission was denied somewhere in the chain, and vaultline does not run
+/// as root (as a system installation expects).
+pub fn hint(err: &anyhow::Error) -> Option<String> {
+    let denied = err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+    });
+    if !denied || rustix::process::geteuid().is_root() {
+        return None;
+    }
+    Some(format!(
+        "hint: permission denied, and vaultline runs as {}, not root: a system installation's configuration, \
+         state and repository belong to root; run it as root (`sudo vaultline …`), or as the user that owns \
+         the path above",
+        crate::cli::app::local_user().trim_start_matches("local ")
+    ))
 }
 
 #[cfg(test)]

@@ -4,8 +4,13 @@
 //!   surface described in PRODUCT.md);
 //! - [`app`]: what every command starts from: the loaded configuration, the
 //!   repository, the key provider, the recorder of the invocation;
-//! - [`output`]: logs, results (text or `--json`) and progress;
-//! - [`exit`]: exit codes, and how an error chain maps to one;
+//! - [`output`]: logs, results (text or `--json`), `-q`, a stdout whose
+//!   reader went away, and progress;
+//! - [`select`]: which snapshots a reading command means (`--host` and
+//!   `--job` checked, snapshot id prefixes);
+//! - [`interrupt`]: SIGINT and SIGTERM during a backup;
+//! - [`exit`]: exit codes, how an error chain maps to one, and the hint
+//!   printed after a permission error;
 //! - [`commands`]: one module per subcommand;
 //! - [`service`]: `vaultline agent`, the scheduler and watcher.
 //!
@@ -16,11 +21,13 @@ pub mod app;
 pub mod args;
 pub mod commands;
 pub mod exit;
+pub mod interrupt;
 pub mod output;
+pub mod select;
 pub mod service;
 
 use crate::cli::app::App;
-use crate::cli::args::{AuditLogCommand, BackupCommand, Cli, Command, PolicyCommand};
+use crate::cli::args::{AuditLogCommand, Cli, Command, KeyCommand, PolicyCommand};
 use crate::cli::output::Output;
 
 /// Runs the parsed command line with output settings `out`.
@@ -28,6 +35,9 @@ pub fn run(cli: &Cli, out: Output) -> anyhow::Result<()> {
     // Needs no configuration.
     if let Command::Generate { dir } = &cli.command {
         return commands::generate::run(dir);
+    }
+    if let Command::Completions { shell } = &cli.command {
+        return commands::generate::completions(*shell);
     }
     // An auditor's copy of a trail is checked with or without one.
     if let Command::AuditLog(AuditLogCommand::Verify { file: Some(file) }) = &cli.command {
@@ -46,8 +56,10 @@ pub fn run(cli: &Cli, out: Output) -> anyhow::Result<()> {
     let app = App::load(cli, out)?;
     match &cli.command {
         Command::Init => commands::init::run(&app),
-        Command::Backup(BackupCommand::Now(args)) => commands::backup::run(&app, args),
+        Command::Backup(args) => commands::backup::run(&app, args),
         Command::Snapshots(args) => commands::snapshots::run(&app, args),
+        Command::Ls(args) => commands::ls::run(&app, args),
+        Command::Find(args) => commands::ls::find(&app, args),
         Command::Restore(args) => commands::restore::run(&app, args),
         Command::Verify(args) => commands::verify::run(&app, args),
         Command::Forget(args) => commands::forget::run(&app, args),
@@ -56,10 +68,12 @@ pub fn run(cli: &Cli, out: Output) -> anyhow::Result<()> {
         Command::Audit => commands::audit::run(&app),
         Command::Status => commands::status::run(&app),
         Command::Agent => service::run(&app),
-        Command::Generate { .. } => Ok(()),
+        Command::Generate { .. } | Command::Completions { .. } => Ok(()),
         Command::AuditLog(AuditLogCommand::Verify { file }) => {
             commands::audit::verify_log(Some(&app), file.as_deref(), &app.out)
         }
         Command::Harden { apply } => commands::harden::run(&app, *apply),
+        Command::Key(KeyCommand::Export { output }) => commands::key::export(&app, output.as_deref()),
+        Command::Key(KeyCommand::Import { file }) => commands::key::import(&app, file),
     }
 }

@@ -59,6 +59,63 @@ impl LocalKey {
     }
 }
 
+/// No master key where the configuration says it is: the caller, which
+/// knows the repository, says which key is needed and how to get it back.
+#[derive(Debug, thiserror::Error)]
+#[error("no local master key found (looked in {})", .looked.join(", "))]
+pub struct MissingKey {
+    /// The places looked in, for messages.
+    pub looked: Vec<String>,
+}
+
+/// A key that is already in place where another was to be put.
+#[derive(Debug, thiserror::Error)]
+#[error("{location} already holds local key {fingerprint}")]
+pub struct KeyInPlace {
+    /// Where.
+    pub location: KeyLocation,
+    /// The key there.
+    pub fingerprint: String,
+}
+
+/// The master key as exported for safekeeping: the key file's own form
+/// (so a copy can also be put back as the key file), after comment lines
+/// that say what it is.
+pub fn export_text(key: &LocalKey, host: &str) -> Zeroizing<String> {
+    Zeroizing::new(format!(
+        "# vaultline master key, fingerprint {}\n# exported from host {host} ({}) on {}\n# Keep it secret and \
+         apart from the backups: it reads every snapshot made with it. Put it back with\n# `vaultline key \
+         import FILE`.\n{FILE_TAG} {}\n",
+        key.master.fingerprint(),
+        key.location,
+        jiff::Timestamp::now()
+            .round(jiff::Unit::Second)
+            .unwrap_or_else(|_| jiff::Timestamp::now()),
+        hex::encode(key.master.expose_secret())
+    ))
+}
+
+/// Reads a master key from the text of a key file or an export: lines
+/// starting with `#` and blank lines are ignored; one line must be
+/// `vaultline-master-key-v1 <64 hex digits>`.
+pub fn parse_key_text(text: &str) -> Result<MasterKey> {
+    let mut keys = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let line = keys
+        .next()
+        .ok_or_else(|| anyhow!("it holds no `{FILE_TAG}` line"))?;
+    if keys.next().is_some() {
+        bail!("it holds more than one key line");
+    }
+    let hex = line
+        .strip_prefix(FILE_TAG)
+        .map(str::trim)
+        .ok_or_else(|| anyhow!("its key line does not start with `{FILE_TAG}`"))?;
+    parse_hex(hex)
+}
+
 /// Settings of the local key provider, from the config.
 pub struct LocalKeySettings<'a> {
     storage: KeyStorage,
@@ -91,11 +148,7 @@ impl<'a> LocalKeySettings<'a> {
     pub fn load(&self) -> Result<LocalKey> {
         match self.find()? {
             Found::Key(k) => Ok(k),
-            Found::Nothing { looked } => Err(UsageError(format!(
-                "no local master key found (looked in {}); run `vaultline init` to create one",
-                looked.join(", ")
-            ))
-            .into()),
+            Found::Nothing { looked } => Err(MissingKey { looked }.into()),
         }
     }
 
@@ -147,7 +200,24 @@ impl<'a> LocalKeySettings<'a> {
         if let Found::Key(k) = self.find()? {
             return Ok((k, false));
         }
-        let master = MasterKey::generate()?;
+        Ok((self.put(MasterKey::generate()?)?, true))
+    }
+
+    /// Puts `master` where [`LocalKeySettings::load_or_create`] would put a
+    /// new key (`key import`). Never replaces a key: one in place already
+    /// is a [`KeyInPlace`] error.
+    pub fn store(&self, master: MasterKey) -> Result<LocalKey> {
+        if let Found::Key(k) = self.find()? {
+            return Err(KeyInPlace {
+                fingerprint: k.master.fingerprint(),
+                location: k.location,
+            }
+            .into());
+        }
+        self.put(master)
+    }
+
+    fn put(&self, master: MasterKey) -> Result<LocalKey> {
         if self.storage != KeyStorage::File {
             let stored = self.keyring_entry().and_then(|e| {
                 let hex = Zeroizing::new(hex::encode(master.expose_secret()));
@@ -155,13 +225,10 @@ impl<'a> LocalKeySettings<'a> {
             });
             match stored {
                 Ok(()) => {
-                    return Ok((
-                        LocalKey {
-                            master,
-                            location: self.keyring_location(),
-                        },
-                        true,
-                    ));
+                    return Ok(LocalKey {
+                        master,
+                        location: self.keyring_location(),
+                    });
                 }
                 Err(e) if self.storage == KeyStorage::Keyring => {
                     bail!("cannot store the master key in the OS keyring: {e}")
@@ -172,13 +239,10 @@ impl<'a> LocalKeySettings<'a> {
             }
         }
         write_key_file(self.file, &master)?;
-        Ok((
-            LocalKey {
-                master,
-                location: KeyLocation::File(self.file.to_path_buf()),
-            },
-            true,
-        ))
+        Ok(LocalKey {
+            master,
+            location: KeyLocation::File(self.file.to_path_buf()),
+        })
     }
 
     fn keyring_location(&self) -> KeyLocation {
@@ -231,13 +295,8 @@ fn read_key_file(path: &Path) -> Result<Option<MasterKey>> {
     let mut text = Zeroizing::new(String::new());
     file.read_to_string(&mut text)
         .with_context(|| format!("cannot read key file {}", path.display()))?;
-    let hex = text.trim().strip_prefix(FILE_TAG).map(str::trim).ok_or_else(|| {
-        UsageError(format!(
-            "key file {} does not start with `{FILE_TAG}`",
-            path.display()
-        ))
-    })?;
-    parse_hex(hex)
+    // (An export is a key file too: its comment lines are skipped.)
+    parse_key_text(&text)
         .map_err(|e| UsageError(format!("key file {} is malformed: {e}", path.display())).into())
         .map(Some)
 }
@@ -281,7 +340,7 @@ mod tests {
             file: dir.path().join("keys/master.key"),
         };
         let s = settings(&key);
-        assert!(s.load().unwrap_err().to_string().contains("run `vaultline init`"));
+        assert!(s.load().unwrap_err().is::<MissingKey>());
         let (created, new) = s.load_or_create().unwrap();
         assert!(new);
         let (again, new) = s.load_or_create().unwrap();
@@ -294,6 +353,34 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(dir_mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn an_export_reads_back_as_the_same_key_and_as_a_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = KeyConfig::Local {
+            storage: KeyStorage::File,
+            file: dir.path().join("master.key"),
+        };
+        let (k, _) = settings(&key).load_or_create().unwrap();
+        let text = export_text(&k, "web1");
+        assert!(text.starts_with(&format!(
+            "# vaultline master key, fingerprint {}\n",
+            k.master.fingerprint()
+        )));
+        let back = parse_key_text(&text).unwrap();
+        assert_eq!(back.fingerprint(), k.master.fingerprint());
+        // Put back as the key file, comments and all, it loads.
+        let other = KeyConfig::Local {
+            storage: KeyStorage::File,
+            file: dir.path().join("copy.key"),
+        };
+        let stored = settings(&other).store(back).unwrap();
+        assert_eq!(stored.master.fingerprint(), k.master.fingerprint());
+        let again = parse_key_text(&text).unwrap();
+        assert!(settings(&other).store(again).unwrap_err().is::<KeyInPlace>());
+        assert!(parse_key_text("# nothing\n").is_err());
+        assert!(parse_key_text("vaultline-master-key-v1 00\n").is_err());
     }
 
     #[test]

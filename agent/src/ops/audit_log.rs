@@ -427,6 +427,25 @@ impl ShippedTrail {
     }
 }
 
+/// The trails `host` shipped segments of to `repo`: trail id → segments.
+pub fn shipped_trails(repo: &Repo, host: &str) -> Result<std::collections::BTreeMap<String, u64>> {
+    let any = repo.audit_segment_name(host, "x", 0, 0);
+    let prefix = &any[..any.len() - "x/000000000000-000000000000.jsonl".len()];
+    let mut trails = std::collections::BTreeMap::new();
+    for o in repo
+        .store()
+        .list(prefix)
+        .with_context(|| format!("cannot list the shipped audit trails under {prefix}"))?
+    {
+        if let Some((trail, _)) = o.name[prefix.len()..].split_once('/')
+            && o.name.ends_with(".jsonl")
+        {
+            *trails.entry(trail.to_string()).or_insert(0) += 1;
+        }
+    }
+    Ok(trails)
+}
+
 /// The host (its `how`) and the trail id named by the first line of the
 /// trail at `path`.
 pub fn trail_identity(path: &Path) -> Result<(Option<String>, Option<String>)> {

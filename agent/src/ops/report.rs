@@ -5,16 +5,21 @@
 //! happens, as it happens: [`Recorder::event`] for an action worth an
 //! audit line (a restore starting, a hardening check, a forget plan),
 //! [`Recorder::job`] for each job of a backup run as it ends (its
-//! [`JobRun`]: committed, failed, refused), and [`Recorder::finish`] once,
-//! with the run's overall result. The recorder decides what each of these
-//! means for each observer:
+//! [`JobRun`]: committed, failed, refused, interrupted, or skipped because
+//! another run of it was in progress), and [`Recorder::finish`] once, with
+//! the run's overall result. The recorder decides what each of these means
+//! for each observer:
 //!
 //! | told | status (`STATE/status/JOB.json`) | metrics file | audit trail |
 //! |---|---|---|---|
 //! | `event` | – | – | one line |
-//! | `job` | the job's run record | – | `snapshot-committed` / `job-failed` |
+//! | `job` | the job's run record (a skipped run: only counted, the last run stays) | – | `snapshot-committed` / `job-failed` / `job-interrupted` / `job-skipped` |
 //! | `finish` | – | rewritten from every job's status | `run-finished` (backups) |
 //! | (dropped) | – | – | unshipped lines go to the repository |
+//!
+//! The numbers a run record carries say what happened: files and bytes
+//! *in the snapshot*, and files archived and bytes *read* (only new or
+//! changed files are read: a run with no change reads nothing).
 //!
 //! When the recorder goes out of scope, whatever the command's outcome,
 //! the trail's unshipped lines are shipped to the repository (under the
@@ -47,6 +52,12 @@ pub enum JobOutcome {
     Committed(Box<BackupReport>),
     /// The job ran and failed: nothing was committed.
     Failed(String),
+    /// The run was stopped by this signal (`SIGINT`, `SIGTERM`) and cleaned
+    /// up: nothing was committed.
+    Interrupted(String),
+    /// The job did not run: another run of it was in progress and the
+    /// command was not to wait (why).
+    Skipped(String),
     /// The run stopped before the job started (a wrong key, a store that
     /// cannot be read): `result` is `failed`, or `refused` by hardening.
     NotStarted {
@@ -84,6 +95,9 @@ pub struct Recorder {
     trigger: String,
     /// Object Lock for shipped segments: mode and days.
     lock: Option<(String, u32)>,
+    /// Whether the repository has hardening checks (an S3 bucket): only
+    /// then are hardening metrics written.
+    hardened: bool,
     /// Until [`Recorder::reached`]: nothing is shipped.
     held: std::cell::Cell<bool>,
 }
@@ -105,6 +119,8 @@ pub struct Destinations {
     /// Object Lock for shipped audit segments (mode, days), if any job
     /// locks its objects.
     pub lock: Option<(String, u32)>,
+    /// Whether the repository has hardening checks (an S3 bucket).
+    pub hardened: bool,
 }
 
 impl Recorder {
@@ -119,6 +135,7 @@ impl Recorder {
             host: to.host,
             trigger: to.trigger,
             lock: to.lock,
+            hardened: to.hardened,
             held: std::cell::Cell::new(true),
         }
     }
@@ -137,6 +154,12 @@ impl Recorder {
                 Some(&**r),
             ),
             JobOutcome::Failed(e) => ("failed", Some(e.clone()), None),
+            JobOutcome::Interrupted(signal) => (
+                "interrupted",
+                Some(format!("interrupted by {signal}: nothing was committed")),
+                None,
+            ),
+            JobOutcome::Skipped(why) => ("skipped", Some(why.clone()), None),
             JobOutcome::NotStarted { result, error } => (*result, Some(error.clone()), None),
         };
         let record = RunRecord {
@@ -152,7 +175,11 @@ impl Recorder {
             error,
             snapshot: report.map(|r| r.snapshot.clone()),
             files: report.map_or(0, |r| r.files),
-            bytes_read: report.map_or(0, |r| r.bytes_read),
+            archived_files: report.map_or(0, |r| r.archived_files),
+            // Only new and changed files are read; the report's
+            // `bytes_read` is the content of the whole snapshot.
+            bytes_read: report.map_or(0, |r| r.archived_bytes),
+            snapshot_bytes: report.map_or(0, |r| r.bytes_read),
             bytes_stored: report.map_or(0, |r| r.bytes_stored),
             trigger: self.trigger.clone(),
         };
@@ -174,7 +201,9 @@ impl Recorder {
                         .collect::<Vec<_>>(),
                     "parent": r.parent,
                     "files": r.files,
-                    "bytes_read": r.bytes_read,
+                    "archived_files": r.archived_files,
+                    "bytes_read": r.archived_bytes,
+                    "snapshot_bytes": r.bytes_read,
                     "bytes_stored": r.bytes_stored,
                     "unreadable": r.unreadable.len(),
                 }),
@@ -182,6 +211,13 @@ impl Recorder {
             JobOutcome::Failed(error) => self
                 .audit
                 .record("job-failed", json!({ "job": run.job, "error": error })),
+            JobOutcome::Interrupted(signal) => self.audit.record(
+                "job-interrupted",
+                json!({ "job": run.job, "signal": signal, "committed": false }),
+            ),
+            JobOutcome::Skipped(why) => self
+                .audit
+                .record("job-skipped", json!({ "job": run.job, "why": why })),
             JobOutcome::NotStarted { .. } => Ok(()),
         }
     }
@@ -189,7 +225,7 @@ impl Recorder {
     /// A backup run ended with `result` (`ok` or the error): the metrics
     /// file from every job's status and the `run-finished` line.
     pub fn finish(&self, result: &str, key_use: Value) -> Result<()> {
-        if let Err(e) = write_metrics(&self.state_dir, &self.metrics_file, &self.jobs) {
+        if let Err(e) = write_metrics(&self.state_dir, &self.metrics_file, &self.jobs, self.hardened) {
             tracing::error!("{e:#}");
         }
         self.audit

@@ -20,7 +20,9 @@ pub struct RunRecord {
     pub start_unix: i64,
     /// Wall time.
     pub duration_secs: f64,
-    /// `ok`, `incomplete`, `failed` or `refused` (hardening).
+    /// `ok`, `incomplete`, `failed`, `refused` (hardening), `interrupted`
+    /// (SIGINT, SIGTERM: nothing committed) or `skipped` (another run of
+    /// the job was in progress and `--no-wait` was given).
     pub result: String,
     /// The error, when not ok.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -28,10 +30,18 @@ pub struct RunRecord {
     /// The snapshot committed, if any.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub snapshot: Option<String>,
-    /// Regular files archived.
+    /// Regular files in the snapshot committed.
     pub files: u64,
-    /// Bytes of file content read.
+    /// Of them, files read and archived (new or changed since the snapshot
+    /// the run built on; all of them in a full run).
+    #[serde(default)]
+    pub archived_files: u64,
+    /// Bytes of file content read: those of the archived files. (Records
+    /// written before 0.1.1 held the snapshot's content here.)
     pub bytes_read: u64,
+    /// Bytes of file content in the snapshot committed.
+    #[serde(default)]
+    pub snapshot_bytes: u64,
     /// Bytes written to the repository.
     pub bytes_stored: u64,
     /// What started it: `manual`, `schedule`, `watch`, `catch-up`.
@@ -60,12 +70,21 @@ pub struct JobStatus {
     pub last_success: Option<RunRecord>,
     /// The most recent hardening result (S3 repositories).
     pub last_hardening: Option<HardeningRecord>,
-    /// Runs so far.
+    /// The most recent run skipped because another one was in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_skipped: Option<RunRecord>,
+    /// Runs so far (skipped ones are not runs).
     pub runs_total: u64,
     /// Failed, incomplete or refused runs so far.
     pub failures_total: u64,
     /// Runs refused by hardening so far.
     pub hardening_failures_total: u64,
+    /// Runs interrupted (SIGINT, SIGTERM) so far.
+    #[serde(default)]
+    pub interrupted_total: u64,
+    /// Runs skipped so far because another run of the job was in progress.
+    #[serde(default)]
+    pub skipped_total: u64,
 }
 
 fn status_dir(state_dir: &Path) -> PathBuf {
@@ -148,19 +167,29 @@ fn record_run_unlocked(
         JobStatus::default()
     });
     status.job = job.to_string();
-    status.runs_total += 1;
-    if run.result == "ok" {
-        status.last_success = Some(run.clone());
-    } else {
-        status.failures_total += 1;
-    }
-    if run.result == "refused" {
-        status.hardening_failures_total += 1;
-    }
     if hardening.is_some() {
         status.last_hardening = hardening;
     }
-    status.last_run = Some(run);
+    match run.result.as_str() {
+        // Nothing ran: the last run is still the one that did.
+        "skipped" => {
+            status.skipped_total += 1;
+            status.last_skipped = Some(run);
+        }
+        result => {
+            status.runs_total += 1;
+            match result {
+                "ok" => status.last_success = Some(run.clone()),
+                "interrupted" => status.interrupted_total += 1,
+                "refused" => {
+                    status.failures_total += 1;
+                    status.hardening_failures_total += 1;
+                }
+                _ => status.failures_total += 1,
+            }
+            status.last_run = Some(run);
+        }
+    }
     let path = status_dir(state_dir).join(format!("{job}.json"));
     write_atomic(&path, &serde_json::to_vec_pretty(&status)?)?;
     Ok(status)
@@ -170,10 +199,15 @@ fn escape_label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// The Prometheus text exposition of `jobs`.
-pub fn metrics_text(jobs: &[JobStatus]) -> String {
+/// Every result a run can have, for `vaultline_last_run_result`.
+const RESULTS: [&str; 5] = ["ok", "incomplete", "failed", "refused", "interrupted"];
+
+/// The Prometheus text exposition of `jobs`. The hardening series are
+/// there only for repositories that have hardening checks (`hardened`: S3
+/// buckets); a local repository has none to report.
+pub fn metrics_text(jobs: &[JobStatus], hardened: bool) -> String {
     type Getter = fn(&JobStatus) -> Option<f64>;
-    let series: &[(&str, &str, &str, Getter)] = &[
+    let mut series: Vec<(&str, &str, &str, Getter)> = vec![
         (
             "vaultline_last_success_timestamp_seconds",
             "gauge",
@@ -183,13 +217,13 @@ pub fn metrics_text(jobs: &[JobStatus]) -> String {
         (
             "vaultline_last_run_timestamp_seconds",
             "gauge",
-            "Start time of the last backup run.",
+            "Start time of the last backup run (skipped runs are not runs).",
             |s| s.last_run.as_ref().map(|r| r.start_unix as f64),
         ),
         (
             "vaultline_last_run_success",
             "gauge",
-            "1 if the last run succeeded, else 0.",
+            "1 if the last run succeeded, else 0 (failed, incomplete, refused or interrupted).",
             |s| {
                 s.last_run
                     .as_ref()
@@ -205,24 +239,39 @@ pub fn metrics_text(jobs: &[JobStatus]) -> String {
         (
             "vaultline_last_run_files",
             "gauge",
-            "Files archived by the last run.",
+            "Regular files in the snapshot the last run committed.",
             |s| s.last_run.as_ref().map(|r| r.files as f64),
+        ),
+        (
+            "vaultline_last_run_archived_files",
+            "gauge",
+            "Files the last run read and archived (new or changed; all of them in a full run).",
+            |s| s.last_run.as_ref().map(|r| r.archived_files as f64),
         ),
         (
             "vaultline_last_run_read_bytes",
             "gauge",
-            "Bytes read by the last run.",
+            "Bytes of file content the last run read (the files it archived).",
             |s| s.last_run.as_ref().map(|r| r.bytes_read as f64),
+        ),
+        (
+            "vaultline_last_run_snapshot_bytes",
+            "gauge",
+            "Bytes of file content in the snapshot the last run committed.",
+            |s| s.last_run.as_ref().map(|r| r.snapshot_bytes as f64),
         ),
         (
             "vaultline_last_run_stored_bytes",
             "gauge",
-            "Bytes stored by the last run.",
+            "Bytes the last run wrote to the repository (archive and manifest).",
             |s| s.last_run.as_ref().map(|r| r.bytes_stored as f64),
         ),
-        ("vaultline_runs_total", "counter", "Backup runs.", |s| {
-            Some(s.runs_total as f64)
-        }),
+        (
+            "vaultline_runs_total",
+            "counter",
+            "Backup runs (skipped runs are not counted).",
+            |s| Some(s.runs_total as f64),
+        ),
         (
             "vaultline_failures_total",
             "counter",
@@ -230,12 +279,26 @@ pub fn metrics_text(jobs: &[JobStatus]) -> String {
             |s| Some(s.failures_total as f64),
         ),
         (
+            "vaultline_interrupted_total",
+            "counter",
+            "Runs interrupted by SIGINT or SIGTERM (nothing was committed).",
+            |s| Some(s.interrupted_total as f64),
+        ),
+        (
+            "vaultline_skipped_total",
+            "counter",
+            "Runs skipped because another run of the job was in progress (--no-wait).",
+            |s| Some(s.skipped_total as f64),
+        ),
+    ];
+    if hardened {
+        series.push((
             "vaultline_hardening_failures_total",
             "counter",
             "Runs refused by bucket hardening checks.",
             |s| Some(s.hardening_failures_total as f64),
-        ),
-        (
+        ));
+        series.push((
             "vaultline_hardening_passed",
             "gauge",
             "1 if the last hardening check passed, else 0.",
@@ -244,8 +307,8 @@ pub fn metrics_text(jobs: &[JobStatus]) -> String {
                     .as_ref()
                     .map(|h| if h.passed { 1.0 } else { 0.0 })
             },
-        ),
-    ];
+        ));
+    }
     let mut out = String::new();
     for (name, kind, help, get) in series {
         let values: Vec<(String, f64)> = jobs
@@ -261,21 +324,57 @@ pub fn metrics_text(jobs: &[JobStatus]) -> String {
             let _ = writeln!(out, "{name}{{job=\"{job}\"}} {v}");
         }
     }
+    // The last run's result as a label: 1 for the result it had, 0 for the
+    // others, so a dashboard can tell an interrupted run from a failed one.
+    let ran: Vec<(&JobStatus, &str)> = jobs
+        .iter()
+        .filter_map(|s| s.last_run.as_ref().map(|r| (s, r.result.as_str())))
+        .collect();
+    if !ran.is_empty() {
+        let name = "vaultline_last_run_result";
+        let _ = writeln!(
+            out,
+            "# HELP {name} 1 for the result of the last run ({}), 0 for the others.",
+            RESULTS.join(", ")
+        );
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (s, result) in ran {
+            for r in RESULTS {
+                let v = u8::from(r == result);
+                let _ = writeln!(
+                    out,
+                    "{name}{{job=\"{}\",result=\"{r}\"}} {v}",
+                    escape_label(&s.job)
+                );
+            }
+        }
+    }
     out
 }
 
-/// Rewrites the metrics file from the status of every job in `jobs`.
-pub fn write_metrics(state_dir: &Path, path: &Path, jobs: &[String]) -> Result<()> {
+/// Rewrites the metrics file from the status of every job in `jobs`
+/// (`hardened`: whether the repository has hardening checks to report).
+pub fn write_metrics(state_dir: &Path, path: &Path, jobs: &[String], hardened: bool) -> Result<()> {
     locked(state_dir, || {
         let statuses = jobs
             .iter()
             .map(|j| load(state_dir, j))
             .collect::<Result<Vec<_>>>()?;
         // node_exporter's textfile collector reads it, often as another
-        // user: the metrics say nothing a dashboard would not.
+        // user: the metrics say nothing a dashboard would not, and their
+        // directory is created open to others (never the private state
+        // directory; see agent.metrics-file).
         let dir = path.parent().context("a file path has a parent")?;
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        crate::state::write_atomic(path, metrics_text(&statuses).as_bytes(), 0o644)
+        if !dir.exists() {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)))
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        crate::state::write_atomic(path, metrics_text(&statuses, hardened).as_bytes(), 0o644)
             .with_context(|| format!("cannot write {}", path.display()))
     })
 }
@@ -293,7 +392,9 @@ mod tests {
             error: None,
             snapshot: None,
             files: 10,
+            archived_files: 3,
             bytes_read: 1000,
+            snapshot_bytes: 5000,
             bytes_stored: 400,
             trigger: "manual".into(),
         }
@@ -320,7 +421,7 @@ mod tests {
             (2, 1, 1)
         );
         assert_eq!(s.last_success.as_ref().unwrap().result, "ok");
-        let text = metrics_text(&[s]);
+        let text = metrics_text(&[s], true);
         assert!(text.contains("vaultline_runs_total{job=\"etc\"} 2\n"), "{text}");
         assert!(
             text.contains("vaultline_last_run_success{job=\"etc\"} 0\n"),
@@ -328,5 +429,47 @@ mod tests {
         );
         assert!(text.contains("vaultline_last_success_timestamp_seconds{job=\"etc\"} 1795316400\n"));
         assert!(text.contains("# TYPE vaultline_failures_total counter\n"));
+        assert!(
+            text.contains("vaultline_hardening_passed{job=\"etc\"} 0\n"),
+            "{text}"
+        );
+        let s = load(dir.path(), "etc").unwrap();
+        assert!(
+            !metrics_text(&[s], false).contains("hardening"),
+            "no hardening series without checks"
+        );
+    }
+
+    #[test]
+    fn skipped_runs_are_counted_apart_and_interrupted_ones_are_not_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        record_run(dir.path(), "etc", run("ok"), None).unwrap();
+        let s = record_run(dir.path(), "etc", run("skipped"), None).unwrap();
+        assert_eq!((s.runs_total, s.skipped_total, s.failures_total), (1, 1, 0));
+        assert_eq!(
+            s.last_run.as_ref().unwrap().result,
+            "ok",
+            "a skipped run is not the last run"
+        );
+        assert_eq!(s.last_skipped.as_ref().unwrap().result, "skipped");
+        let s = record_run(dir.path(), "etc", run("interrupted"), None).unwrap();
+        assert_eq!((s.runs_total, s.interrupted_total, s.failures_total), (2, 1, 0));
+        let text = metrics_text(&[s], false);
+        assert!(
+            text.contains("vaultline_last_run_success{job=\"etc\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vaultline_last_run_result{job=\"etc\",result=\"interrupted\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vaultline_last_run_result{job=\"etc\",result=\"ok\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vaultline_skipped_total{job=\"etc\"} 1\n"),
+            "{text}"
+        );
     }
 }

@@ -28,6 +28,7 @@ use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::Instant;
 
@@ -36,7 +37,7 @@ use serde::Serialize;
 use vaultline_config::Job;
 use vaultline_crypto::{KeyWrap, SealedWriter};
 
-use crate::error::UsageError;
+use crate::error::{Interrupted, UsageError};
 use crate::pipeline::Progress;
 use crate::pipeline::changes::{self, Record, RecordWriter, STATE_VERSION, Stat, StateHeader};
 use crate::pipeline::chunks::{self, ChunkId, ChunkIndex, ChunkKey};
@@ -139,6 +140,11 @@ pub struct RunOptions<'a> {
     pub state_dir: &'a Path,
     /// Make a full snapshot whatever the record says.
     pub force_full: bool,
+    /// Set (by a signal handler) to stop the run: checked once per walked
+    /// entry and before the archive is committed; the run then fails with
+    /// [`Interrupted`] and its pending objects are discarded (nothing is
+    /// committed).
+    pub cancel: &'a AtomicBool,
 }
 
 /// The parent an incremental run builds on (with where its chunks are),
@@ -510,7 +516,15 @@ pub fn run(
         chunk_key: &chunk_key,
         index,
     };
-    write_tar(job, opts.own, &mut sinks, record.as_mut(), &mut report, progress)?;
+    write_tar(
+        job,
+        opts.own,
+        opts.cancel,
+        &mut sinks,
+        record.as_mut(),
+        &mut report,
+        progress,
+    )?;
 
     let Sinks {
         archive,
@@ -521,6 +535,11 @@ pub fn run(
         mut pack,
         ..
     } = sinks;
+    // The last moment to stop: once the archive is committed, the manifest
+    // follows at once (an archive alone would be an orphan).
+    if opts.cancel.load(Ordering::Relaxed) {
+        return Err(Interrupted(None).into());
+    }
     let (last, pack_writer, segments) = tree.finish(&mut pack)?;
     if let Some(segment) = last {
         manifest.segment(&segment)?;
@@ -728,9 +747,11 @@ fn refresh(entry: &mut Entry, st: &rustix::fs::Stat) {
 /// writes changed content into the archive, every entry into the manifest
 /// and the new record. An entry that cannot be read costs that entry: it is
 /// reported (NOT BACKED UP) and left out of the manifest, never the run.
+#[allow(clippy::too_many_arguments)]
 fn write_tar(
     job: &Job,
     own: &[PathBuf],
+    cancel: &AtomicBool,
     sinks: &mut Sinks<'_>,
     mut parent: Option<&mut Record>,
     report: &mut BackupReport,
@@ -744,6 +765,9 @@ fn write_tar(
     let mut attr_problems: HashMap<String, (u64, String)> = HashMap::new();
     Walker::new(job, own).walk(
         |found| {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Interrupted(None).into());
+            }
             let mut entry = entry_from(&found);
             let shown = || found.abs.display().to_string();
             if found.kind == WalkKind::Symlink {

@@ -91,10 +91,10 @@ pub fn ensure_readable(
                 RestoreRequest::NotNeeded => continue,
             },
         };
-        eprintln!(
+        say(&format!(
             "{name}: {class}, {}: {state} ({tier} tier, kept {days} day(s))",
             human_bytes(meta.size)
-        );
+        ));
         waiting.push(Waiting {
             object: name.clone(),
             size: meta.size,
@@ -124,8 +124,17 @@ pub fn ensure_readable(
         ))
         .into());
     }
-    eprintln!("{summary}; waiting (Ctrl-C is safe: a rerun picks up the same requests)");
+    say(&format!(
+        "{summary}; waiting (Ctrl-C is safe: a rerun picks up the same requests)"
+    ));
     wait(store, waiting, tier, days)
+}
+
+/// A line for the person waiting, on stderr (a closed stderr is no reason
+/// to stop a restore).
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{text}");
 }
 
 /// Polls HEAD until every archive is readable. Every poll looks at all of
@@ -151,10 +160,10 @@ fn wait(store: &dyn ObjectStore, all: Vec<Waiting>, tier: &str, days: u32) -> Re
                 }
             }
         }
-        eprintln!(
+        say(&format!(
             "thawing: {ready} of {total} archive(s) ready after {}s",
             started.elapsed().as_secs()
-        );
+        ));
         if ready == total {
             return Ok(());
         }

@@ -177,8 +177,20 @@ impl<'a> Walker<'a> {
     /// contents) and `skipped` for each one left out.
     pub fn walk(
         &self,
+        found: impl FnMut(Found<'_>) -> anyhow::Result<()>,
+        skipped: impl FnMut(Skipped),
+    ) -> anyhow::Result<()> {
+        self.walk_reporting(found, skipped, |_| {})
+    }
+
+    /// Like [`Walker::walk`], and calls `excluded` for each path left out
+    /// by design (an exclude pattern, vaultline's own directories), which
+    /// is not entered: what `backup --dry-run` shows.
+    pub fn walk_reporting(
+        &self,
         mut found: impl FnMut(Found<'_>) -> anyhow::Result<()>,
         mut skipped: impl FnMut(Skipped),
+        mut excluded: impl FnMut(Skipped),
     ) -> anyhow::Result<()> {
         raise_open_file_limit();
         let mut roots: Vec<&PathBuf> = self.job.paths.iter().collect();
@@ -186,7 +198,7 @@ impl<'a> Walker<'a> {
             crate::pipeline::changes::walk_order(a.as_os_str().as_bytes(), b.as_os_str().as_bytes())
         });
         for root in roots {
-            self.walk_root(root, &mut found, &mut skipped)?;
+            self.walk_root(root, &mut found, &mut skipped, &mut excluded)?;
         }
         Ok(())
     }
@@ -196,6 +208,7 @@ impl<'a> Walker<'a> {
         root: &Path,
         found: &mut impl FnMut(Found<'_>) -> anyhow::Result<()>,
         skipped: &mut impl FnMut(Skipped),
+        excluded: &mut impl FnMut(Skipped),
     ) -> anyhow::Result<()> {
         let fail = |skipped: &mut dyn FnMut(Skipped), e: io::Error| {
             skipped(Skipped {
@@ -240,7 +253,17 @@ impl<'a> Walker<'a> {
             dev: st.st_dev,
             pseudo,
         };
-        self.visit(&parent, name, root.to_path_buf(), st, &info, true, found, skipped)
+        self.visit(
+            &parent,
+            name,
+            root.to_path_buf(),
+            st,
+            &info,
+            true,
+            found,
+            skipped,
+            excluded,
+        )
     }
 
     /// Hands out one entry (and, for a directory, everything below it).
@@ -255,6 +278,7 @@ impl<'a> Walker<'a> {
         is_root: bool,
         found: &mut impl FnMut(Found<'_>) -> anyhow::Result<()>,
         skipped: &mut impl FnMut(Skipped),
+        excluded: &mut impl FnMut(Skipped),
     ) -> anyhow::Result<()> {
         let kind = match FileType::from_raw_mode(st.st_mode) {
             FileType::RegularFile => Kind::File,
@@ -372,9 +396,19 @@ impl<'a> Walker<'a> {
             let archived_len = child_abs.as_os_str().len().saturating_sub(1);
             if self.own.contains(&child_abs) {
                 tracing::debug!("not archiving {}: it is vaultline's own", child_abs.display());
+                excluded(Skipped {
+                    path: child_abs,
+                    reason: "vaultline's own directory (its state or a local repository)".into(),
+                    is_error: false,
+                });
                 continue;
             }
-            if self.job.exclude.is_excluded(&child_abs) {
+            if let Some(pattern) = self.job.exclude.matching(&child_abs) {
+                excluded(Skipped {
+                    path: child_abs,
+                    reason: format!("excluded by {pattern:?}"),
+                    is_error: false,
+                });
                 continue;
             }
             if archived_len > MAX_PATH {
@@ -406,7 +440,7 @@ impl<'a> Walker<'a> {
                     continue;
                 }
             };
-            self.visit(&dir, &child, child_abs, st, root, false, found, skipped)?;
+            self.visit(&dir, &child, child_abs, st, root, false, found, skipped, excluded)?;
         }
         Ok(())
     }

@@ -12,7 +12,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use rustix::fs::{FlockOperation, flock};
 
-use crate::error::BusyError;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::error::{BusyError, Interrupted};
 
 /// A held job lock; released on drop.
 #[derive(Debug)]
@@ -25,6 +27,13 @@ impl JobLock {
     /// who holds it and blocks until it is free; without, fails with
     /// [`BusyError`] (exit code 6).
     pub fn acquire(state_dir: &Path, job: &str, wait: bool) -> Result<JobLock> {
+        JobLock::acquire_unless(state_dir, job, wait, &AtomicBool::new(false))
+    }
+
+    /// Like [`JobLock::acquire`]; a wait ends with
+    /// [`Interrupted`](crate::error::Interrupted) as soon as `cancel` is
+    /// set (Ctrl-C while waiting for another run).
+    pub fn acquire_unless(state_dir: &Path, job: &str, wait: bool, cancel: &AtomicBool) -> Result<JobLock> {
         let dir = state_dir.join("locks");
         crate::state::private_dir(&dir)
             .with_context(|| format!("cannot create lock directory {}", dir.display()))?;
@@ -43,8 +52,17 @@ impl JobLock {
                     .into());
                 }
                 tracing::warn!("job {job} is already running ({holder}); waiting for it to finish");
-                flock(&file, FlockOperation::LockExclusive)
-                    .with_context(|| format!("cannot lock {}", path.display()))?;
+                loop {
+                    if cancel.load(Ordering::Relaxed) {
+                        return Err(Interrupted(None).into());
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                        Ok(()) => break,
+                        Err(rustix::io::Errno::WOULDBLOCK) => {}
+                        Err(e) => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
+                    }
+                }
             }
             Err(e) => return Err(e).with_context(|| format!("cannot lock {}", path.display())),
         }

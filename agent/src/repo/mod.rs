@@ -231,7 +231,7 @@ impl Repo {
                 Ok(Some(marker))
             }
             Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read repository marker {name}")),
+            Err(e) => Err(e).with_context(|| format!("cannot read the marker of {}", self.store.describe())),
         }
     }
 
@@ -273,8 +273,18 @@ impl Repo {
             || (marker.key_provider == crate::keys::kms::PROVIDER
                 && crate::keys::kms::same_multi_region_key(&marker.key_id, keys.key_id()));
         if marker.key_provider != keys.provider_id() || !same_key {
+            // A local key can only come back from the operator's key backup.
+            let hint = if marker.key_provider == vaultline_crypto::LOCAL_PROVIDER {
+                format!(
+                    ": move the configured key aside and put key {} back from your key backup with `vaultline \
+                     key import FILE`",
+                    marker.key_id
+                )
+            } else {
+                String::new()
+            };
             return Err(UsageError(format!(
-                "this repository was sealed with {} key {}, but the configured key is {} key {}",
+                "this repository was sealed with {} key {}, but the configured key is {} key {}{hint}",
                 marker.key_provider,
                 marker.key_id,
                 keys.provider_id(),
@@ -387,6 +397,36 @@ impl Repo {
                 .then(a.job.cmp(&b.job))
         });
         Ok(out)
+    }
+}
+
+impl Repo {
+    /// The hosts that have committed snapshots, sorted. Lists the whole
+    /// repository: for messages about a host that has none.
+    pub fn list_hosts(&self) -> Result<Vec<String>> {
+        let objects = self
+            .store
+            .list(&self.join(""))
+            .with_context(|| format!("cannot list {}", self.store.describe()))?;
+        let top = self.join("");
+        let mut hosts: Vec<String> = objects
+            .iter()
+            .filter_map(|o| {
+                let rest = o.name.strip_prefix(&top)?;
+                let parts: Vec<&str> = rest.split('/').collect();
+                match parts[..] {
+                    [host, _job, "snapshots", file]
+                        if file.strip_suffix(".manifest").is_some_and(valid_snapshot_id) =>
+                    {
+                        Some(host.to_string())
+                    }
+                    _ => None,
+                }
+            })
+            .collect();
+        hosts.sort();
+        hosts.dedup();
+        Ok(hosts)
     }
 }
 

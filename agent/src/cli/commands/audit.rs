@@ -6,7 +6,9 @@ use vaultline_config::Repository;
 
 use crate::cli::app::App;
 use crate::cloud::hardening::{self, BucketState, HardeningError, Report};
-use crate::error::UsageError;
+use crate::error::{IntegrityError, NothingToCheck, UsageError};
+use crate::units::count;
+use std::io::Write;
 use std::path::Path;
 
 use crate::cli::output::Output;
@@ -105,7 +107,7 @@ pub fn gate(app: &App, recorder: &Recorder) -> Result<Gate> {
             refused: None,
         });
     }
-    eprint!("{}", report.render(&app.config.hardening));
+    let _ = write!(std::io::stderr(), "{}", report.render(&app.config.hardening));
     Ok(Gate {
         record,
         refused: Some(refusal(app, &report, "backup refused, nothing was uploaded")),
@@ -134,15 +136,34 @@ pub fn verify_log(app: Option<&App>, file: Option<&Path>, out: &Output) -> Resul
             return Err(UsageError("audit-log verify needs a configuration, or --file".into()).into());
         }
     };
-    if !path.exists() {
-        return Err(UsageError(format!(
-            "no audit trail at {}: nothing has been recorded on this host yet{}",
+    if file.is_some() && !path.exists() {
+        return Err(UsageError(format!("no audit trail at {}: no such file", path.display())).into());
+    }
+    if let (None, Some(app)) = (file, app)
+        && !path.exists()
+    {
+        // No local trail: nothing was recorded with this state directory,
+        // or the trail is gone, which the shipped segments would show.
+        let host = &app.config.agent.host;
+        let shipped = crate::ops::audit_log::shipped_trails(&app.repo, host)?;
+        if !shipped.is_empty() {
+            let segments: u64 = shipped.values().sum();
+            let ids: Vec<&str> = shipped.keys().map(String::as_str).collect();
+            return Err(IntegrityError(format!(
+                "no audit trail at {}, but {} holds {} shipped by host {host} (trail {}): the local trail \
+                 was removed, or agent.state-dir is not the state directory that wrote it",
+                path.display(),
+                app.repo.store().describe(),
+                count(segments, "audit segment", "audit segments"),
+                ids.join(", ")
+            ))
+            .into());
+        }
+        return Err(NothingToCheck(format!(
+            "nothing to verify: no audit trail at {} (nothing has been recorded with this state directory \
+             yet) and {} holds none shipped by host {host}",
             path.display(),
-            if file.is_none() {
-                " (or the state directory is another one: see agent.state-dir)"
-            } else {
-                ""
-            }
+            app.repo.store().describe()
         ))
         .into());
     }
@@ -163,7 +184,14 @@ pub fn verify_log(app: Option<&App>, file: Option<&Path>, out: &Output) -> Resul
         }
         None => crate::ops::audit_log::verify(&path)?,
     };
-    out.result(&v, || match v.shipped {
+    if v.lines == 0 && v.shipped.is_none_or(|n| n == 0) {
+        return Err(NothingToCheck(format!(
+            "nothing to verify: the audit trail {} has no lines",
+            path.display()
+        ))
+        .into());
+    }
+    out.summary(&v, || match v.shipped {
         Some(n) => format!(
             "{}: {} line(s), hash chain intact (head {}); the {n} line(s) shipped to the repository match",
             v.file, v.lines, v.head

@@ -33,7 +33,7 @@ use crate::repo::lock::JobLock;
 use crate::repo::retention;
 use crate::repo::store::ObjectInfo;
 use crate::repo::{SnapshotRef, valid_snapshot_id};
-use crate::units::human_bytes;
+use crate::units::{count, human_bytes};
 
 #[derive(Serialize)]
 struct SnapshotAction {
@@ -73,6 +73,11 @@ struct JobPlan {
 pub fn run(app: &App, args: &ForgetArgs) -> Result<()> {
     let keys = app.keys()?;
     app.repo.check_key(keys.as_ref())?;
+    // Another host must be one with snapshots (a typo is a usage error,
+    // not an empty plan); this one needs no check.
+    if args.host.is_some() {
+        crate::cli::select::Scope::new(app, &args.host, None)?;
+    }
     let host = app.host(&args.host);
     let jobs = match &args.job {
         Some(j) => app.select_jobs(std::slice::from_ref(j))?,
@@ -110,7 +115,12 @@ pub fn run(app: &App, args: &ForgetArgs) -> Result<()> {
         )?;
         plans.push(plan);
     }
-    app.out.result(&plans, || render(&plans, args.apply))
+    let versioned = matches!(app.config.repository, vaultline_config::Repository::S3(_));
+    if args.apply {
+        app.out.summary(&plans, || render(&plans, true, versioned))
+    } else {
+        app.out.result(&plans, || render(&plans, false, versioned))
+    }
 }
 
 fn policy_text(r: &vaultline_config::Retention) -> String {
@@ -447,7 +457,9 @@ fn apply(app: &App, mut plan: JobPlan) -> Result<JobPlan> {
     Ok(plan)
 }
 
-fn render(plans: &[JobPlan], applied: bool) -> String {
+/// The plan as text; the note on versioned buckets only for an S3
+/// repository (`versioned`).
+fn render(plans: &[JobPlan], applied: bool, versioned: bool) -> String {
     let mut t = String::new();
     for p in plans {
         t.push_str(&format!("job {} ({}):\n", p.job, p.policy));
@@ -484,24 +496,25 @@ fn render(plans: &[JobPlan], applied: bool) -> String {
                 .count()
         };
         t.push_str(&format!(
-            "  {} {forgotten} snapshot(s) and {} archive(s) ({} node pack(s)), {}{}\n",
+            "  {} {} and {} ({}), {}{}\n",
             if applied { "removed" } else { "would remove" },
-            deleted(false),
-            deleted(true),
+            count(forgotten as u64, "snapshot", "snapshots"),
+            count(deleted(false) as u64, "archive", "archives"),
+            count(deleted(true) as u64, "node pack", "node packs"),
             human_bytes(p.freed_bytes),
             if p.locked.is_empty() {
                 String::new()
             } else {
                 format!(
-                    "; {} object(s) locked or refused deletion, left in place",
-                    p.locked.len()
+                    "; {} locked or refused deletion, left in place",
+                    count(p.locked.len() as u64, "object", "objects")
                 )
             }
         ));
     }
     if !applied {
         t.push_str("dry run: nothing was changed (run with --apply to carry this out)\n");
-    } else {
+    } else if versioned {
         t.push_str(
             "in a versioned bucket the removed objects remain as noncurrent versions until the lifecycle \
              rule expires them (docs/retention.md)\n",

@@ -7,6 +7,7 @@ use serde::Serialize;
 use vaultline_config::Repository;
 
 use crate::cli::app::App;
+use crate::cli::output::Output;
 use crate::cloud::hardening::{BucketState, evaluate, harden};
 use crate::error::UsageError;
 
@@ -58,7 +59,10 @@ pub fn run(app: &App, apply: bool) -> Result<()> {
         applied: apply,
         plan: &plan,
     };
-    app.out.result(&out, || {
+    // The plan is what `harden` is asked for; what `--apply` did is a
+    // summary (`-q` leaves it out).
+    let print = if apply { Output::summary } else { Output::result };
+    print(&app.out, &out, || {
         let mut t = String::new();
         if plan.changes.is_empty() {
             t.push_str(&format!("bucket {}: no changes needed\n", s3.bucket));

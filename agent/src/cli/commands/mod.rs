@@ -8,6 +8,8 @@ pub mod forget;
 pub mod generate;
 pub mod harden;
 pub mod init;
+pub mod key;
+pub mod ls;
 pub mod policy;
 pub mod restore;
 pub mod rewrap;

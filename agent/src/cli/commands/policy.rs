@@ -13,6 +13,9 @@ use crate::cloud::iam::{Role, iam_policy};
 /// Runs `policy iam`.
 pub fn run(app: &App, role: PolicyRole) -> Result<()> {
     let key_arn = match &app.config.key {
+        // A key ARN is the key: printing a policy needs neither KMS nor
+        // credentials. An alias or a bare id is looked up (DescribeKey).
+        KeyConfig::Kms { key_id, .. } if vaultline_config::valid_kms_key_arn(key_id) => Some(key_id.clone()),
         KeyConfig::Kms { .. } => Some(app.keys()?.key_id().to_string()),
         KeyConfig::Local { .. } => None,
     };
@@ -22,6 +25,6 @@ pub fn run(app: &App, role: PolicyRole) -> Result<()> {
         PolicyRole::Admin => Role::Admin,
     };
     let doc = iam_policy(&app.config, role, key_arn.as_deref())?;
-    println!("{}", serde_json::to_string_pretty(&doc)?);
+    crate::cli::output::print_line(&serde_json::to_string_pretty(&doc)?)?;
     Ok(())
 }

@@ -11,11 +11,12 @@
 use std::io::Read;
 
 use anyhow::Result;
-use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::Serialize;
+use vaultline_config::Patterns;
 
 use crate::cli::app::App;
 use crate::cli::args::RestoreArgs;
+use crate::cli::select::Scope;
 use crate::error::{IntegrityError, UsageError};
 use crate::ops::report::Recorder;
 use std::collections::HashMap;
@@ -24,7 +25,7 @@ use std::path::Path;
 use crate::pipeline::extract::{Extractor, Options, Refused};
 use crate::pipeline::snapshot::{SnapshotReader, open_first, resolve};
 use crate::repo::manifest::{EncodedPath, Entry, EntryKind};
-use crate::units::human_bytes;
+use crate::units::{count, human_bytes};
 
 #[derive(Serialize)]
 struct RestoreReport {
@@ -48,13 +49,18 @@ struct RestoreReport {
 
 /// Runs `restore`, recording it in the audit trail.
 pub fn run(app: &App, args: &RestoreArgs) -> Result<()> {
+    if args.dry_run {
+        // Nothing is restored, so nothing is recorded.
+        let keys = app.keys()?;
+        return restore(app, args, &keys, None);
+    }
     let recorder = app.recorder("restore");
     recorder.event(
         "restore-started",
         serde_json::json!({ "snapshot": args.snapshot, "job": args.job, "target": args.target }),
     )?;
     let keys = app.keys()?;
-    let result = restore(app, args, &keys, &recorder);
+    let result = restore(app, args, &keys, Some(&recorder));
     recorder.event(
         "restore-finished",
         serde_json::json!({
@@ -67,13 +73,35 @@ pub fn run(app: &App, args: &RestoreArgs) -> Result<()> {
     result
 }
 
-fn restore(app: &App, args: &RestoreArgs, keys: &crate::keys::Keys, recorder: &Recorder) -> Result<()> {
+/// What `restore --dry-run` reports.
+#[derive(Serialize)]
+struct RestorePlan {
+    snapshot: String,
+    host: String,
+    job: String,
+    target: String,
+    entries: u64,
+    bytes: u64,
+    archives: u64,
+    fetch_bytes: u64,
+}
+
+fn restore(
+    app: &App,
+    args: &RestoreArgs,
+    keys: &crate::keys::Keys,
+    recorder: Option<&Recorder>,
+) -> Result<()> {
     let selection = Selection::new(&args.paths, &args.include, &args.exclude)?;
     app.repo.check_key(keys.as_ref())?;
-    recorder.reached();
-    let host = app.host(&args.host);
+    if let Some(recorder) = recorder {
+        recorder.reached();
+    }
+    let scope = Scope::new(app, &args.host, args.job.as_deref())?;
+    let host = scope.host.as_str();
     let configured: Vec<String> = app.config.jobs.iter().map(|j| j.name.clone()).collect();
-    let candidates = resolve(&app.repo, host, args.job.as_deref(), &configured, &args.snapshot)?;
+    let id = scope.expand(&args.snapshot)?;
+    let candidates = resolve(&app.repo, host, args.job.as_deref(), &configured, &id)?;
     let reader = open_first(&app.repo, keys.as_ref(), candidates)?;
     let snap = reader.snapshot().clone();
     let donors = donors(&reader, &selection)?;
@@ -92,13 +120,39 @@ fn restore(app: &App, args: &RestoreArgs, keys: &crate::keys::Keys, recorder: &R
         .map(|(_, p)| p.fetch_bytes(reader.chunk_size()))
         .sum();
     tracing::info!(
-        "snapshot {}: {} entries selected, {} of content, from {} archive(s); fetching {}",
+        "snapshot {}: {} selected, {} of content, from {}; fetching {}",
         snap.id,
-        plan.entries,
+        count(plan.entries, "entry", "entries"),
         human_bytes(plan.bytes),
-        plan.archives.len(),
+        count(plan.archives.len() as u64, "archive", "archives"),
         human_bytes(fetch)
     );
+    if args.dry_run {
+        let p = RestorePlan {
+            snapshot: snap.id.clone(),
+            host: snap.host.clone(),
+            job: snap.job.clone(),
+            target: args.target.display().to_string(),
+            entries: plan.entries,
+            bytes: plan.bytes,
+            archives: plan.archives.len() as u64,
+            fetch_bytes: fetch,
+        };
+        return app.out.result(&p, || {
+            format!(
+                "dry run: would restore {} ({} of content) of snapshot {} of {}/{} into {}, fetching {} from \
+                 {}; nothing was written",
+                count(p.entries, "entry", "entries"),
+                human_bytes(p.bytes),
+                p.snapshot,
+                p.host,
+                p.job,
+                p.target,
+                human_bytes(p.fetch_bytes),
+                count(p.archives, "archive", "archives")
+            )
+        });
+    }
     if let vaultline_config::Repository::S3(s3) = &app.config.repository {
         crate::pipeline::thaw::ensure_readable(
             app.repo.store(),
@@ -109,9 +163,11 @@ fn restore(app: &App, args: &RestoreArgs, keys: &crate::keys::Keys, recorder: &R
         )?;
     }
 
-    let progress = app
-        .out
-        .progress(&format!("restoring {}", snap.id), Some(plan.bytes));
+    let progress = app.out.progress(
+        &format!("restoring {}", snap.id),
+        Some(plan.bytes),
+        Some(plan.entries),
+    );
     let onto_root = args.target.canonicalize().is_ok_and(|t| t == Path::new("/"));
     let options = Options {
         overwrite: args.overwrite,
@@ -192,17 +248,21 @@ fn restore(app: &App, args: &RestoreArgs, keys: &crate::keys::Keys, recorder: &R
             }
         );
     }
-    app.out.result(&report, || {
+    app.out.summary(&report, || {
         let mut t = format!(
-            "restored snapshot {} of {}/{} into {}: {} entries, {} in files",
+            "restored snapshot {} of {}/{} into {}: {}, {} in files",
             report.snapshot,
             report.host,
             report.job,
             report.target,
-            report.entries
-                - report.refused.len() as u64
-                - report.blocked.len() as u64
-                - report.existing.len() as u64,
+            count(
+                report.entries
+                    - report.refused.len() as u64
+                    - report.blocked.len() as u64
+                    - report.existing.len() as u64,
+                "entry",
+                "entries"
+            ),
             human_bytes(report.bytes)
         );
         if report.already > 0 {
@@ -294,78 +354,37 @@ fn donors(reader: &SnapshotReader<'_>, selection: &Selection) -> Result<HashMap<
     Ok(donors)
 }
 
-/// Which entries a restore takes: those matching a given path or include
-/// glob (all when none is given), minus those matching an exclude glob. A
-/// matching directory brings (or keeps out) everything below it.
+/// Which entries a restore takes: those a PATH or an `--include` pattern
+/// matches (all when none is given), minus those an `--exclude` pattern
+/// matches, in the one pattern language of [`Patterns`] (docs/patterns.md):
+/// PATHs are anchored at the root, a pattern without `/` is a name
+/// anywhere, and a matching directory brings (or keeps out) everything
+/// below it.
 struct Selection {
-    paths: Vec<Vec<u8>>,
-    include: Option<GlobSet>,
-    exclude: Option<GlobSet>,
+    paths: Patterns,
+    include: Patterns,
+    exclude: Patterns,
 }
 
 impl Selection {
     fn new(paths: &[String], include: &[String], exclude: &[String]) -> Result<Self> {
-        let paths = paths
-            .iter()
-            .map(|p| {
-                let trimmed = p.trim_start_matches('/').trim_end_matches('/');
-                if trimmed.is_empty() {
-                    Err(UsageError(format!("{p:?} is not a path inside a snapshot")).into())
-                } else {
-                    Ok(trimmed.as_bytes().to_vec())
-                }
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let usage = |flag: &str, e: vaultline_config::PatternError| UsageError(format!("{flag}: {e}"));
         Ok(Selection {
-            paths,
-            include: glob_set("--include", include)?,
-            exclude: glob_set("--exclude", exclude)?,
+            paths: Patterns::anchored(paths).map_err(|e| usage("PATH", e))?,
+            include: Patterns::new(include).map_err(|e| usage("--include", e))?,
+            exclude: Patterns::new(exclude).map_err(|e| usage("--exclude", e))?,
         })
     }
 
     fn is_all(&self) -> bool {
-        self.paths.is_empty() && self.include.is_none() && self.exclude.is_none()
+        self.paths.is_empty() && self.include.is_empty() && self.exclude.is_empty()
     }
 
     fn selects(&self, path: &[u8]) -> bool {
-        let wanted = (self.paths.is_empty() && self.include.is_none())
-            || self
-                .paths
-                .iter()
-                .any(|p| path == &p[..] || (path.starts_with(p) && path.get(p.len()) == Some(&b'/')))
-            || self.include.as_ref().is_some_and(|set| matches(set, path));
-        wanted && !self.exclude.as_ref().is_some_and(|set| matches(set, path))
-    }
-}
-
-fn glob_set(flag: &str, patterns: &[String]) -> Result<Option<GlobSet>> {
-    if patterns.is_empty() {
-        return Ok(None);
-    }
-    let mut set = GlobSetBuilder::new();
-    for p in patterns {
-        let glob = GlobBuilder::new(p.trim_start_matches('/').trim_end_matches('/'))
-            .literal_separator(true)
-            .backslash_escape(true)
-            .build()
-            .map_err(|e| UsageError(format!("{flag} {p:?}: invalid glob: {}", e.kind())))?;
-        set.add(glob);
-    }
-    Ok(Some(set.build().map_err(|e| UsageError(format!("{flag}: {e}")))?))
-}
-
-/// True when `path` or one of its parent directories matches.
-fn matches(set: &GlobSet, path: &[u8]) -> bool {
-    let text = String::from_utf8_lossy(path);
-    let mut candidate: &str = &text;
-    loop {
-        if set.is_match(candidate) {
-            return true;
-        }
-        match candidate.rfind('/') {
-            Some(i) => candidate = &candidate[..i],
-            None => return false,
-        }
+        let wanted = (self.paths.is_empty() && self.include.is_empty())
+            || self.paths.matches_within(path)
+            || self.include.matches_within(path);
+        wanted && !self.exclude.matches_within(path)
     }
 }
 
@@ -400,6 +419,21 @@ mod tests {
         let only_exclude = Selection::new(&[], &[], &["tmp".into()]).unwrap();
         assert!(only_exclude.selects(b"etc/hosts"));
         assert!(!only_exclude.selects(b"tmp/x"));
+        assert!(
+            !only_exclude.selects(b"var/tmp/x"),
+            "a name anywhere, as in the configuration"
+        );
         assert!(Selection::new(&["/".into()], &[], &[]).is_err());
+    }
+
+    #[test]
+    fn patterns_without_a_slash_match_names_anywhere_as_config_excludes_do() {
+        let s = Selection::new(&[], &["*.conf".into(), "ssh_config".into()], &[]).unwrap();
+        assert!(s.selects(b"etc/nginx/nginx.conf"));
+        assert!(s.selects(b"etc/ssh/ssh_config"));
+        assert!(!s.selects(b"etc/hosts"));
+        let s = Selection::new(&[], &[], &["*.conf".into()]).unwrap();
+        assert!(!s.selects(b"etc/nginx/nginx.conf"));
+        assert!(s.selects(b"etc/hosts"));
     }
 }

@@ -134,7 +134,7 @@ pub fn run(app: &App, args: &RewrapArgs) -> Result<()> {
         }),
     )?;
     result?;
-    app.out.result(&report, || render(&report))
+    app.out.summary(&report, || render(&report))
 }
 
 fn render(r: &RewrapReport) -> String {

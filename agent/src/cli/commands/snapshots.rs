@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use crate::cli::app::App;
 use crate::cli::args::SnapshotsArgs;
+use crate::cli::select::Scope;
 use crate::error::{IntegrityError, is_integrity};
 use crate::pipeline::snapshot::SnapshotReader;
 use crate::repo::snapshot_time;
@@ -47,19 +48,15 @@ struct Listed {
 
 /// Runs `snapshots`.
 pub fn run(app: &App, args: &SnapshotsArgs) -> Result<()> {
-    if let Some(job) = &args.job {
-        app.select_jobs(std::slice::from_ref(job)).or_else(|e| {
-            // A job no longer configured may still have snapshots; only warn.
-            tracing::debug!("{e}");
-            Ok::<_, anyhow::Error>(Vec::new())
-        })?;
-    }
     let keys = app.keys()?;
     app.repo.check_key(keys.as_ref())?;
-    let host = app.host(&args.host);
+    // A job no longer configured may still have snapshots; one that is
+    // neither configured nor in the repository is a usage error.
+    let scope = Scope::new(app, &args.host, args.job.as_deref())?;
+    let host = scope.host.as_str();
     let mut listed = Vec::new();
     let mut unreadable = Vec::new();
-    for snap in app.repo.list_snapshots(host, args.job.as_deref())? {
+    for snap in scope.snapshots() {
         let manifest_size = snap.manifest_size;
         let base = Listed {
             time: snapshot_time(&snap.id),

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::cli::app::App;
 use crate::ops::status::{self, JobStatus};
-use crate::units::human_bytes;
+use crate::units::{count, human_bytes};
 
 #[derive(Serialize)]
 struct Row {
@@ -23,6 +23,14 @@ struct Row {
 
 /// Runs `status`.
 pub fn run(app: &App) -> Result<()> {
+    let hardened = matches!(app.config.repository, vaultline_config::Repository::S3(_));
+    let state = &app.config.agent.state_dir;
+    if !state.exists() {
+        tracing::warn!(
+            "no state directory {}: no run has been recorded with this configuration yet",
+            state.display()
+        );
+    }
     let now = jiff::Timestamp::now().as_second();
     let mut rows = Vec::new();
     for job in &app.config.jobs {
@@ -48,11 +56,11 @@ pub fn run(app: &App) -> Result<()> {
             t.push_str(&format!("job {}\n", s.job));
             match &s.last_run {
                 Some(run) => t.push_str(&format!(
-                    "  last run:     {} ({}, {:.1}s, {} files, read {}, stored {}){}\n",
+                    "  last run:     {} ({}, {:.1}s, {}, read {}, stored {}){}\n",
                     run.start,
                     run.result,
                     run.duration_secs,
-                    run.files,
+                    count(run.files, "file", "files"),
                     human_bytes(run.bytes_read),
                     human_bytes(run.bytes_stored),
                     run.error
@@ -98,9 +106,24 @@ pub fn run(app: &App) -> Result<()> {
                     }
                 ));
             }
+            if let Some(skip) = &s.last_skipped {
+                t.push_str(&format!(
+                    "  last skipped: {} ({})\n",
+                    skip.start,
+                    skip.error.as_deref().unwrap_or("another run was in progress")
+                ));
+            }
             t.push_str(&format!(
-                "  totals:       {} runs, {} failed, {} refused by hardening\n",
-                s.runs_total, s.failures_total, s.hardening_failures_total
+                "  totals:       {}, {} failed, {} interrupted, {} skipped{}\n",
+                count(s.runs_total, "run", "runs"),
+                s.failures_total,
+                s.interrupted_total,
+                s.skipped_total,
+                if hardened {
+                    format!(", {} refused by hardening", s.hardening_failures_total)
+                } else {
+                    String::new()
+                }
             ));
         }
         t.trim_end().to_string()

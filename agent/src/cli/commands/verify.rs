@@ -1,9 +1,14 @@
 //! `vaultline verify [SNAPSHOT|--all]`: read every byte of snapshots back,
 //! authenticate and decompress it, and check every file entry against the
 //! archive that holds it (in an incremental snapshot, archives of earlier
-//! snapshots of the chain too; only the frames the snapshot uses). With no argument, the latest snapshot of each job. Every chosen
-//! snapshot is checked even after a failure; the exit code is 5 if any failed
+//! snapshots of the chain too; only the frames the snapshot uses). With no
+//! argument, the latest snapshot of each job. Every chosen snapshot is
+//! checked even after a failure; the exit code is 5 if any failed
 //! authentication or did not match its manifest.
+//!
+//! A check never passes on nothing: an unknown `--job` or `--host` is a
+//! usage error naming the known ones (exit 2), and no snapshot to verify is
+//! its own outcome (exit 8, [`NothingToCheck`]).
 
 use std::io::{self, Read};
 
@@ -13,10 +18,12 @@ use serde::Serialize;
 use crate::cli::app::App;
 use crate::cli::args::VerifyArgs;
 use crate::cli::exit::{Exit, classify};
+use crate::cli::select::Scope;
+use crate::error::{NothingToCheck, UsageError};
 use crate::pipeline::snapshot::{SnapshotReader, resolve};
 use crate::repo::SnapshotRef;
 use crate::repo::manifest::Entry;
-use crate::units::human_bytes;
+use crate::units::{count, human_bytes};
 
 #[derive(Serialize)]
 struct Verified {
@@ -32,20 +39,33 @@ struct Verified {
 pub fn run(app: &App, args: &VerifyArgs) -> Result<()> {
     let keys = app.keys()?;
     app.repo.check_key(keys.as_ref())?;
-    let host = app.host(&args.host);
+    let scope = Scope::new(app, &args.host, args.job.as_deref())?;
+    let host = scope.host.as_str();
     let configured: Vec<String> = app.config.jobs.iter().map(|j| j.name.clone()).collect();
+    let what = match &scope.job {
+        Some(j) => format!("job {j} of host {host}"),
+        None => format!("host {host}"),
+    };
+    let nothing = || -> anyhow::Error {
+        NothingToCheck(format!(
+            "nothing to verify: {what} has no snapshots in {}",
+            app.repo.store().describe()
+        ))
+        .into()
+    };
 
     let chosen: Vec<SnapshotRef> = if args.all {
-        app.repo.list_snapshots(host, args.job.as_deref())?
-    } else if let Some(spec) = &args.snapshot {
-        // `latest` means the newest that is not future-dated.
-        resolve(&app.repo, host, args.job.as_deref(), &configured, spec)?
+        scope.snapshots()
+    } else if let Some(spec) = args.snapshot.as_deref().filter(|s| *s != "latest") {
+        let id = scope.expand(spec)?;
+        resolve(&app.repo, host, args.job.as_deref(), &configured, &id)?
             .into_iter()
             .take(1)
             .collect()
     } else {
-        // The newest of each job, leaving out future-dated ones.
-        let all = app.repo.list_snapshots(host, args.job.as_deref())?;
+        // The newest of each job (`latest`: of the one job), leaving out
+        // future-dated ones.
+        let all = scope.snapshots();
         let mut latest: Vec<SnapshotRef> = Vec::new();
         for s in all.into_iter().rev() {
             if s.future_dated() {
@@ -55,36 +75,56 @@ pub fn run(app: &App, args: &VerifyArgs) -> Result<()> {
             }
         }
         latest.reverse();
+        if args.snapshot.is_some() && latest.len() > 1 {
+            let jobs: Vec<&str> = latest.iter().map(|s| s.job.as_str()).collect();
+            return Err(UsageError(format!(
+                "host {host} has snapshots of several jobs ({}); choose one with --job",
+                jobs.join(", ")
+            ))
+            .into());
+        }
         latest
     };
+    if chosen.is_empty() {
+        if app.out.json {
+            app.out.result(&Vec::<Verified>::new(), String::new)?;
+        }
+        return Err(nothing());
+    }
 
     let mut results = Vec::new();
     let mut worst: Option<anyhow::Error> = None;
     for snap in chosen {
         let outcome = SnapshotReader::open(&app.repo, keys.as_ref(), snap.clone()).and_then(|r| {
             let plan = r.plan(&mut |_| true)?;
-            r.read(
+            let progress = app.out.progress(
+                &format!("verifying {}", snap.id),
+                Some(plan.bytes),
+                Some(plan.entries),
+            );
+            let walked = r.read(
                 &plan,
                 &mut |_| true,
-                &mut |_entry: &Entry, data: Option<&mut dyn Read>| {
+                &mut |entry: &Entry, data: Option<&mut dyn Read>| {
                     if let Some(data) = data {
                         io::copy(data, &mut io::sink())?;
                     }
+                    progress.add(entry.size, 1);
                     Ok(())
                 },
-            )
+            );
+            progress.finish();
+            walked
         });
         match outcome {
             Ok(w) => {
-                if !app.out.json {
-                    println!(
-                        "{} ({}): ok, {} entries, {}",
-                        snap.id,
-                        snap.job,
-                        w.entries,
-                        human_bytes(w.bytes)
-                    );
-                }
+                app.out.line(&format!(
+                    "{} ({}): ok, {}, {}",
+                    snap.id,
+                    snap.job,
+                    count(w.entries, "entry", "entries"),
+                    human_bytes(w.bytes)
+                ))?;
                 results.push(Verified {
                     snapshot: snap.id,
                     job: snap.job,
@@ -115,9 +155,7 @@ pub fn run(app: &App, args: &VerifyArgs) -> Result<()> {
         }
     }
     if app.out.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
-    } else if results.is_empty() {
-        println!("no snapshots to verify for host {host}");
+        app.out.result(&results, String::new)?;
     }
     match worst {
         Some(e) => Err(e.context(format!(

@@ -51,6 +51,9 @@ pub(crate) enum Event {
 struct Running {
     pid: Option<u32>,
     started: Instant,
+    /// When, for the record of a run the agent has to kill.
+    started_at: jiff::Timestamp,
+    trigger: &'static str,
 }
 
 struct Service {
@@ -303,6 +306,9 @@ impl Service {
             .args(["backup", "now", job])
             .env("VAULTLINE_TRIGGER", trigger)
             .stdin(std::process::Stdio::null())
+            // Its own process group: a Ctrl-C at the agent's terminal is
+            // the agent's to handle (a grace period), not the run's.
+            .process_group(0)
             .kill_on_drop(false);
         match cmd.spawn() {
             Ok(mut child) => {
@@ -315,16 +321,21 @@ impl Service {
                     Running {
                         pid: child.id(),
                         started: Instant::now(),
+                        started_at: jiff::Timestamp::now(),
+                        trigger,
                     },
                 );
                 let tx = self.tx.clone();
                 let name = job.to_string();
                 tokio::spawn(async move {
                     let status = child.wait().await;
+                    // A run stopped by a signal, or that stopped itself
+                    // cleanly on one (exit 130), was stopped, not failed.
                     let (ok, killed) = match status {
                         Ok(s) => (
                             s.success(),
-                            std::os::unix::process::ExitStatusExt::signal(&s).is_some(),
+                            std::os::unix::process::ExitStatusExt::signal(&s).is_some()
+                                || s.code() == Some(crate::cli::exit::Exit::Interrupted as i32),
                         ),
                         Err(_) => (false, false),
                     };
@@ -431,7 +442,8 @@ impl Service {
     }
 
     async fn reload(&mut self) {
-        let env = process_environment();
+        let mut env = process_environment();
+        env.config_of_root = crate::cli::app::config_of_root(&self.config.file);
         match Config::load(&self.config.file, &env) {
             Ok(new) => {
                 tracing::info!("SIGHUP: configuration {} reloaded", new.file.display());
@@ -455,17 +467,42 @@ impl Service {
         }
     }
 
-    /// Kills runs still going after the grace period, then aborts what they
-    /// left (open multipart uploads) under each job's lock.
+    /// Stops runs still going after the grace period: SIGTERM first (a run
+    /// stops cleanly, aborts its uploads and records itself as
+    /// interrupted), SIGKILL for one still there 10 s later; then aborts
+    /// what they left (open multipart uploads) under each job's lock.
     async fn kill_running(&mut self) {
         let jobs: Vec<(String, Option<u32>)> = self.running.iter().map(|(j, r)| (j.clone(), r.pid)).collect();
-        for (job, pid) in &jobs {
-            if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
-                tracing::warn!(
-                    "job {job}: grace period over; stopping its run (process {})",
-                    pid.as_raw_nonzero()
-                );
+        let mut killed: Vec<(String, jiff::Timestamp, &'static str)> = Vec::new();
+        let pids = |jobs: &[(String, Option<u32>)]| -> Vec<(String, rustix::process::Pid)> {
+            jobs.iter()
+                .filter_map(|(j, p)| {
+                    p.and_then(|p| rustix::process::Pid::from_raw(p as i32))
+                        .map(|p| (j.clone(), p))
+                })
+                .collect()
+        };
+        for (job, pid) in pids(&jobs) {
+            tracing::warn!(
+                "job {job}: grace period over; stopping its run (process {})",
+                pid.as_raw_nonzero()
+            );
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let alive = |pid: rustix::process::Pid| {
+            std::path::Path::new(&format!("/proc/{}", pid.as_raw_nonzero())).exists()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pids(&jobs).into_iter().any(|(_, p)| alive(p)) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for (job, pid) in pids(&jobs) {
+            if alive(pid) {
+                tracing::warn!("job {job}: its run did not stop; killing it");
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                if let Some(r) = self.running.get(&job) {
+                    killed.push((job.clone(), r.started_at, r.trigger));
+                }
             }
         }
         // Wait for them to be reaped (their Done events).
@@ -481,7 +518,7 @@ impl Service {
         }
         let config = self.config.clone();
         let names: Vec<String> = jobs.into_iter().map(|(j, _)| j).collect();
-        let _ = tokio::task::spawn_blocking(move || cleanup(&config, &names)).await;
+        let _ = tokio::task::spawn_blocking(move || cleanup(&config, &names, &killed)).await;
     }
 
     fn status_line(&self) {
@@ -517,9 +554,11 @@ fn fmt_time(t: i64) -> String {
         .unwrap_or_default()
 }
 
-/// After killed runs: abort their open multipart uploads, holding each
-/// job's lock so no new run races the cleanup.
-fn cleanup(config: &Config, jobs: &[String]) {
+/// After stopped runs: abort their open multipart uploads, holding each
+/// job's lock so no new run races the cleanup. A run that had to be killed
+/// could not record itself: it is recorded here as interrupted (a run that
+/// stopped on SIGTERM did so itself).
+fn cleanup(config: &Config, jobs: &[String], killed: &[(String, jiff::Timestamp, &'static str)]) {
     let app = match App::from_config(config.clone()) {
         Ok(a) => a,
         Err(e) => {
@@ -542,6 +581,27 @@ fn cleanup(config: &Config, jobs: &[String]) {
             Err(e) => tracing::error!(
                 "job {job}: cleanup after the stopped run failed: {e:#}; the next run retries"
             ),
+        }
+    }
+    for (job, start, trigger) in killed {
+        let recorder = app.recorder_triggered("agent", trigger);
+        let recorded = recorder
+            .job(&crate::ops::report::JobRun {
+                job: job.clone(),
+                start: *start,
+                outcome: crate::ops::report::JobOutcome::Interrupted(
+                    "SIGKILL (it did not stop within 10 s of SIGTERM)".into(),
+                ),
+                hardening: None,
+            })
+            .and_then(|()| {
+                recorder.finish(
+                    "interrupted: killed after the grace period",
+                    serde_json::Value::Null,
+                )
+            });
+        if let Err(e) = recorded {
+            tracing::error!("job {job}: cannot record the killed run: {e:#}");
         }
     }
 }

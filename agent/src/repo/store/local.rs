@@ -34,7 +34,39 @@ impl LocalStore {
 
     /// Creates the root directory (0700) if missing.
     pub fn create_root(&self) -> io::Result<()> {
-        DirBuilder::new().recursive(true).mode(0o700).create(&self.root)
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .map_err(|e| at(&self.root, e))
+    }
+
+    /// How many entries the root directory holds besides vaultline's
+    /// (`None`: it does not exist).
+    pub fn foreign_entries(&self) -> io::Result<Option<usize>> {
+        match fs::read_dir(&self.root) {
+            Ok(entries) => Ok(Some(entries.count())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(at(&self.root, e)),
+        }
+    }
+
+    /// Fails unless the running user may create files in the root.
+    pub fn check_writable(&self) -> io::Result<()> {
+        rustix::fs::access(
+            &self.root,
+            rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK,
+        )
+        .map_err(|e| self.write_error(&self.root, io::Error::from(e)))
+    }
+
+    fn write_error(&self, path: &Path, reason: io::Error) -> io::Error {
+        super::StoreWriteError {
+            store: self.describe(),
+            path: path.display().to_string(),
+            reason,
+        }
+        .into_io()
     }
 
     /// The root directory.
@@ -102,7 +134,7 @@ impl ObjectStore for LocalStore {
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(self.not_found(name)),
-            Err(e) => return Err(e),
+            Err(e) => return Err(at(&path, e)),
         }
         // An emptied snapshot directory goes too; anything else stays.
         if let Some(dir) = path.parent()
@@ -136,7 +168,7 @@ impl ObjectStore for LocalStore {
             return Ok(out);
         }
         for entry in walkdir::WalkDir::new(&start).follow_links(false) {
-            let entry = entry.map_err(io::Error::other)?;
+            let entry = entry.map_err(walk_error)?;
             if !entry.file_type().is_file() || entry.file_name().to_string_lossy().contains(PENDING_MARK) {
                 continue;
             }
@@ -168,9 +200,9 @@ impl ObjectStore for LocalStore {
         }
         let mut removed = 0;
         for entry in walkdir::WalkDir::new(&start).follow_links(false) {
-            let entry = entry.map_err(io::Error::other)?;
+            let entry = entry.map_err(walk_error)?;
             if entry.file_type().is_file() && entry.file_name().to_string_lossy().contains(PENDING_MARK) {
-                fs::remove_file(entry.path())?;
+                fs::remove_file(entry.path()).map_err(|e| at(entry.path(), e))?;
                 if let Some(dir) = entry.path().parent() {
                     let _ = fs::remove_dir(dir);
                 }
@@ -197,7 +229,7 @@ impl LocalStore {
         match File::open(&path) {
             Ok(f) => Ok(f),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(self.not_found(name)),
-            Err(e) => Err(e),
+            Err(e) => Err(at(&path, e)),
         }
     }
 
@@ -207,7 +239,11 @@ impl LocalStore {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| self.root.clone());
-        DirBuilder::new().recursive(true).mode(0o700).create(&dir)?;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| self.write_error(&dir, e))?;
         let base = path.file_name().and_then(|n| n.to_str()).unwrap_or("object");
         let mut suffix = [0u8; 8];
         getrandom::fill(&mut suffix).map_err(|e| io::Error::other(e.to_string()))?;
@@ -216,7 +252,8 @@ impl LocalStore {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&temp)?;
+            .open(&temp)
+            .map_err(|e| self.write_error(&path, e))?;
         Ok(LocalPending {
             file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
             temp,
@@ -242,19 +279,50 @@ struct LocalPending {
     written: u64,
 }
 
+impl LocalPending {
+    /// A failed write names the repository and the object's file.
+    fn failed(&self, reason: io::Error) -> io::Error {
+        super::StoreWriteError {
+            store: self.store.clone(),
+            path: self.path.display().to_string(),
+            reason,
+        }
+        .into_io()
+    }
+}
+
 impl Write for LocalPending {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let file = self
             .file
             .as_mut()
             .ok_or_else(|| io::Error::other("object already committed"))?;
-        let n = file.write(buf)?;
-        self.written += n as u64;
-        Ok(n)
+        match file.write(buf) {
+            Ok(n) => {
+                self.written += n as u64;
+                Ok(n)
+            }
+            Err(e) => Err(self.failed(e)),
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.file.as_mut().map_or(Ok(()), Write::flush)
+        let flushed = self.file.as_mut().map_or(Ok(()), Write::flush);
+        flushed.map_err(|e| self.failed(e))
+    }
+}
+
+/// An I/O error about `path`, named absolutely.
+fn at(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// A listing error, with the path it concerns.
+fn walk_error(e: walkdir::Error) -> io::Error {
+    match (e.path().map(Path::to_path_buf), e.into_io_error()) {
+        (Some(path), Some(io)) => at(&path, io),
+        (_, Some(io)) => io,
+        (_, None) => io::Error::other("a symbolic link loop in the repository"),
     }
 }
 
@@ -264,8 +332,13 @@ impl PendingObject for LocalPending {
             .file
             .take()
             .ok_or_else(|| io::Error::other("object already committed"))?;
-        let file = file.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
+        let file = match file.into_inner() {
+            Ok(f) => f,
+            Err(e) => return Err(self.failed(e.into_error())),
+        };
+        if let Err(e) = file.sync_all() {
+            return Err(self.failed(e));
+        }
         drop(file);
         let flags = if self.replace {
             RenameFlags::empty()
@@ -283,9 +356,11 @@ impl PendingObject for LocalPending {
                     },
                 ));
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(self.failed(e.into())),
         }
-        File::open(&self.dir)?.sync_all()?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| self.failed(e))?;
         Ok(ObjectInfo {
             name: self.name.clone(),
             size: self.written,

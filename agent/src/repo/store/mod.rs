@@ -115,6 +115,52 @@ pub enum StoreError {
     },
 }
 
+/// Writing into a store failed, and the store is at fault (full, read-only,
+/// not the running user's), whatever was being written into it: the
+/// message names the store and the file, never the source being archived.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.describe())]
+pub struct StoreWriteError {
+    /// The store, described (`local repository /srv/backups`).
+    pub store: String,
+    /// The file that could not be written.
+    pub path: String,
+    /// Why.
+    pub reason: io::Error,
+}
+
+impl StoreWriteError {
+    /// As an `io::Error` of the same kind, so callers that branch on the
+    /// kind still can.
+    pub fn into_io(self) -> io::Error {
+        io::Error::new(self.reason.kind(), self)
+    }
+
+    fn describe(&self) -> String {
+        if self.reason.kind() == io::ErrorKind::StorageFull {
+            format!(
+                "{} is full: cannot write {}: {}; free space there (`vaultline forget --apply` removes the \
+                 snapshots the retention policies no longer keep) and run again",
+                self.store, self.path, self.reason
+            )
+        } else {
+            format!("{}: cannot write {}: {}", self.store, self.path, self.reason)
+        }
+    }
+}
+
+/// The [`StoreWriteError`] in an error chain, if a store write failed.
+pub fn store_write_error(err: &anyhow::Error) -> Option<&StoreWriteError> {
+    err.chain().find_map(|cause| {
+        cause.downcast_ref::<StoreWriteError>().or_else(|| {
+            cause
+                .downcast_ref::<io::Error>()
+                .and_then(io::Error::get_ref)
+                .and_then(|inner| inner.downcast_ref::<StoreWriteError>())
+        })
+    })
+}
+
 /// A place that stores named, immutable objects.
 pub trait ObjectStore: Send + Sync {
     /// A human description for messages: `local repository /srv/backups`.
