@@ -161,6 +161,47 @@ impl ObjectStore for LocalStore {
         Ok(out)
     }
 
+    fn list_prefixes(&self, prefix: &str) -> io::Result<Vec<String>> {
+        // One directory read, and below each subdirectory only as far as
+        // its first committed object: a host's archives are not walked.
+        let Some(dir_part) = prefix.strip_suffix('/').or(prefix.is_empty().then_some("")) else {
+            return Ok(super::prefixes_below(
+                prefix,
+                self.list(prefix)?.iter().map(|o| o.name.as_str()),
+            ));
+        };
+        let dir = if dir_part.is_empty() {
+            self.root.clone()
+        } else {
+            self.path(dir_part)?
+        };
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if !entry.file_type()?.is_dir() {
+                continue;
+            }
+            let holds_an_object = walkdir::WalkDir::new(entry.path())
+                .follow_links(false)
+                .into_iter()
+                .filter_map(Result::ok)
+                .any(|e| e.file_type().is_file() && !e.file_name().to_string_lossy().contains(PENDING_MARK));
+            if holds_an_object {
+                out.push(format!("{prefix}{name}/"));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     fn clean_pending(&self, prefix: &str) -> io::Result<usize> {
         let start = self.root.join(prefix.trim_end_matches('/'));
         if !start.is_dir() {
@@ -388,6 +429,33 @@ mod tests {
         assert!(store.list("x/").unwrap().is_empty());
         assert_eq!(store.clean_pending("x/").unwrap(), 1);
         assert!(!dir.path().join("x").exists());
+    }
+
+    #[test]
+    fn prefixes_are_the_directories_holding_committed_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        store
+            .put("p/repository.json", ObjectClass::Control, b"{}")
+            .unwrap();
+        store
+            .put("p/web1/etc/snapshots/a.manifest", ObjectClass::Control, b"m")
+            .unwrap();
+        store
+            .put("p/web2/audit/t/1-1.jsonl", ObjectClass::Control, b"l")
+            .unwrap();
+        let mut pending = store
+            .create("p/web3/etc/archives/x/0.archive", ObjectClass::Archive, None)
+            .unwrap();
+        pending.write_all(b"half").unwrap();
+        pending.flush().unwrap();
+        fs::create_dir_all(dir.path().join("p/empty/dir")).unwrap();
+        assert_eq!(store.list_prefixes("p/").unwrap(), ["p/web1/", "p/web2/"]);
+        assert_eq!(store.list_prefixes("").unwrap(), ["p/"]);
+        assert_eq!(store.list_prefixes("p/web1/").unwrap(), ["p/web1/etc/"]);
+        assert_eq!(store.list_prefixes("p/web").unwrap(), ["p/web1/", "p/web2/"]);
+        assert!(store.list_prefixes("q/").unwrap().is_empty());
+        drop(pending);
     }
 
     #[test]

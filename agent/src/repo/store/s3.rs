@@ -543,6 +543,77 @@ impl ObjectStore for S3Store {
         Ok(out)
     }
 
+    fn list_prefixes(&self, prefix: &str) -> io::Result<Vec<String>> {
+        let inner = &self.inner;
+        let refuse = |why: String| {
+            io::Error::other(format!(
+                "ListObjectsV2 {} (delimiter /): {why}",
+                inner.url(prefix)
+            ))
+        };
+        let mut out = Vec::new();
+        let mut pages = Pages::default();
+        let mut token: Option<String> = None;
+        loop {
+            let req = inner
+                .client
+                .list_objects_v2()
+                .bucket(&inner.bucket)
+                .prefix(prefix)
+                .delimiter("/")
+                .max_keys(MAX_KEYS_PER_PAGE)
+                .set_continuation_token(token.take());
+            let page = block_on(req.send())
+                .map_err(io_err)?
+                .map_err(|e| refuse(describe(&e)))?;
+            let entries = page.contents().len() + page.common_prefixes().len();
+            if entries > MAX_KEYS_PER_PAGE as usize {
+                return Err(refuse(format!(
+                    "the server sent {entries} keys and prefixes in one page, more than the \
+                     {MAX_KEYS_PER_PAGE} asked for"
+                )));
+            }
+            // Objects right at this level (the marker) are not prefixes;
+            // they must still be inside what was asked for.
+            for key in page.contents().iter().map(|o| o.key().unwrap_or_default()) {
+                let rest = key.strip_prefix(prefix);
+                if rest.is_none_or(|r| r.contains('/')) {
+                    return Err(refuse(format!(
+                        "the server answered with key {key:?}, which is not directly under the prefix \
+                         asked for ({prefix:?}); refusing a listing from a misbehaving server"
+                    )));
+                }
+            }
+            for common in page.common_prefixes() {
+                let name = common.prefix().unwrap_or_default();
+                // One level below the prefix, ending in the delimiter:
+                // callers take the name between as a host.
+                let one_level = name
+                    .strip_prefix(prefix)
+                    .and_then(|r| r.strip_suffix('/'))
+                    .is_some_and(|dir| !dir.is_empty() && !dir.contains('/'));
+                if !one_level {
+                    return Err(refuse(format!(
+                        "the server answered with common prefix {name:?}, which is not one level below \
+                         the prefix asked for ({prefix:?}); refusing a listing from a misbehaving server"
+                    )));
+                }
+                out.push(name.to_string());
+            }
+            token = pages
+                .next(page.is_truncated() == Some(true), page.next_continuation_token())
+                .map_err(refuse)?;
+            if token.is_none() {
+                break;
+            }
+        }
+        out.sort();
+        if let Some(twice) = out.windows(2).find(|w| w[0] == w[1]) {
+            return Err(refuse(format!("the server listed {:?} more than once", twice[0])));
+        }
+        Ok(out)
+    }
+
     fn clean_pending(&self, prefix: &str) -> io::Result<usize> {
         let inner = &self.inner;
         let mut aborted = 0;
