@@ -8,7 +8,7 @@
 
 use std::process::ExitCode;
 
-use crate::error::{BusyError, IntegrityError, ThawingError, UsageError};
+use crate::error::{BusyError, IntegrityError, StaleError, ThawingError, UsageError};
 
 /// A documented exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +28,8 @@ pub enum Exit {
     /// Archives in a Glacier class are being restored (thawed): rerun later
     /// (`restore --request-only`).
     Thawing = 7,
+    /// `fleet status`: a host or job has no snapshot within the maximum age.
+    Stale = 8,
 }
 
 impl From<Exit> for ExitCode {
@@ -53,6 +55,9 @@ pub fn classify(err: &anyhow::Error) -> Exit {
         }
         if cause.is::<ThawingError>() {
             return Exit::Thawing;
+        }
+        if cause.is::<StaleError>() {
+            return Exit::Stale;
         }
         if cause.is::<IntegrityError>() {
             return Exit::Integrity;

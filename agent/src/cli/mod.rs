@@ -20,7 +20,7 @@ pub mod output;
 pub mod service;
 
 use crate::cli::app::App;
-use crate::cli::args::{AuditLogCommand, BackupCommand, Cli, Command, PolicyCommand};
+use crate::cli::args::{AuditLogCommand, BackupCommand, Cli, Command, FleetCommand, PolicyCommand};
 use crate::cli::output::Output;
 
 /// Runs the parsed command line with output settings `out`.
@@ -61,5 +61,8 @@ pub fn run(cli: &Cli, out: Output) -> anyhow::Result<()> {
             commands::audit::verify_log(Some(&app), file.as_deref(), &app.out)
         }
         Command::Harden { apply } => commands::harden::run(&app, *apply),
+        Command::Fleet(FleetCommand::Status(args)) => commands::fleet::status(&app, args),
+        Command::Fleet(FleetCommand::Serve(args)) => commands::fleet::serve(&app, args),
+        Command::Fleet(FleetCommand::Report(args)) => commands::fleet::report(&app, args),
     }
 }
