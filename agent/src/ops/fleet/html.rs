@@ -227,7 +227,7 @@ pub fn chart(job: &JobView, input: &ReportInput<'_>) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" \
+        "<svg width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" \
          role=\"img\" aria-label=\"{label}\"><rect x=\"{LEFT}\" y=\"{TOP}\" width=\"{plot_w}\" height=\"{ph}\" \
          fill=\"#fafafa\" stroke=\"#ccc\"/>",
         label = esc(&format!(
@@ -317,7 +317,7 @@ fn hardening_section(h: &mut String, view: &HardeningView<'_>) {
     let _ = writeln!(
         h,
         "<p>Bucket <code>{}</code>: {}.</p>\n<table id=\"hardening-table\"><thead><tr><th>Check</th><th>Status</th>\
-         <th>Severity</th><th>Security Hub control</th><th>AWS Config rule</th><th>Finding</th></tr></thead><tbody>",
+         <th>Policy</th><th>Severity</th><th>Security Hub control</th><th>AWS Config rule</th><th>Finding</th></tr></thead><tbody>",
         esc(&report.bucket),
         if report.passed {
             "every required check passes"
@@ -335,11 +335,12 @@ fn hardening_section(h: &mut String, view: &HardeningView<'_>) {
         let _ = writeln!(
             h,
             "<tr data-check=\"{id}\" data-status=\"{class}\" data-control=\"{control}\"><td>{id}<br><small>{title}\
-             </small></td><td class=\"{class}\">{word}</td><td>{severity}</td><td>{control}</td><td>{rule}</td>\
+             </small></td><td class=\"{class}\">{word}</td><td>{policy}</td><td>{severity}</td><td>{control}</td><td>{rule}</td>\
              <td>{finding}{fix}</td></tr>",
             id = esc(c.id),
             title = esc(c.title),
             severity = esc(c.severity),
+            policy = esc(c.policy),
             control = esc(c.control),
             rule = esc(c.config_rule),
             finding = esc(&c.finding),
