@@ -181,8 +181,9 @@ pub struct FleetServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub listen: std::net::SocketAddr,
 
-    /// Rescan this often; scrapes are answered from the last scan.
-    #[arg(long, value_name = "DURATION", default_value = "5m",
+    /// Rescan this often; scrapes are answered from the last scan (each
+    /// scan lists every host: about one request per host).
+    #[arg(long, value_name = "DURATION", default_value = "30m",
           value_parser = crate::ops::fleet::parse_duration)]
     pub refresh: jiff::SignedDuration,
 }
