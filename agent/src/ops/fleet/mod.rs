@@ -3,7 +3,8 @@
 //!
 //! A scan ([`scan`]) finds the hosts with one delimiter listing of
 //! `PREFIX/` ([`Repo::list_hosts`]: a page per thousand hosts), then lists
-//! each host's objects, hosts in parallel. From the names, sizes and
+//! their objects in slices of consecutive hosts, side by side: about the
+//! requests of one listing of everything, in parallel. From the names, sizes and
 //! recorded times it learns, per job: the snapshots (a manifest is a
 //! snapshot), the newest one's time as the repository vouches for it
 //! ([`SnapshotRef::time`]: the id's claim, never later than the recorded
@@ -31,7 +32,7 @@ pub mod html;
 pub mod metrics;
 pub mod trails;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -107,8 +108,8 @@ pub struct Summary {
 pub struct ScanCost {
     /// Wall time.
     pub seconds: f64,
-    /// Listings made: one per host and one to find the hosts (each may take
-    /// several pages).
+    /// Listings made: one to find the hosts and one per slice of hosts
+    /// (each a page per thousand objects).
     pub listings: u64,
     /// Objects listed.
     pub objects: u64,
@@ -196,7 +197,16 @@ impl JobView {
     }
 }
 
-/// Scans `repo`: every host, listed `options.parallel` at a time.
+/// Scans `repo`: finds the hosts, then lists the repository in slices
+/// side by side, `options.parallel` at a time.
+///
+/// A slice is the listing of a run of consecutive hosts (twice as many
+/// slices as workers, for balance), from just before its first host's
+/// prefix to its next slice's first host: S3 starts it there (StartAfter)
+/// and stops at the first page past it. So a scan costs about as many
+/// requests as listing the whole repository in one go (a page per thousand
+/// objects), plus one per slice, rather than one or more per host, and
+/// still runs in parallel.
 pub fn scan(repo: &Repo, options: &ScanOptions) -> Result<Fleet> {
     let started = std::time::Instant::now();
     let requests_before = crate::cloud::aws::s3_requests_sent();
@@ -205,24 +215,26 @@ pub fn scan(repo: &Repo, options: &ScanOptions) -> Result<Fleet> {
         .into_iter()
         .filter(|h| !options.ignore_hosts.contains(h))
         .collect();
+    let parallel = options.parallel.clamp(1, 256);
+    let slices = slices(repo, &hosts, 2 * parallel);
+    let index: HashMap<&str, usize> = hosts.iter().enumerate().map(|(i, h)| (h.as_str(), i)).collect();
     let next = AtomicUsize::new(0);
-    let found: Mutex<BTreeMap<usize, Result<(HostView, u64)>>> = Mutex::new(BTreeMap::new());
-    let workers = options.parallel.clamp(1, 256).min(hosts.len().max(1));
+    let found: Mutex<BTreeMap<usize, Result<SliceViews>>> = Mutex::new(BTreeMap::new());
     std::thread::scope(|s| {
-        for _ in 0..workers {
+        for _ in 0..parallel.min(slices.len()) {
             s.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(host) = hosts.get(i) else { break };
-                    let result = scan_host(repo, host, options);
+                    let Some(slice) = slices.get(i) else { break };
+                    let result = scan_slice(repo, &hosts, &index, slice, options);
                     let failed = result.is_err();
                     found
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .insert(i, result);
                     if failed {
-                        // The others stop at their next host.
-                        next.store(hosts.len(), Ordering::Relaxed);
+                        // The others stop at their next slice.
+                        next.store(slices.len(), Ordering::Relaxed);
                         break;
                     }
                 }
@@ -235,9 +247,10 @@ pub fn scan(repo: &Repo, options: &ScanOptions) -> Result<Fleet> {
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
     {
-        let (view, listed) = result?;
-        objects += listed;
-        views.push(view);
+        for (view, listed) in result? {
+            objects += listed;
+            views.push(view);
+        }
     }
     let summary = Summary {
         hosts: views.len(),
@@ -268,7 +281,7 @@ pub fn scan(repo: &Repo, options: &ScanOptions) -> Result<Fleet> {
         summary,
         scan: ScanCost {
             seconds: started.elapsed().as_secs_f64(),
-            listings: hosts.len() as u64 + 1,
+            listings: slices.len() as u64 + 1,
             objects,
             s3_requests: (requests > 0).then_some(requests),
         },
@@ -276,17 +289,84 @@ pub fn scan(repo: &Repo, options: &ScanOptions) -> Result<Fleet> {
     })
 }
 
-/// One host's listing, taken apart. Returns the view and the number of
-/// objects listed.
-fn scan_host(repo: &Repo, host: &str, options: &ScanOptions) -> Result<(HostView, u64)> {
-    let prefix = repo.host_prefix(host);
-    let objects = repo.store().list(&prefix).with_context(|| {
-        format!(
-            "cannot list host {host} ({prefix}) in {}",
-            repo.store().describe()
-        )
-    })?;
-    Ok((host_view(repo, host, &objects, options), objects.len() as u64))
+/// The views of a slice's hosts, with the number of objects listed for each.
+type SliceViews = Vec<(HostView, u64)>;
+
+/// A run of consecutive hosts and the bounds of their part of the
+/// repository's listing.
+struct Slice {
+    /// Indexes into the hosts.
+    hosts: std::ops::Range<usize>,
+    /// List names after this (just before the first host's prefix: `.`
+    /// sorts right before `/`).
+    after: Option<String>,
+    /// List names before this (the next slice's first host's prefix).
+    before: Option<String>,
+}
+
+/// `count` slices (at most one per host) of near-equal numbers of hosts.
+fn slices(repo: &Repo, hosts: &[String], count: usize) -> Vec<Slice> {
+    let root = repo.root_prefix();
+    let n = hosts.len();
+    let count = count.clamp(1, n.max(1));
+    (0..count)
+        .map(|c| (c * n / count, (c + 1) * n / count))
+        .filter(|(i, j)| i < j)
+        .map(|(i, j)| Slice {
+            hosts: i..j,
+            after: (i > 0).then(|| format!("{root}{}.", hosts[i])),
+            before: (j < n).then(|| format!("{root}{}/", hosts[j])),
+        })
+        .collect()
+}
+
+/// One slice of the listing, taken apart by host. A name that falls in
+/// the slice but under another host (one named so that its prefix sorts
+/// between, or one left out) is not this slice's to count. Returns each
+/// host's view and the number of its objects listed.
+fn scan_slice(
+    repo: &Repo,
+    hosts: &[String],
+    index: &HashMap<&str, usize>,
+    slice: &Slice,
+    options: &ScanOptions,
+) -> Result<SliceViews> {
+    let root = repo.root_prefix();
+    let listed = repo
+        .store()
+        .list_between(&root, slice.after.as_deref(), slice.before.as_deref())
+        .with_context(|| {
+            format!(
+                "cannot list hosts {}..{} in {}",
+                hosts[slice.hosts.start],
+                hosts[slice.hosts.end - 1],
+                repo.store().describe()
+            )
+        })?;
+    let mut per_host: Vec<Vec<ObjectInfo>> = vec![Vec::new(); slice.hosts.len()];
+    for o in listed {
+        let host = o
+            .name
+            .strip_prefix(&root)
+            .and_then(|rest| rest.split_once('/'))
+            .map(|(h, _)| h);
+        if let Some(&i) = host.and_then(|h| index.get(h))
+            && slice.hosts.contains(&i)
+        {
+            per_host[i - slice.hosts.start].push(o);
+        }
+    }
+    Ok(slice
+        .hosts
+        .clone()
+        .zip(per_host)
+        .map(|(i, objects)| {
+            (
+                host_view(repo, &hosts[i], &objects, options),
+                objects.len() as u64,
+            )
+        })
+        .collect())
 }
 
 /// Where an object under a host belongs.
@@ -504,6 +584,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::repo::store::ObjectStore;
     use crate::repo::store::memory::MemoryStore;
 
     pub(crate) fn at(s: &str) -> Timestamp {
@@ -766,6 +847,57 @@ mod tests {
             (1, "audit", 14)
         );
         assert_eq!((h.audit_trails.len(), h.audit_bytes), (1, 2));
+    }
+
+    #[test]
+    fn slices_of_the_listing_give_what_host_by_host_listings_give() {
+        let store = MemoryStore::new();
+        // Names whose prefixes sort between others': "a.b/" and "a-c/"
+        // come before "a/", "a/x" is a job of a, not a host.
+        for host in ["a", "a.b", "a-c", "a0", "b", "c", "d"] {
+            snapshot(
+                &store,
+                host,
+                "etc",
+                "2026-11-22T10:00:00Z",
+                "2026-11-22T10:00:00Z",
+                host.len(),
+            );
+        }
+        store.insert("p/repository.json", Vec::new());
+        store.insert("p/a.", vec![0; 5]);
+        let repo = Repo::new(Arc::new(store.clone()), "p");
+        let by_host = |ignore: &[&str]| -> Vec<(String, u64)> {
+            let mut o = options("2026-11-22T12:00:00Z", "1d");
+            o.ignore_hosts = ignore.iter().map(|h| h.to_string()).collect();
+            repo.list_hosts()
+                .unwrap()
+                .into_iter()
+                .filter(|h| !o.ignore_hosts.contains(h))
+                .map(|h| {
+                    let objects = store.list(&repo.host_prefix(&h)).unwrap();
+                    let view = host_view(&repo, &h, &objects, &o);
+                    (h, view.stored_bytes)
+                })
+                .collect()
+        };
+        for parallel in [1, 2, 3, 8] {
+            for ignore in [&[][..], &["a.b", "c"][..]] {
+                let mut o = options("2026-11-22T12:00:00Z", "1d");
+                o.parallel = parallel;
+                o.ignore_hosts = ignore.iter().map(|h| h.to_string()).collect();
+                let fleet = scan(&repo, &o).unwrap();
+                let got: Vec<(String, u64)> = fleet
+                    .hosts
+                    .iter()
+                    .map(|h| (h.host.clone(), h.stored_bytes))
+                    .collect();
+                assert_eq!(got, by_host(ignore), "parallel {parallel}, ignoring {ignore:?}");
+                let hosts = got.len();
+                assert_eq!(fleet.scan.listings as usize, 1 + hosts.min(2 * parallel));
+                assert_eq!(fleet.scan.objects as usize, 2 * hosts);
+            }
+        }
     }
 
     #[test]
