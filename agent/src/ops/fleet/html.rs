@@ -380,7 +380,7 @@ fn trails_section(h: &mut String, f: &Fleet, trails: &[TrailCheck]) {
                 name = esc(&t.host),
                 trail = esc(&t.trail),
                 st = t.status,
-                segments = t.segments,
+                segments = t.segments.map(|n| n.to_string()).unwrap_or_default(),
                 lines = t.lines.map(|n| n.to_string()).unwrap_or_default(),
                 detail = match (&t.error, &t.head) {
                     (Some(e), _) => esc(e),

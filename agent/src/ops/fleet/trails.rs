@@ -26,8 +26,9 @@ pub struct TrailCheck {
     pub trail: String,
     /// `verified` or `failed`.
     pub status: &'static str,
-    /// Segments read.
-    pub segments: u64,
+    /// Segments read (`None` when they could not all be read as one
+    /// trail: two of them disagree, or one is not a segment).
+    pub segments: Option<u64>,
     /// Lines shipped, when they form a chain.
     pub lines: Option<u64>,
     /// Hash of the last line, when they form a chain.
@@ -77,7 +78,7 @@ pub fn verify_trails(repo: &Repo, fleet: &Fleet, parallel: usize) -> Result<Vec<
 }
 
 fn check(repo: &Repo, host: &str, trail: &str) -> Result<TrailCheck> {
-    let failed = |segments: u64, e: anyhow::Error| TrailCheck {
+    let failed = |segments: Option<u64>, e: anyhow::Error| TrailCheck {
         host: host.to_string(),
         trail: trail.to_string(),
         status: "failed",
@@ -88,7 +89,7 @@ fn check(repo: &Repo, host: &str, trail: &str) -> Result<TrailCheck> {
     };
     let shipped = match ShippedTrail::fetch(repo, host, trail) {
         Ok(shipped) => shipped,
-        Err(e) if is_integrity(&e) => return Ok(failed(0, e)),
+        Err(e) if is_integrity(&e) => return Ok(failed(None, e)),
         Err(e) => return Err(e),
     };
     Ok(match shipped.verify_chain(trail) {
@@ -96,12 +97,12 @@ fn check(repo: &Repo, host: &str, trail: &str) -> Result<TrailCheck> {
             host: host.to_string(),
             trail: trail.to_string(),
             status: "verified",
-            segments: chain.segments,
+            segments: Some(chain.segments),
             lines: Some(chain.lines),
             head: Some(chain.head),
             error: None,
         },
-        Err(e) => failed(shipped.segments, e),
+        Err(e) => failed(Some(shipped.segments), e),
     })
 }
 
@@ -173,6 +174,9 @@ mod tests {
             .map(|c| (c.host.as_str(), c.trail.as_str(), c.status, c.lines))
             .collect();
         assert_eq!(got, want);
+        let segments: Vec<Option<u64>> = checks.iter().map(|c| c.segments).collect();
+        let (first, second) = if good < second { (3, 1) } else { (1, 3) };
+        assert_eq!(segments, [Some(first), Some(second), Some(2), None]);
         assert_eq!(
             checks[2].error.as_deref(),
             Some(
