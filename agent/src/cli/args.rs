@@ -182,7 +182,8 @@ pub struct FleetServeArgs {
     pub listen: std::net::SocketAddr,
 
     /// Rescan this often; scrapes are answered from the last scan (each
-    /// scan lists every host: about one request per host).
+    /// scan lists the whole repository: about a request per thousand
+    /// objects).
     #[arg(long, value_name = "DURATION", default_value = "30m",
           value_parser = crate::ops::fleet::parse_duration)]
     pub refresh: jiff::SignedDuration,
