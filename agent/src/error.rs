@@ -45,6 +45,12 @@ pub struct NothingToCheck(pub String);
 #[error("{}", .0.as_deref().unwrap_or("interrupted"))]
 pub struct Interrupted(pub Option<String>);
 
+/// A fleet view found hosts or jobs without a recent enough snapshot, so
+/// a pager can act on the exit code.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StaleError(pub String);
+
 /// True when `err` says stored data is not what vaultline wrote (an
 /// [`IntegrityError`], or a sealed object that failed authentication): the
 /// object is to be reported and skipped where a command can go on without

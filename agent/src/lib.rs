@@ -12,7 +12,8 @@
 //!  │         service (service/)
 //!  ▼
 //! ops        what a run leaves behind: the run report and its recorder,
-//!  │         job status files and metrics, the hash-chained audit trail
+//!  │         job status files and metrics, the hash-chained audit trail;
+//!  │         the fleet view of every host in a shared bucket
 //!  ▼
 //! pipeline   the engine: walk + tar + frames + change detection → backup;
 //!  │         snapshot reading → thaw → extract → restore

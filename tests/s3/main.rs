@@ -11,6 +11,7 @@ mod util;
 mod agent;
 mod endpoints;
 mod faults;
+mod fleet;
 mod glacier;
 mod hardening;
 mod hostile_server;

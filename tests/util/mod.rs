@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each suite uses a different subset
 
 pub mod agent;
+pub mod browser;
 pub mod hostile;
 pub mod moto;
 

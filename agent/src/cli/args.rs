@@ -131,6 +131,99 @@ pub enum Command {
     /// Print policies for this configuration.
     #[command(subcommand)]
     Policy(PolicyCommand),
+
+    /// Every host and job in the repository: who is protected, and since
+    /// when not (from listings alone: no key, no download of backups).
+    #[command(subcommand)]
+    Fleet(FleetCommand),
+}
+
+/// `fleet …`.
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// Every host and job, its newest snapshot, count and bytes stored;
+    /// exit 9 when any is stale.
+    Status(FleetStatusArgs),
+    /// Serve the fleet's figures to Prometheus (GET /metrics), rescanning
+    /// on an interval.
+    Serve(FleetServeArgs),
+    /// Write a self-contained HTML report for auditors: protection,
+    /// history charts, bucket hardening, audit trails.
+    Report(FleetReportArgs),
+}
+
+/// What every `fleet` command scans.
+#[derive(Debug, Args)]
+pub struct FleetScanArgs {
+    /// The repository prefix to scan [default: the configured one].
+    #[arg(long, value_name = "P")]
+    pub prefix: Option<String>,
+
+    /// A job whose newest snapshot is older than this is stale: 90m, 36h,
+    /// 2d, 1w, 1d12h.
+    #[arg(long, value_name = "DURATION", default_value = "26h",
+          value_parser = crate::ops::fleet::parse_duration)]
+    pub max_age: jiff::SignedDuration,
+
+    /// Hosts listed at once.
+    #[arg(long, value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub parallel: u16,
+
+    /// Leave this host out (a machine that only restores or audits, but
+    /// ships its audit trail). Repeatable.
+    #[arg(long, value_name = "HOST")]
+    pub ignore_host: Vec<String>,
+}
+
+/// `fleet status`.
+#[derive(Debug, Args)]
+pub struct FleetStatusArgs {
+    /// What to scan.
+    #[command(flatten)]
+    pub scan: FleetScanArgs,
+
+    /// Also write the figures as a Prometheus text file here (atomically,
+    /// mode 0644), for node_exporter's textfile collector.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
+}
+
+/// `fleet serve`.
+#[derive(Debug, Args)]
+pub struct FleetServeArgs {
+    /// What to scan.
+    #[command(flatten)]
+    pub scan: FleetScanArgs,
+
+    /// Address to listen on, e.g. 127.0.0.1:9787 (port 0: any free port,
+    /// printed on start).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+
+    /// Rescan this often; scrapes are answered from the last scan (each
+    /// scan lists the whole repository: about a request per thousand
+    /// objects).
+    #[arg(long, value_name = "DURATION", default_value = "30m",
+          value_parser = crate::ops::fleet::parse_duration)]
+    pub refresh: jiff::SignedDuration,
+}
+
+/// `fleet report`.
+#[derive(Debug, Args)]
+pub struct FleetReportArgs {
+    /// What to scan.
+    #[command(flatten)]
+    pub scan: FleetScanArgs,
+
+    /// The HTML file to write.
+    #[arg(long, value_name = "FILE")]
+    pub html: PathBuf,
+
+    /// Days the charts cover.
+    #[arg(long, value_name = "N", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(1..=3660))]
+    pub days: u32,
 }
 
 /// The shells `completions` knows.
@@ -184,7 +277,8 @@ pub enum PolicyCommand {
     Iam {
         /// backup: write-only (cannot read or decrypt past backups);
         /// restore: read and decrypt this host's snapshots; admin: everything,
-        /// including audit, harden and key rotation.
+        /// including audit, harden and key rotation; auditor: the fleet
+        /// commands (list, read the plain audit segments, no key).
         #[arg(long, value_enum)]
         role: PolicyRole,
     },
@@ -199,6 +293,8 @@ pub enum PolicyRole {
     Restore,
     /// Manages the repository and bucket.
     Admin,
+    /// Runs the fleet commands: lists, reads audit trails, decrypts nothing.
+    Auditor,
 }
 
 /// `backup [now]`.

@@ -8,7 +8,9 @@
 
 use std::process::ExitCode;
 
-use crate::error::{BusyError, IntegrityError, Interrupted, NothingToCheck, ThawingError, UsageError};
+use crate::error::{
+    BusyError, IntegrityError, Interrupted, NothingToCheck, StaleError, ThawingError, UsageError,
+};
 
 /// A documented exit status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +33,8 @@ pub enum Exit {
     /// A check had nothing to check: `verify` found no snapshot, `audit-log
     /// verify` no trail. Not a pass.
     NothingToCheck = 8,
+    /// `fleet status`: a host or job has no snapshot within the maximum age.
+    Stale = 9,
     /// Interrupted by SIGINT or SIGTERM; stopped cleanly, nothing committed
     /// (128 + SIGINT, as shells report a command stopped by Ctrl-C).
     Interrupted = 130,
@@ -65,6 +69,9 @@ pub fn classify(err: &anyhow::Error) -> Exit {
         }
         if cause.is::<Interrupted>() {
             return Exit::Interrupted;
+        }
+        if cause.is::<StaleError>() {
+            return Exit::Stale;
         }
         if cause.is::<IntegrityError>() {
             return Exit::Integrity;

@@ -27,7 +27,7 @@ pub mod select;
 pub mod service;
 
 use crate::cli::app::App;
-use crate::cli::args::{AuditLogCommand, Cli, Command, KeyCommand, PolicyCommand};
+use crate::cli::args::{AuditLogCommand, Cli, Command, FleetCommand, KeyCommand, PolicyCommand};
 use crate::cli::output::Output;
 
 /// Runs the parsed command line with output settings `out`.
@@ -75,5 +75,8 @@ pub fn run(cli: &Cli, out: Output) -> anyhow::Result<()> {
         Command::Harden { apply } => commands::harden::run(&app, *apply),
         Command::Key(KeyCommand::Export { output }) => commands::key::export(&app, output.as_deref()),
         Command::Key(KeyCommand::Import { file }) => commands::key::import(&app, file),
+        Command::Fleet(FleetCommand::Status(args)) => commands::fleet::status(&app, args),
+        Command::Fleet(FleetCommand::Serve(args)) => commands::fleet::serve(&app, args),
+        Command::Fleet(FleetCommand::Report(args)) => commands::fleet::report(&app, args),
     }
 }

@@ -40,7 +40,14 @@ impl Scope {
         let host = app.host(host).to_string();
         let all = app.repo.list_snapshots(&host, None)?;
         if all.is_empty() && host != app.config.agent.host {
-            let hosts = app.repo.list_hosts()?;
+            // Only on this error path: hosts (found by a delimiter
+            // listing) that hold a committed snapshot.
+            let mut hosts = Vec::new();
+            for h in app.repo.list_hosts()? {
+                if !app.repo.list_snapshots(&h, None)?.is_empty() {
+                    hosts.push(h);
+                }
+            }
             return Err(UsageError(format!(
                 "no snapshots of host {host:?} in {} ({})",
                 app.repo.store().describe(),

@@ -18,6 +18,7 @@
 //! start it.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -292,6 +293,36 @@ impl Intercept for PlainHttpGuard {
     }
 }
 
+/// S3 requests this process has transmitted, every attempt (retries
+/// included) counted as it leaves: what a fleet scan cost, which the test
+/// server cannot tell.
+static S3_REQUESTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many S3 requests this process has transmitted so far.
+pub fn s3_requests_sent() -> u64 {
+    S3_REQUESTS.load(Ordering::Relaxed)
+}
+
+/// Counts every S3 request transmitted (see [`s3_requests_sent`]).
+#[derive(Debug)]
+struct RequestCounter;
+
+impl Intercept for RequestCounter {
+    fn name(&self) -> &'static str {
+        "VaultlineRequestCounter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> std::result::Result<(), BoxError> {
+        S3_REQUESTS.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
 /// The guard for a client of `service`, unless plain http is allowed.
 fn guard(aws: &Aws, service: &'static str) -> Option<SharedInterceptor> {
     (!aws.allow_http).then(|| SharedInterceptor::new(PlainHttpGuard { service }))
@@ -319,6 +350,7 @@ pub fn s3_client(sdk: &SdkConfig, aws: &Aws, repo: &S3Repository) -> Result<aws_
     if let Some(g) = guard(aws, S3) {
         b = b.interceptor(g);
     }
+    b = b.interceptor(RequestCounter);
     Ok(aws_sdk_s3::Client::from_conf(b.build()))
 }
 

@@ -12,6 +12,12 @@
 //! - `admin` manages the repository: everything under the prefix, every
 //!   host, key rotation (`kms:ReEncrypt*`), and the bucket settings that
 //!   `audit` reads and `harden` changes.
+//! - `auditor` runs the fleet commands: it lists the repository, reads the
+//!   marker and every host's plain audit segments, reads the bucket
+//!   settings and the key's state; it writes nothing, and Denies keep it
+//!   from reading archives or manifests and from unwrapping a data key
+//!   even when another policy (AWS's ReadOnlyAccess has `s3:Get*`) would
+//!   allow it.
 //!
 //! Every statement names the exact bucket, prefix and key ARN; KMS
 //! statements are conditioned on the encryption context (`host`), so a
@@ -49,6 +55,8 @@ pub enum Role {
     Restore,
     /// Manages the repository and bucket.
     Admin,
+    /// Runs the fleet commands: lists, reads audit trails, decrypts nothing.
+    Auditor,
 }
 
 /// Days added to the largest configured `object-lock.days` in the backup
@@ -316,6 +324,60 @@ pub fn iam_policy(config: &Config, role: Role, key_arn: Option<&str>) -> Result<
                     "Condition": host_context
                 }));
                 statements.push(describe_key(key));
+            }
+        }
+        Role::Auditor => {
+            // Both listings: the hosts (PREFIX/ with a delimiter) and each
+            // host's objects. A repository that is the whole bucket is
+            // listed without a prefix, which no s3:prefix condition admits.
+            let mut list = json!({
+                "Sid": "ListRepository",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": bucket
+            });
+            if !base.is_empty() {
+                list["Condition"] = json!({ "StringLike": { "s3:prefix": [format!("{base}*")] } });
+            }
+            statements.push(list);
+            // Audit segments are the only objects named .jsonl (archives
+            // and manifests end in .archive and .manifest, also a job
+            // named audit's).
+            statements.push(json!({
+                "Sid": "ReadMarkerAndAuditTrails",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": [marker, format!("{bucket}/{base}*/audit/*.jsonl")]
+            }));
+            statements.push(json!({
+                "Sid": "CheckBucketHardening",
+                "Effect": "Allow",
+                "Action": HARDENING_READS,
+                "Resource": bucket
+            }));
+            statements.push(json!({
+                "Sid": "CheckAccountPublicAccessBlock",
+                "Effect": "Allow",
+                "Action": ["s3:GetAccountPublicAccessBlock"],
+                "Resource": "*"
+            }));
+            statements.push(json!({
+                "Sid": "NeverReadBackups",
+                "Effect": "Deny",
+                "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+                "Resource": [
+                    format!("{bucket}/{base}*/archives/*"),
+                    format!("{bucket}/{base}*/snapshots/*")
+                ]
+            }));
+            if let Some(key) = key_arn {
+                statements.push(describe_key(key));
+                statements.push(json!({
+                    "Sid": "NeverUnwrapDataKeys",
+                    "Effect": "Deny",
+                    "Action": ["kms:Decrypt", "kms:ReEncryptFrom", "kms:GenerateDataKey"],
+                    "Resource": key
+                }));
             }
         }
         Role::Admin => {
@@ -640,5 +702,102 @@ mod tests {
             })
             .collect();
         assert_eq!(writes.len(), 1, "{writes:?}");
+    }
+
+    #[test]
+    fn the_auditor_lists_and_reads_audit_trails_but_never_backups_or_keys() {
+        let c = config("[[jobs]]\nname = \"etc\"\npaths = [\"/etc\"]\n");
+        let doc = iam_policy(&c, Role::Auditor, Some(KEY)).expect("policy");
+        assert_eq!(
+            doc,
+            json!({
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Sid": "ListRepository",
+                        "Effect": "Allow",
+                        "Action": ["s3:ListBucket"],
+                        "Resource": "arn:aws:s3:::acme-backups",
+                        "Condition": { "StringLike": { "s3:prefix": ["vaultline/*"] } }
+                    },
+                    {
+                        "Sid": "ReadMarkerAndAuditTrails",
+                        "Effect": "Allow",
+                        "Action": ["s3:GetObject"],
+                        "Resource": [
+                            "arn:aws:s3:::acme-backups/vaultline/repository.json",
+                            "arn:aws:s3:::acme-backups/vaultline/*/audit/*.jsonl"
+                        ]
+                    },
+                    {
+                        "Sid": "CheckBucketHardening",
+                        "Effect": "Allow",
+                        "Action": HARDENING_READS,
+                        "Resource": "arn:aws:s3:::acme-backups"
+                    },
+                    {
+                        "Sid": "CheckAccountPublicAccessBlock",
+                        "Effect": "Allow",
+                        "Action": ["s3:GetAccountPublicAccessBlock"],
+                        "Resource": "*"
+                    },
+                    {
+                        "Sid": "NeverReadBackups",
+                        "Effect": "Deny",
+                        "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+                        "Resource": [
+                            "arn:aws:s3:::acme-backups/vaultline/*/archives/*",
+                            "arn:aws:s3:::acme-backups/vaultline/*/snapshots/*"
+                        ]
+                    },
+                    {
+                        "Sid": "ReadKeyState",
+                        "Effect": "Allow",
+                        "Action": ["kms:DescribeKey", "kms:GetKeyRotationStatus"],
+                        "Resource": KEY
+                    },
+                    {
+                        "Sid": "NeverUnwrapDataKeys",
+                        "Effect": "Deny",
+                        "Action": ["kms:Decrypt", "kms:ReEncryptFrom", "kms:GenerateDataKey"],
+                        "Resource": KEY
+                    }
+                ]
+            })
+        );
+        // Nothing written, nothing deleted, no key used.
+        let text = doc.to_string();
+        for action in ["s3:Put", "s3:Delete", "s3:Abort", "s3:Restore"] {
+            assert!(!text.contains(action), "{action} in {text}");
+        }
+        // A repository that is the whole bucket: the listing has no prefix.
+        let whole = Config::parse(
+            "[agent]\nhost = \"web1\"\nstate-dir = \"/var/lib/vaultline\"\n\n\
+             [repository]\ntype = \"s3\"\nbucket = \"acme-backups\"\nprefix = \"\"\n",
+            Path::new("config.toml"),
+            &Environment::default(),
+        )
+        .expect("a valid configuration");
+        let doc = iam_policy(&whole, Role::Auditor, None).expect("policy");
+        assert_eq!(
+            doc["Statement"][0],
+            json!({
+                "Sid": "ListRepository",
+                "Effect": "Allow",
+                "Action": ["s3:ListBucket"],
+                "Resource": "arn:aws:s3:::acme-backups"
+            })
+        );
+        assert_eq!(
+            doc["Statement"][1]["Resource"],
+            json!([
+                "arn:aws:s3:::acme-backups/repository.json",
+                "arn:aws:s3:::acme-backups/*/audit/*.jsonl"
+            ])
+        );
+        assert!(
+            !doc.to_string().contains("kms:"),
+            "no key statements for a local key"
+        );
     }
 }

@@ -357,9 +357,33 @@ const MAX_SEGMENT: u64 = 64 << 20;
 /// which segment it came from.
 #[derive(Debug, Default)]
 pub struct ShippedTrail {
-    lines: std::collections::BTreeMap<u64, (String, String)>,
+    lines: std::collections::BTreeMap<u64, ShippedLine>,
     /// Segments read.
     pub segments: u64,
+}
+
+/// One shipped line, as far as the chain is concerned.
+#[derive(Debug)]
+struct ShippedLine {
+    /// SHA-256 of its bytes.
+    hash: String,
+    /// The segment it was first read from.
+    segment: String,
+    /// Its `prev` field.
+    prev: Option<String>,
+    /// Its `trail` field.
+    trail: Option<String>,
+}
+
+/// What the shipped segments of one trail show on their own.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShippedChain {
+    /// Lines shipped (1 to this, without a gap).
+    pub lines: u64,
+    /// Segments they came in.
+    pub segments: u64,
+    /// Hash of the last shipped line.
+    pub head: String,
 }
 
 impl ShippedTrail {
@@ -392,28 +416,35 @@ impl ShippedTrail {
                 .with_context(|| format!("cannot read audit segment {}", o.name))?;
             shipped.segments += 1;
             for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                let seq = serde_json::from_slice::<Value>(line)
-                    .ok()
-                    .and_then(|v| v["seq"].as_u64())
-                    .ok_or_else(|| {
-                        IntegrityError(format!(
-                            "audit segment {}: a line without a sequence number",
-                            o.name
-                        ))
-                    })?;
+                let value = serde_json::from_slice::<Value>(line).ok();
+                let field = |name: &str| value.as_ref().and_then(|v| v[name].as_str()).map(str::to_string);
+                let seq = value.as_ref().and_then(|v| v["seq"].as_u64()).ok_or_else(|| {
+                    IntegrityError(format!(
+                        "audit segment {}: a line without a sequence number",
+                        o.name
+                    ))
+                })?;
                 let hash = sha256_hex(line);
                 match shipped.lines.get(&seq) {
-                    Some((h, other)) if *h != hash => {
+                    Some(other) if other.hash != hash => {
                         return Err(IntegrityError(format!(
-                            "audit segments {other} and {} disagree about line {seq}: a line was rewritten \
+                            "audit segments {} and {} disagree about line {seq}: a line was rewritten \
                              and shipped again",
-                            o.name
+                            other.segment, o.name
                         ))
                         .into());
                     }
                     Some(_) => {}
                     None => {
-                        shipped.lines.insert(seq, (hash, o.name.clone()));
+                        shipped.lines.insert(
+                            seq,
+                            ShippedLine {
+                                hash,
+                                segment: o.name.clone(),
+                                prev: field("prev"),
+                                trail: field("trail"),
+                            },
+                        );
                     }
                 }
             }
@@ -424,6 +455,68 @@ impl ShippedTrail {
     /// The highest line number shipped.
     pub fn last(&self) -> u64 {
         self.lines.keys().next_back().copied().unwrap_or(0)
+    }
+
+    /// Checks the shipped lines of trail `trail` as a chain on their own,
+    /// with no local copy (an auditor's view of every host): they run from
+    /// line 1 without a gap, line 1 starts the chain, each later line's
+    /// `prev` is the hash of the line before it as shipped, and every line
+    /// names the trail it was filed under. A gap is a segment that went
+    /// missing (segments are never deleted by vaultline); a broken link is
+    /// a line shipped after the line before it was rewritten locally. What
+    /// this cannot see without the host's trail is a last segment that was
+    /// removed (Object Lock on the jobs' objects prevents that).
+    pub fn verify_chain(&self, trail: &str) -> Result<ShippedChain> {
+        let mut expected_prev = GENESIS.to_string();
+        let mut next = 1u64;
+        for (&seq, line) in &self.lines {
+            if seq != next {
+                let missing = if seq - next == 1 {
+                    format!("line {next} is")
+                } else {
+                    format!("lines {next}-{} are", seq - 1)
+                };
+                return Err(IntegrityError(format!(
+                    "audit trail {trail}: {missing} missing from the shipped segments (the next line shipped \
+                     is {seq}, in {}): a segment was removed",
+                    line.segment
+                ))
+                .into());
+            }
+            if line.trail.as_deref() != Some(trail) {
+                return Err(IntegrityError(format!(
+                    "audit trail {trail}: line {seq} in {} belongs to trail {}: a segment was filed under \
+                     another trail",
+                    line.segment,
+                    line.trail.as_deref().unwrap_or("(none)")
+                ))
+                .into());
+            }
+            if line.prev.as_deref() != Some(expected_prev.as_str()) {
+                return Err(IntegrityError(if seq == 1 {
+                    format!(
+                        "audit trail {trail}: line 1 in {} does not start the chain",
+                        line.segment
+                    )
+                } else {
+                    format!(
+                        "audit trail {trail}: line {seq} in {} does not follow line {} as shipped: line {} \
+                         was altered before line {seq} was written",
+                        line.segment,
+                        seq - 1,
+                        seq - 1
+                    )
+                })
+                .into());
+            }
+            expected_prev.clone_from(&line.hash);
+            next = seq + 1;
+        }
+        Ok(ShippedChain {
+            lines: self.last(),
+            segments: self.segments,
+            head: expected_prev,
+        })
     }
 }
 
@@ -470,13 +563,14 @@ pub fn verify_against(path: &Path, shipped: &ShippedTrail) -> Result<Verified> {
     for line in BufReader::new(file).lines() {
         let line = line.with_context(|| format!("reading {}", path.display()))?;
         n += 1;
-        if let Some((hash, segment)) = shipped.lines.get(&n)
-            && *hash != sha256_hex(line.as_bytes())
+        if let Some(shipped_line) = shipped.lines.get(&n)
+            && shipped_line.hash != sha256_hex(line.as_bytes())
         {
             return Err(IntegrityError(format!(
-                "audit trail {}: line {n} differs from the copy shipped in {segment}: it was altered after \
-                 it was shipped",
-                path.display()
+                "audit trail {}: line {n} differs from the copy shipped in {}: it was altered after it was \
+                 shipped",
+                path.display(),
+                shipped_line.segment
             ))
             .into());
         }
@@ -491,7 +585,7 @@ pub fn verify_against(path: &Path, shipped: &ShippedTrail) -> Result<Verified> {
                 .lines
                 .values()
                 .next_back()
-                .map_or("?", |(_, s)| s.as_str())
+                .map_or("?", |l| l.segment.as_str())
         ))
         .into());
     }
@@ -619,5 +713,81 @@ mod tests {
             e.contains("disagree about line 2: a line was rewritten and shipped again"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn shipped_segments_alone_show_gaps_and_broken_links() {
+        use crate::repo::store::ObjectStore;
+        use crate::repo::store::memory::MemoryStore;
+        let store = MemoryStore::new();
+        let repo = Repo::new(std::sync::Arc::new(store.clone()), "p");
+        let (dir, path) = trail(2);
+        let log = AuditLog::new(dir.path(), "tester".into(), how());
+        log.ship(&repo, "h", None).unwrap();
+        for i in 2..5 {
+            log.record("event", serde_json::json!({ "i": i })).unwrap();
+            log.ship(&repo, "h", None).unwrap();
+        }
+        let trail = trail_identity(&path).unwrap().1.unwrap();
+        let seg = |a: u64, b: u64| format!("p/h/audit/{trail}/{a:012}-{b:012}.jsonl");
+        let chain = ShippedTrail::fetch(&repo, "h", &trail)
+            .unwrap()
+            .verify_chain(&trail)
+            .unwrap();
+        assert_eq!((chain.lines, chain.segments), (5, 4));
+        assert_eq!(
+            chain.head,
+            verify(&path).unwrap().head,
+            "the shipped head is the trail's"
+        );
+
+        // A segment removed from the middle.
+        let middle = store.get(&seg(4, 4)).unwrap();
+        store.delete(&seg(4, 4)).unwrap();
+        let e = ShippedTrail::fetch(&repo, "h", &trail)
+            .unwrap()
+            .verify_chain(&trail)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "audit trail {trail}: line 4 is missing from the shipped segments (the next line shipped is 5, \
+                 in {}): a segment was removed",
+                seg(5, 5)
+            )
+        );
+        store.insert(&seg(4, 4), middle);
+
+        // Line 3 rewritten locally before line 4 was written, then shipped
+        // as if it were the original: line 4 no longer follows it.
+        let original = store.get(&seg(3, 3)).unwrap();
+        let text = String::from_utf8(original).unwrap().replace("\"i\":2", "\"i\":9");
+        store.delete(&seg(3, 3)).unwrap();
+        store.insert(&seg(3, 3), text.into_bytes());
+        let e = ShippedTrail::fetch(&repo, "h", &trail)
+            .unwrap()
+            .verify_chain(&trail)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!(
+                "audit trail {trail}: line 4 in {} does not follow line 3 as shipped: line 3 was altered \
+                 before line 4 was written",
+                seg(4, 4)
+            )
+        );
+
+        // Segments filed under another trail's name.
+        let other = "0123456789abcdef";
+        let first = seg(1, 2);
+        store.insert(&first.replace(&trail, other), store.get(&first).unwrap());
+        let e = ShippedTrail::fetch(&repo, "h", other)
+            .unwrap()
+            .verify_chain(other)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("belongs to trail {trail}")), "{e}");
     }
 }

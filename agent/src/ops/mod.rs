@@ -9,10 +9,15 @@
 //!   Prometheus text file built from them.
 //! - [`audit_log`]: the hash-chained audit trail and its shipping to the
 //!   repository.
+//! - [`fleet`]: the view of every host sharing the repository, from
+//!   listings alone: who is protected and since when not, as a table,
+//!   Prometheus metrics and an auditors' HTML report.
 //!
-//! Uses: `repo` (to ship audit segments), `pipeline` (its report types),
-//! `error`. Knows nothing of the command line or exit codes.
+//! Uses: `repo` (to ship audit segments, and the fleet's listings),
+//! `pipeline` (its report types), `cloud` (hardening findings, for the
+//! fleet report), `error`. Knows nothing of the command line or exit codes.
 
 pub mod audit_log;
+pub mod fleet;
 pub mod report;
 pub mod status;

@@ -169,6 +169,11 @@ impl Repo {
         }
     }
 
+    /// The same store under another prefix.
+    pub fn with_prefix(&self, prefix: &str) -> Repo {
+        Repo::new(Arc::clone(&self.store), prefix)
+    }
+
     /// The prefix everything is under.
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -190,6 +195,53 @@ impl Repo {
     /// Name of the repository marker.
     pub fn marker_name(&self) -> String {
         self.join("repository.json")
+    }
+
+    /// Prefix of everything the repository holds: `PREFIX/` (empty when
+    /// the repository is the whole bucket).
+    pub fn root_prefix(&self) -> String {
+        self.join("")
+    }
+
+    /// Prefix of everything one host stores: its jobs and audit trails.
+    pub fn host_prefix(&self, host: &str) -> String {
+        self.join(&format!("{host}/"))
+    }
+
+    /// Every host with objects in the repository, sorted: the names one
+    /// level below the prefix, found with a delimiter listing (a page per
+    /// thousand hosts, however many objects they hold).
+    pub fn list_hosts(&self) -> Result<Vec<String>> {
+        let root = self.root_prefix();
+        let dirs = self
+            .store
+            .list_prefixes(&root)
+            .with_context(|| format!("cannot list the hosts in {}", self.store.describe()))?;
+        Ok(dirs
+            .iter()
+            .filter_map(|d| d.strip_prefix(&root)?.strip_suffix('/'))
+            .map(str::to_string)
+            .collect())
+    }
+
+    /// The committed snapshot `object` is the manifest of, when it is one
+    /// (a listing entry under [`Repo::host_prefix`] of `host`).
+    pub fn snapshot_in_listing(&self, host: &str, object: &ObjectInfo) -> Option<SnapshotRef> {
+        let rest = object.name.strip_prefix(&self.host_prefix(host))?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        if let [job, "snapshots", file] = parts[..]
+            && let Some(id) = file.strip_suffix(".manifest")
+            && valid_snapshot_id(id)
+        {
+            return Some(SnapshotRef {
+                host: host.to_string(),
+                job: job.to_string(),
+                id: id.to_string(),
+                manifest_size: object.size,
+                recorded: object.modified,
+            });
+        }
+        None
     }
 
     /// Prefix of everything one job of one host stores.
@@ -370,64 +422,24 @@ impl Repo {
             .store
             .list(&prefix)
             .with_context(|| format!("cannot list {}", self.store.describe()))?;
-        let host_prefix = self.join(&format!("{host}/"));
-        let mut out = Vec::new();
-        for o in objects {
-            let Some(rest) = o.name.strip_prefix(&host_prefix) else {
-                continue;
-            };
-            let parts: Vec<&str> = rest.split('/').collect();
-            if let [job, "snapshots", file] = parts[..]
-                && let Some(id) = file.strip_suffix(".manifest")
-                && valid_snapshot_id(id)
-            {
-                out.push(SnapshotRef {
-                    host: host.to_string(),
-                    job: job.to_string(),
-                    id: id.to_string(),
-                    manifest_size: o.size,
-                    recorded: o.modified,
-                });
-            }
-        }
-        out.sort_by(|a, b| {
-            a.time()
-                .cmp(&b.time())
-                .then(a.id.cmp(&b.id))
-                .then(a.job.cmp(&b.job))
-        });
+        let mut out: Vec<SnapshotRef> = objects
+            .iter()
+            .filter_map(|o| self.snapshot_in_listing(host, o))
+            .collect();
+        sort_snapshots(&mut out);
         Ok(out)
     }
 }
 
-impl Repo {
-    /// The hosts that have committed snapshots, sorted. Lists the whole
-    /// repository: for messages about a host that has none.
-    pub fn list_hosts(&self) -> Result<Vec<String>> {
-        let objects = self
-            .store
-            .list(&self.join(""))
-            .with_context(|| format!("cannot list {}", self.store.describe()))?;
-        let top = self.join("");
-        let mut hosts: Vec<String> = objects
-            .iter()
-            .filter_map(|o| {
-                let rest = o.name.strip_prefix(&top)?;
-                let parts: Vec<&str> = rest.split('/').collect();
-                match parts[..] {
-                    [host, _job, "snapshots", file]
-                        if file.strip_suffix(".manifest").is_some_and(valid_snapshot_id) =>
-                    {
-                        Some(host.to_string())
-                    }
-                    _ => None,
-                }
-            })
-            .collect();
-        hosts.sort();
-        hosts.dedup();
-        Ok(hosts)
-    }
+/// Orders snapshots oldest first by [`SnapshotRef::time`], ties by id and
+/// then job: the order every listing of snapshots is in.
+pub fn sort_snapshots(snapshots: &mut [SnapshotRef]) {
+    snapshots.sort_by(|a, b| {
+        a.time()
+            .cmp(&b.time())
+            .then(a.id.cmp(&b.id))
+            .then(a.job.cmp(&b.job))
+    });
 }
 
 /// The marker as stored: pretty JSON and a newline.

@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod backup;
+pub mod fleet;
 pub mod forget;
 pub mod generate;
 pub mod harden;

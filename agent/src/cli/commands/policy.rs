@@ -1,4 +1,4 @@
-//! `vaultline policy iam --role backup|restore|admin`: prints the
+//! `vaultline policy iam --role backup|restore|admin|auditor`: prints the
 //! least-privilege IAM policy (written by [`crate::cloud::iam`]) for this
 //! configuration.
 
@@ -23,6 +23,7 @@ pub fn run(app: &App, role: PolicyRole) -> Result<()> {
         PolicyRole::Backup => Role::Backup,
         PolicyRole::Restore => Role::Restore,
         PolicyRole::Admin => Role::Admin,
+        PolicyRole::Auditor => Role::Auditor,
     };
     let doc = iam_policy(&app.config, role, key_arn.as_deref())?;
     crate::cli::output::print_line(&serde_json::to_string_pretty(&doc)?)?;

@@ -193,6 +193,105 @@ impl ObjectStore for LocalStore {
         Ok(out)
     }
 
+    fn list_between(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        before: Option<&str>,
+    ) -> io::Result<Vec<ObjectInfo>> {
+        let in_between = |name: &str| super::in_between(name, after, before);
+        // Only the subdirectories of the prefix's directory whose names can
+        // fall in the slice are walked.
+        let Some(dir_part) = prefix.strip_suffix('/').or(prefix.is_empty().then_some("")) else {
+            let mut objects = self.list(prefix)?;
+            objects.retain(|o| in_between(&o.name));
+            return Ok(objects);
+        };
+        let dir = if dir_part.is_empty() {
+            self.root.clone()
+        } else {
+            self.path(dir_part)?
+        };
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(|n| format!("{prefix}{n}")) else {
+                continue;
+            };
+            let kind = entry.file_type()?;
+            if kind.is_file() && !name.contains(PENDING_MARK) && in_between(&name) {
+                let meta = entry.metadata()?;
+                out.push(ObjectInfo {
+                    size: meta.len(),
+                    modified: jiff::Timestamp::new(
+                        meta.mtime(),
+                        meta.mtime_nsec().clamp(0, 999_999_999) as i32,
+                    )
+                    .ok(),
+                    name,
+                });
+            } else if kind.is_dir() {
+                // Every name below starts with `below`: all at or past
+                // `before`, or all short of `after`, and none is in the slice.
+                let below = format!("{name}/");
+                if before.is_some_and(|b| b <= below.as_str())
+                    || after.is_some_and(|a| a > below.as_str() && !a.starts_with(&below))
+                {
+                    continue;
+                }
+                out.extend(self.list(&below)?.into_iter().filter(|o| in_between(&o.name)));
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn list_prefixes(&self, prefix: &str) -> io::Result<Vec<String>> {
+        // One directory read, and below each subdirectory only as far as
+        // its first committed object: a host's archives are not walked.
+        let Some(dir_part) = prefix.strip_suffix('/').or(prefix.is_empty().then_some("")) else {
+            return Ok(super::prefixes_below(
+                prefix,
+                self.list(prefix)?.iter().map(|o| o.name.as_str()),
+            ));
+        };
+        let dir = if dir_part.is_empty() {
+            self.root.clone()
+        } else {
+            self.path(dir_part)?
+        };
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if !entry.file_type()?.is_dir() {
+                continue;
+            }
+            let holds_an_object = walkdir::WalkDir::new(entry.path())
+                .follow_links(false)
+                .into_iter()
+                .filter_map(Result::ok)
+                .any(|e| e.file_type().is_file() && !e.file_name().to_string_lossy().contains(PENDING_MARK));
+            if holds_an_object {
+                out.push(format!("{prefix}{name}/"));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     fn clean_pending(&self, prefix: &str) -> io::Result<usize> {
         let start = self.root.join(prefix.trim_end_matches('/'));
         if !start.is_dir() {
@@ -463,6 +562,64 @@ mod tests {
         assert!(store.list("x/").unwrap().is_empty());
         assert_eq!(store.clean_pending("x/").unwrap(), 1);
         assert!(!dir.path().join("x").exists());
+    }
+
+    #[test]
+    fn prefixes_are_the_directories_holding_committed_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        store
+            .put("p/repository.json", ObjectClass::Control, b"{}")
+            .unwrap();
+        store
+            .put("p/web1/etc/snapshots/a.manifest", ObjectClass::Control, b"m")
+            .unwrap();
+        store
+            .put("p/web2/audit/t/1-1.jsonl", ObjectClass::Control, b"l")
+            .unwrap();
+        let mut pending = store
+            .create("p/web3/etc/archives/x/0.archive", ObjectClass::Archive, None)
+            .unwrap();
+        pending.write_all(b"half").unwrap();
+        pending.flush().unwrap();
+        fs::create_dir_all(dir.path().join("p/empty/dir")).unwrap();
+        assert_eq!(store.list_prefixes("p/").unwrap(), ["p/web1/", "p/web2/"]);
+        assert_eq!(store.list_prefixes("").unwrap(), ["p/"]);
+        assert_eq!(store.list_prefixes("p/web1/").unwrap(), ["p/web1/etc/"]);
+        assert_eq!(store.list_prefixes("p/web").unwrap(), ["p/web1/", "p/web2/"]);
+        assert!(store.list_prefixes("q/").unwrap().is_empty());
+        drop(pending);
+    }
+
+    #[test]
+    fn a_slice_of_a_listing_is_the_listing_between_its_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::new(dir.path());
+        let names = ["p/a/1", "p/a/2", "p/a.b/1", "p/b/1/x", "p/b/2", "p/c", "p/d/1"];
+        for name in names {
+            store.put(name, ObjectClass::Control, b"x").unwrap();
+        }
+        let slice = |after: Option<&str>, before: Option<&str>| -> Vec<String> {
+            let got: Vec<String> = store
+                .list_between("p/", after, before)
+                .unwrap()
+                .into_iter()
+                .map(|o| o.name)
+                .collect();
+            let mut want: Vec<String> = names
+                .iter()
+                .filter(|n| super::super::in_between(n, after, before))
+                .map(|n| n.to_string())
+                .collect();
+            want.sort();
+            assert_eq!(got, want, "after {after:?}, before {before:?}");
+            got
+        };
+        assert_eq!(slice(None, None).len(), 7);
+        assert_eq!(slice(Some("p/a."), Some("p/b/")), ["p/a.b/1", "p/a/1", "p/a/2"]);
+        assert_eq!(slice(Some("p/a/1"), Some("p/b/2")), ["p/a/2", "p/b/1/x"]);
+        assert_eq!(slice(Some("p/b."), None), ["p/b/1/x", "p/b/2", "p/c", "p/d/1"]);
+        assert_eq!(slice(None, Some("p/a/")), ["p/a.b/1"]);
     }
 
     #[test]

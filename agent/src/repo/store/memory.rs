@@ -178,6 +178,15 @@ impl ObjectStore for MemoryStore {
             .collect())
     }
 
+    fn list_prefixes(&self, prefix: &str) -> io::Result<Vec<String>> {
+        let objects = self.lock();
+        let names = objects
+            .range(prefix.to_string()..)
+            .take_while(|(name, _)| name.starts_with(prefix))
+            .map(|(name, _)| name.as_str());
+        Ok(super::prefixes_below(prefix, names))
+    }
+
     fn clean_pending(&self, _prefix: &str) -> io::Result<usize> {
         Ok(0)
     }
@@ -205,5 +214,15 @@ mod tests {
         let again = store.create("a/b", ObjectClass::Control, None).unwrap();
         assert_eq!(again.commit().unwrap_err().kind(), io::ErrorKind::AlreadyExists);
         assert!(super::super::is_not_found(&store.open("nope").err().unwrap()));
+    }
+
+    #[test]
+    fn prefixes_are_listed_once_each() {
+        let store = MemoryStore::new();
+        for name in ["p/a/1", "p/a/2/x", "p/b/1", "p/c", "pq/d/1"] {
+            store.insert(name, Vec::new());
+        }
+        assert_eq!(store.list_prefixes("p/").unwrap(), ["p/a/", "p/b/"]);
+        assert_eq!(store.list_prefixes("").unwrap(), ["p/", "pq/"]);
     }
 }

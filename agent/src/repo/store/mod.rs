@@ -230,6 +230,37 @@ pub trait ObjectStore: Send + Sync {
     /// Every object whose name starts with `prefix`, sorted by name.
     fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>>;
 
+    /// The objects under `prefix` whose names sort strictly after `after`
+    /// and strictly before `before` (each bound optional), sorted by name:
+    /// a slice of [`ObjectStore::list`], so that a listing can be cut into
+    /// slices listed side by side. S3 starts at `after` (StartAfter) and
+    /// stops at the first page that reaches `before`, so the slices of one
+    /// listing cost about the pages of the whole. This default filters
+    /// the whole listing.
+    fn list_between(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        before: Option<&str>,
+    ) -> io::Result<Vec<ObjectInfo>> {
+        let mut objects = self.list(prefix)?;
+        objects.retain(|o| in_between(&o.name, after, before));
+        Ok(objects)
+    }
+
+    /// The "directories" directly below `prefix` (empty, or ending in
+    /// `/`): every distinct `prefix` + `NAME/` that some object's name
+    /// starts with, sorted. S3 answers this with a delimiter listing, a
+    /// page per thousand names however many objects lie below them, which
+    /// is how the fleet view finds the hosts of a bucket without listing
+    /// their objects. This default derives it from [`ObjectStore::list`].
+    fn list_prefixes(&self, prefix: &str) -> io::Result<Vec<String>> {
+        Ok(prefixes_below(
+            prefix,
+            self.list(prefix)?.iter().map(|o| o.name.as_str()),
+        ))
+    }
+
     /// Removes leftovers of writes that never committed under `prefix`
     /// (a crashed run). Callers hold the lock that excludes live writers.
     fn clean_pending(&self, prefix: &str) -> io::Result<usize>;
@@ -255,6 +286,27 @@ pub trait PendingObject: Write + Send {
     /// taken. Returns its final size. Dropping a pending object without
     /// committing it discards everything written.
     fn commit(self: Box<Self>) -> io::Result<ObjectInfo>;
+}
+
+/// Whether `name` sorts strictly between `after` and `before` (each bound
+/// optional).
+pub fn in_between(name: &str, after: Option<&str>, before: Option<&str>) -> bool {
+    after.is_none_or(|a| name > a) && before.is_none_or(|b| name < b)
+}
+
+/// The distinct `prefix` + `NAME/` that `names` (all starting with
+/// `prefix`) lie below, sorted.
+pub fn prefixes_below<'a>(prefix: &str, names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut out: Vec<String> = names
+        .filter_map(|name| {
+            let rest = name.strip_prefix(prefix)?;
+            let dir = rest.split_once('/')?.0;
+            Some(format!("{prefix}{dir}/"))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// True when `err` is (or wraps) [`StoreError::NotFound`].

@@ -482,18 +482,31 @@ impl ObjectStore for S3Store {
     }
 
     fn list(&self, prefix: &str) -> io::Result<Vec<ObjectInfo>> {
+        self.list_between(prefix, None, None)
+    }
+
+    fn list_between(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        before: Option<&str>,
+    ) -> io::Result<Vec<ObjectInfo>> {
         let inner = &self.inner;
         let refuse = |why: String| io::Error::other(format!("ListObjectsV2 {}: {why}", inner.url(prefix)));
         let mut out = Vec::new();
         let mut pages = Pages::default();
         let mut token: Option<String> = None;
+        let mut last_key: Option<String> = None;
         loop {
+            // StartAfter for the first page; the token carries on from there.
+            let start_after = if token.is_none() { after } else { None };
             let req = inner
                 .client
                 .list_objects_v2()
                 .bucket(&inner.bucket)
                 .prefix(prefix)
                 .max_keys(MAX_KEYS_PER_PAGE)
+                .set_start_after(start_after.map(str::to_string))
                 .set_continuation_token(token.take());
             let page = block_on(req.send()).map_err(io_err)?.map_err(|e| {
                 io::Error::other(format!("ListObjectsV2 {}: {}", inner.url(prefix), describe(&e)))
@@ -504,6 +517,7 @@ impl ObjectStore for S3Store {
                     page.contents().len()
                 )));
             }
+            let mut reached_end = false;
             for obj in page.contents() {
                 let key = obj.key().unwrap_or_default();
                 // Callers take names apart after the prefix; a name outside
@@ -513,6 +527,31 @@ impl ObjectStore for S3Store {
                         "the server answered with key {key:?}, which does not start with the prefix asked for \
                          ({prefix:?}); refusing a listing from a misbehaving server"
                     )));
+                }
+                if let Some(a) = after
+                    && key <= a
+                {
+                    return Err(refuse(format!(
+                        "the server answered with key {key:?}, which does not come after the key the listing \
+                         was asked to start after ({a:?}); refusing a listing from a misbehaving server"
+                    )));
+                }
+                // A slice stops at the first key past its end, which is
+                // only right when keys come in order (as S3 sends them);
+                // a server that does not would cut the slice short.
+                if before.is_some() {
+                    if last_key.as_deref().is_some_and(|last| key <= last) {
+                        return Err(refuse(format!(
+                            "the server answered with key {key:?} after {:?}: not in order, so the end of the \
+                             slice cannot be told; refusing a listing from a misbehaving server",
+                            last_key.as_deref().unwrap_or_default()
+                        )));
+                    }
+                    last_key = Some(key.to_string());
+                }
+                if before.is_some_and(|b| key >= b) {
+                    reached_end = true;
+                    continue;
                 }
                 let size = obj
                     .size()
@@ -529,7 +568,7 @@ impl ObjectStore for S3Store {
             token = pages
                 .next(page.is_truncated() == Some(true), page.next_continuation_token())
                 .map_err(refuse)?;
-            if token.is_none() {
+            if token.is_none() || reached_end {
                 break;
             }
         }
@@ -539,6 +578,77 @@ impl ObjectStore for S3Store {
                 "the server listed {:?} more than once",
                 twice[0].name
             )));
+        }
+        Ok(out)
+    }
+
+    fn list_prefixes(&self, prefix: &str) -> io::Result<Vec<String>> {
+        let inner = &self.inner;
+        let refuse = |why: String| {
+            io::Error::other(format!(
+                "ListObjectsV2 {} (delimiter /): {why}",
+                inner.url(prefix)
+            ))
+        };
+        let mut out = Vec::new();
+        let mut pages = Pages::default();
+        let mut token: Option<String> = None;
+        loop {
+            let req = inner
+                .client
+                .list_objects_v2()
+                .bucket(&inner.bucket)
+                .prefix(prefix)
+                .delimiter("/")
+                .max_keys(MAX_KEYS_PER_PAGE)
+                .set_continuation_token(token.take());
+            let page = block_on(req.send())
+                .map_err(io_err)?
+                .map_err(|e| refuse(describe(&e)))?;
+            let entries = page.contents().len() + page.common_prefixes().len();
+            if entries > MAX_KEYS_PER_PAGE as usize {
+                return Err(refuse(format!(
+                    "the server sent {entries} keys and prefixes in one page, more than the \
+                     {MAX_KEYS_PER_PAGE} asked for"
+                )));
+            }
+            // Objects right at this level (the marker) are not prefixes;
+            // they must still be inside what was asked for.
+            for key in page.contents().iter().map(|o| o.key().unwrap_or_default()) {
+                let rest = key.strip_prefix(prefix);
+                if rest.is_none_or(|r| r.contains('/')) {
+                    return Err(refuse(format!(
+                        "the server answered with key {key:?}, which is not directly under the prefix \
+                         asked for ({prefix:?}); refusing a listing from a misbehaving server"
+                    )));
+                }
+            }
+            for common in page.common_prefixes() {
+                let name = common.prefix().unwrap_or_default();
+                // One level below the prefix, ending in the delimiter:
+                // callers take the name between as a host.
+                let one_level = name
+                    .strip_prefix(prefix)
+                    .and_then(|r| r.strip_suffix('/'))
+                    .is_some_and(|dir| !dir.is_empty() && !dir.contains('/'));
+                if !one_level {
+                    return Err(refuse(format!(
+                        "the server answered with common prefix {name:?}, which is not one level below \
+                         the prefix asked for ({prefix:?}); refusing a listing from a misbehaving server"
+                    )));
+                }
+                out.push(name.to_string());
+            }
+            token = pages
+                .next(page.is_truncated() == Some(true), page.next_continuation_token())
+                .map_err(refuse)?;
+            if token.is_none() {
+                break;
+            }
+        }
+        out.sort();
+        if let Some(twice) = out.windows(2).find(|w| w[0] == w[1]) {
+            return Err(refuse(format!("the server listed {:?} more than once", twice[0])));
         }
         Ok(out)
     }
