@@ -627,7 +627,8 @@ fn the_auditor_role_runs_the_fleet_commands_and_reads_no_backup() {
         "hardening was read"
     );
 
-    // ...and nothing else: no manifest, no archive, no data key, no write.
+    // ...and nothing else: no manifest, no archive, no node pack, no data
+    // key, no write.
     let keys: Vec<String> = m
         .ctl_as(admin, &["objects", &bucket])
         .as_array()
@@ -637,6 +638,7 @@ fn the_auditor_role_runs_the_fleet_commands_and_reads_no_backup() {
         .collect();
     let manifest = keys.iter().find(|k| k.ends_with(".manifest")).unwrap();
     let archive = keys.iter().find(|k| k.ends_with(".archive")).unwrap();
+    let nodes = keys.iter().find(|k| k.ends_with(".nodes")).unwrap();
     let as_auditor = |args: &[&str]| {
         Command::new(python())
             .arg(repo_root().join("tests/support/awsctl.py"))
@@ -650,7 +652,7 @@ fn the_auditor_role_runs_the_fleet_commands_and_reads_no_backup() {
             .unwrap()
     };
     let out = auditor.path().join("stolen");
-    for name in [manifest, archive] {
+    for name in [manifest, archive, nodes] {
         let r = as_auditor(&["get", &bucket, name, out.to_str().unwrap()]);
         assert!(!r.status.success(), "the auditor read {name}");
         assert!(

@@ -74,6 +74,8 @@ fn backup_role_cannot_read_back_restore_role_can() {
     let (bucket, key) = m.bucket_and_key_as(admin, "iam");
     let src = tempfile::tempdir().unwrap();
     fs::write(src.path().join("payroll.csv"), b"alice,100\nbob,200\n").unwrap();
+    // Large enough to be stored as chunks (docs/FORMAT.md §15.1).
+    fs::write(src.path().join("ledger.db"), crate::util::noise(12 << 20, 5)).unwrap();
     fs::create_dir(src.path().join("sub")).unwrap();
     fs::write(src.path().join("sub/notes"), b"n").unwrap();
     let jobs = job("data", &[src.path()]);
@@ -150,6 +152,26 @@ fn backup_role_cannot_read_back_restore_role_can() {
     assert!(
         !target.join("payroll.csv").exists()
             && fs::read_dir(&target).map_or(true, |mut d| d.next().is_none())
+    );
+
+    // An incremental run over a changed large file, on the role that reads
+    // nothing back: what it needs to find its chunks and share its tree
+    // listing is in its local record.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(src.path().join("ledger.db"))
+            .unwrap();
+        f.write_all_at(&crate::util::noise(65536, 6), 6 << 20).unwrap();
+    }
+    fs::write(src.path().join("sub/notes"), b"n2").unwrap();
+    let second = backup.run(&["--json", "backup", "now"]).ok().json()[0].clone();
+    assert!(second["parent"].is_string(), "an incremental run: {second}");
+    assert_eq!(second["archived_files"], 2, "{second}");
+    assert!(
+        second["new_bytes"].as_u64().unwrap() < 6 << 20,
+        "the chunks around the change, not the 12 MiB file: {second}"
     );
 
     // Without kms:Decrypt the objects can be fetched but not opened.

@@ -258,6 +258,58 @@ fn a_single_file_restore_fetches_a_small_part_of_a_large_archive() {
     assert!(none.stderr.contains("nothing in snapshot"), "{}", none.stderr);
 }
 
+/// A large file changed in the middle, restored alone from the incremental
+/// snapshot: its chunks come from two archives, and the server sends about
+/// the file, not the archives around it (counted by the test server).
+#[test]
+fn a_chunked_file_restored_alone_fetches_its_chunks_only() {
+    let m = moto();
+    let (bucket, key) = m.bucket_and_key("chunked");
+    let src = tempfile::tempdir().unwrap();
+    for i in 0..32 {
+        fs::write(src.path().join(format!("bulk-{i:02}")), noise(1 << 20, i + 100)).unwrap();
+    }
+    let image = src.path().join("disk.img");
+    fs::write(&image, noise(16 << 20, 7)).unwrap();
+    let fx = s3_fixture(m, &bucket, &key, &job("data", &[src.path()]));
+    fx.init();
+    backup(&fx);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().write(true).open(&image).unwrap();
+        f.write_all_at(&noise(65536, 8), 9 << 20).unwrap();
+    }
+    for i in 0..32 {
+        fs::write(src.path().join(format!("bulk-{i:02}")), noise(1 << 20, i + 200)).unwrap();
+    }
+    let second = backup(&fx);
+    assert!(
+        second["new_bytes"].as_u64().unwrap() < 32 * (1 << 20) + (8 << 20),
+        "{second}"
+    );
+    let archives: u64 = m
+        .object_sizes(&bucket)
+        .iter()
+        .filter(|(k, _)| k.ends_with(".archive"))
+        .map(|(_, s)| *s)
+        .sum();
+    assert!(archives > 80 << 20, "{archives}");
+
+    let before = m.ctl(&["stats", &bucket])["get_bytes"].as_u64().unwrap();
+    let target = tempfile::tempdir().unwrap();
+    restore_into(&fx, "latest", target.path(), &[image.to_str().unwrap()]);
+    let fetched = m.ctl(&["stats", &bucket])["get_bytes"].as_u64().unwrap() - before;
+    let got = files_under(target.path());
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(fs::read(&got[0]).unwrap(), fs::read(&image).unwrap());
+    // The file's 16 MiB, plus at most a frame and a sealed chunk at each
+    // end of each run read, plus the manifest and node pack.
+    assert!(
+        fetched < (16 << 20) + (20 << 20) && fetched * 2 < archives,
+        "fetched {fetched} bytes for a 16 MiB file out of {archives} bytes of archives"
+    );
+}
+
 /// A policy that would naively delete the full a kept incremental needs:
 /// the full's archive stays (the incremental's unchanged files are in it),
 /// its manifest goes; orphans left by crashed runs are deleted; the kept

@@ -367,6 +367,7 @@ pub fn iam_policy(config: &Config, role: Role, key_arn: Option<&str>) -> Result<
                 "Action": ["s3:GetObject", "s3:GetObjectVersion"],
                 "Resource": [
                     format!("{bucket}/{base}*/archives/*"),
+                    format!("{bucket}/{base}*/nodes/*"),
                     format!("{bucket}/{base}*/snapshots/*")
                 ]
             }));
@@ -747,6 +748,7 @@ mod tests {
                         "Action": ["s3:GetObject", "s3:GetObjectVersion"],
                         "Resource": [
                             "arn:aws:s3:::acme-backups/vaultline/*/archives/*",
+                            "arn:aws:s3:::acme-backups/vaultline/*/nodes/*",
                             "arn:aws:s3:::acme-backups/vaultline/*/snapshots/*"
                         ]
                     },

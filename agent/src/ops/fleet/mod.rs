@@ -45,9 +45,9 @@ use crate::repo::{Repo, SnapshotRef, snapshot_timestamp, sort_snapshots, valid_s
 
 /// The folder of a host's shipped audit trails (`PREFIX/HOST/audit/TRAIL/…`).
 pub const AUDIT_DIR: &str = "audit";
-/// A job's folders (`PREFIX/HOST/JOB/snapshots/…`, `…/archives/…`); they
-/// tell a job named `audit` from the audit trails.
-pub const JOB_DIRS: [&str; 2] = ["snapshots", "archives"];
+/// A job's folders (`PREFIX/HOST/JOB/snapshots/…`, `…/archives/…`,
+/// `…/nodes/…`); they tell a job named `audit` from the audit trails.
+pub const JOB_DIRS: [&str; 3] = ["snapshots", "archives", "nodes"];
 
 /// What a scan looks for.
 #[derive(Debug, Clone)]
@@ -167,7 +167,7 @@ pub struct JobView {
     pub newest_future_dated: bool,
     /// The id of the manifest recorded last.
     pub newest_manifest: Option<String>,
-    /// Objects under the job (manifests and archives).
+    /// Objects under the job (manifests, archives and node packs).
     pub objects: u64,
     /// Their bytes.
     pub stored_bytes: u64,
@@ -388,6 +388,10 @@ fn place(rest: &str) -> Place<'_> {
             file.strip_suffix(".manifest").filter(|id| valid_snapshot_id(id)),
         ),
         [job, "archives", id, _] => Place::Job(job, valid_snapshot_id(id).then_some(id)),
+        [job, "nodes", file] => Place::Job(
+            job,
+            file.strip_suffix(".nodes").filter(|id| valid_snapshot_id(id)),
+        ),
         [job, dir, ..] if JOB_DIRS.contains(&dir) => Place::Job(job, None),
         [AUDIT_DIR, trail, file] if file.ends_with(".jsonl") => Place::Audit(trail),
         _ => Place::Other,
@@ -847,6 +851,27 @@ mod tests {
             (1, "audit", 14)
         );
         assert_eq!((h.audit_trails.len(), h.audit_bytes), (1, 2));
+    }
+
+    #[test]
+    fn node_packs_count_as_stored_bytes_of_their_job() {
+        let store = MemoryStore::new();
+        snapshot(
+            &store,
+            "h",
+            "etc",
+            "2026-11-22T10:00:00Z",
+            "2026-11-22T10:00:00Z",
+            4,
+        );
+        store.insert("p/h/etc/nodes/20261122T100000Z-00012345.nodes", vec![0; 7]);
+        let repo = Repo::new(Arc::new(store), "p");
+        let fleet = scan(&repo, &options("2026-11-22T12:00:00Z", "1d")).unwrap();
+        let h = &fleet.hosts[0];
+        assert_eq!(
+            (h.jobs.len(), h.jobs[0].snapshots, h.jobs[0].stored_bytes),
+            (1, 1, 4 + 10 + 7)
+        );
     }
 
     #[test]
