@@ -549,3 +549,63 @@ fn restore_leaves_an_existing_directory_as_it_was() {
     .ok();
     assert_eq!(fs::metadata(&existing).unwrap().mode() & 0o7777, 0o777);
 }
+
+/// A file whose PAX header is larger than any path can make it (72 KiB of
+/// user xattrs on tmpfs), placed so its header begins 40 KiB before the
+/// archive's first frame boundary, restored alone: the ranged read planned
+/// for it must reach past its header into the next frame, by the xattrs
+/// the manifest lists.
+#[test]
+fn a_file_with_a_large_pax_header_is_restored_alone() {
+    let shm = Path::new("/dev/shm");
+    let src = tempfile::tempdir_in(shm).unwrap();
+    // The tar stream: the job root's headers, then "a-filler"'s (each a
+    // PAX block, its records and a ustar block: 1536 bytes for these short
+    // names), then "b-tagged"'s header. 4 MiB frames (docs/FORMAT.md §13).
+    let root_headers = 1536u64;
+    let filler_headers = 1536u64;
+    let before_boundary = 40 << 10;
+    let filler = (4u64 << 20) - root_headers - filler_headers - before_boundary;
+    assert_eq!(filler % 512, 0);
+    fs::write(
+        src.path().join("a-filler"),
+        crate::util::noise(filler as usize, 3),
+    )
+    .unwrap();
+    let tagged = src.path().join("b-tagged");
+    fs::write(&tagged, b"tagged content").unwrap();
+    for i in 0..6 {
+        let value = format!("0x{}", hex_of(&crate::util::noise(12000, 10 + i)));
+        let status = Command::new("setfattr")
+            .args(["-n", &format!("user.big{i}"), "-v", &value])
+            .arg(&tagged)
+            .status()
+            .unwrap();
+        assert!(status.success(), "setfattr on tmpfs");
+    }
+    fs::write(src.path().join("c-after"), crate::util::noise(1 << 20, 4)).unwrap();
+
+    let fx = Fixture::with_job("shm", &[src.path()]);
+    fx.run(&["init"]).ok();
+    fx.run(&["backup", "now"]).ok();
+    // Restored onto tmpfs too (ext4 holds at most a block of xattrs).
+    let target = tempfile::tempdir_in(shm).unwrap();
+    let run = fx
+        .run(&[
+            "restore",
+            "latest",
+            tagged.to_str().unwrap(),
+            "--target",
+            target.path().to_str().unwrap(),
+        ])
+        .ok();
+    assert!(!run.stderr.contains("not restored"), "{}", run.stderr);
+    let back = restored(target.path(), src.path()).join("b-tagged");
+    assert_eq!(fs::read(&back).unwrap(), b"tagged content");
+    assert_eq!(xattr_dump(&back), xattr_dump(&tagged));
+    assert!(xattr_dump(&back).contains("user.big5"));
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

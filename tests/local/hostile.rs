@@ -541,3 +541,39 @@ fn a_hostile_manifest_of_any_size_is_refused_in_bounded_memory() {
         }
     }
 }
+
+/// Frame tables that cannot describe the sealed object they come with: a
+/// frame of no bytes, frames longer together than the object. Every reader
+/// refuses them by name before reading any archive.
+#[test]
+fn a_frame_table_that_does_not_fit_its_object_is_refused() {
+    let header = json!({
+        "vaultline_manifest": 2, "snapshot": SNAPSHOT, "host": HOST, "job": JOB, "parent": null,
+        "chain": 0, "full_started": "2026-01-01T00:00:00Z", "started": "2026-01-01T00:00:00Z", "paths": ["/x"],
+    })
+    .to_string();
+    let entry = r#"{"path":"x/f","type":"file","mode":420,"uid":0,"gid":0,"mtime":0,"size":1,"archive":0,"offset":0}"#;
+    let archive = format!("{PREFIX}/{HOST}/{JOB}/archives/{SNAPSHOT}/0.archive");
+    for (case, frames, plain_size) in [
+        ("a frame of no bytes", "[40,0]", 2),
+        ("frames past the object", "[60,60]", 2),
+    ] {
+        let table = format!(
+            r#"{{"archives":[{{"object":"{archive}","snapshot":"{SNAPSHOT}","envelope":{{"provider":"local","key_id":"k","wrapped":"00"}},"size":100,"plain_size":{plain_size},"frame_size":1,"frames":{frames}}}]}}"#
+        );
+        let f = Fixture::new(&format!("[[jobs]]\nname = \"{JOB}\"\npaths = [\"/x\"]\n"));
+        f.init();
+        write_manifest(
+            &f,
+            format!("{header}\n{entry}\n{table}\n{{\"end\":{{}}}}\n").as_bytes(),
+        );
+        let run = f.run(&["verify", "--all"]).code(5);
+        assert!(
+            run.stderr.contains(&format!(
+                "archive {archive} has an impossible frame table (2 frames of 1 bytes for 2 bytes of tar in 100 bytes)"
+            )),
+            "{case}: {}",
+            run.stderr
+        );
+    }
+}

@@ -34,7 +34,7 @@ use crate::error::{IntegrityError, UsageError};
 use crate::pipeline::pipe::{PipeReader, PipeWriter, pipe};
 use crate::repo::manifest::{
     ArchiveRef, ChunkRef, Entry, EntryKind, ManifestEnd, ManifestHeader, ManifestItem, ManifestReader,
-    NodesRef, SegmentReader, SegmentRef,
+    NodesRef, SegmentReader, SegmentRef, Xattrs,
 };
 use crate::repo::{Kind, READ_BUFFER, Repo, SnapshotRef};
 
@@ -644,7 +644,7 @@ impl<'a> SnapshotReader<'a> {
                 }
                 let p = by_index.entry(index).or_insert_with(|| ArchivePlan::new(archive));
                 p.entries += 1;
-                let hi = member_end(offset, e.size, archive.plain_size);
+                let hi = member_end(offset, e.size, &e.xattrs, archive.plain_size);
                 let at = reach.entry(index).or_insert(0);
                 if offset >= *at {
                     p.mark(offset, hi);
@@ -792,7 +792,7 @@ impl<'a> SnapshotReader<'a> {
                         anyhow!("{}: archive {index} was not planned for", e.path.display())
                     })?;
                     walked.bytes += e.size;
-                    let hi = member_end(offset, e.size, self.archive(index)?.plain_size);
+                    let hi = member_end(offset, e.size, &e.xattrs, self.archive(index)?.plain_size);
                     if cursor.can_read(offset, hi) {
                         cursor.entry(&e, offset, visit)?;
                     } else {
@@ -1038,10 +1038,18 @@ fn read_member(
 
 /// The plain byte after the frames a member at `offset` of `size` bytes
 /// may reach (its headers included), within an archive of `plain` bytes.
-fn member_end(offset: u64, size: u64, plain: u64) -> u64 {
+/// `xattrs`: the entry's extended attributes, which its PAX header carries
+/// on top of the paths (each as a record of its name and value, ACLs as
+/// text: never more than 8 bytes of header for a byte of value).
+fn member_end(offset: u64, size: u64, xattrs: &Xattrs, plain: u64) -> u64 {
+    let attributes: u64 = xattrs
+        .iter()
+        .map(|(name, value)| 64 + 2 * name.len() as u64 + 8 * value.0.len() as u64)
+        .sum();
     offset
         .saturating_add(size)
         .saturating_add(TAR_SLACK + 1)
+        .saturating_add(attributes)
         .min(plain)
 }
 

@@ -923,7 +923,8 @@ impl<R: Read> ManifestReader<R> {
             };
             if !(1..=64 << 20).contains(&a.frame_size)
                 || a.frames.len() as u64 != expected
-                || a.frames.len() as u64 > a.size
+                || a.frames.contains(&0)
+                || a.frames.iter().map(|&l| u64::from(l)).sum::<u64>() > a.size
             {
                 return Err(IntegrityError(format!(
                     "manifest {}: archive {} has an impossible frame table ({} frames of {} bytes for {} bytes of \
