@@ -15,6 +15,7 @@ mod concurrency;
 mod config_errors;
 mod errors;
 mod filesystem;
+mod format_reader;
 mod hostile;
 mod keys;
 mod monitoring;
