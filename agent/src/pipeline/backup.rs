@@ -835,6 +835,7 @@ fn write_tar(
                 report.reused += 1;
                 // Exactly the parent's entry: its segment may be shared.
                 let same = (entry == prev).then_some(p.ordinal);
+                let before = same.map(|_| (p.stat, p.raw));
                 return finish_entry(
                     sinks,
                     &mut links,
@@ -845,6 +846,7 @@ fn write_tar(
                         looked_at,
                         unchanged: same,
                         ids: p.ids,
+                        before,
                     },
                     report,
                     progress,
@@ -965,6 +967,7 @@ fn write_tar(
                                 stat,
                                 looked_at,
                                 unchanged: None,
+                                before: None,
                                 ids,
                             },
                             report,
@@ -1017,6 +1020,7 @@ fn write_tar(
                     stat,
                     looked_at,
                     unchanged: None,
+                    before: None,
                     ids: Vec::new(),
                 },
                 report,
@@ -1229,6 +1233,8 @@ struct Recorded {
     unchanged: Option<u64>,
     /// Its chunks' names.
     ids: Vec<ChunkId>,
+    /// The parent's record line and stat, when the entry is the parent's.
+    before: Option<(Stat, Vec<u8>)>,
 }
 
 /// Records a walked entry in the tree listing and the new local record,
@@ -1247,6 +1253,7 @@ fn finish_entry(
         looked_at,
         unchanged,
         ids,
+        before,
     } = recorded;
     if entry.linked
         && let Some(key) = link_key
@@ -1289,7 +1296,10 @@ fn finish_entry(
     } else {
         stat
     };
-    sinks.record.entry(&entry, recorded, &ids)?;
+    match before {
+        Some((stat, raw)) if stat == recorded => sinks.record.entry_as_before(&raw)?,
+        _ => sinks.record.entry(&entry, recorded, &ids)?,
+    }
     progress.add(entry.size, 1);
     Ok(())
 }

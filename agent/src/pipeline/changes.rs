@@ -93,6 +93,15 @@ impl Stat {
     }
 }
 
+/// [`Line`] as written: borrows the entry (a run writes one per entry).
+#[derive(Serialize)]
+struct LineOut<'a> {
+    e: &'a Entry,
+    s: Stat,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    c: Vec<(ChunkRef, String)>,
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Line {
@@ -144,6 +153,9 @@ pub struct Prev {
     pub ordinal: u64,
     /// The names of its chunks, in order.
     pub ids: Vec<ChunkId>,
+    /// Its line in the record, as read: what the next record holds for it
+    /// again when neither the entry nor its stat changed.
+    pub raw: Vec<u8>,
 }
 
 impl Record {
@@ -214,6 +226,7 @@ impl Record {
                 stat: l.s,
                 ordinal: self.ordinal,
                 ids,
+                raw: line,
             });
             self.ordinal += 1;
         }
@@ -333,7 +346,9 @@ impl Record {
 
 /// The record being written by a run.
 pub struct RecordWriter {
-    out: Option<zstd::stream::write::Encoder<'static, BufWriter<File>>>,
+    /// Lines are gathered in the outer buffer and handed to zstd 64 KiB
+    /// at a time (a call per JSON token costs more than compressing).
+    out: Option<BufWriter<zstd::stream::write::Encoder<'static, BufWriter<File>>>>,
     temp: PathBuf,
     state_dir: PathBuf,
     job: String,
@@ -350,10 +365,10 @@ impl RecordWriter {
         let file = crate::state::create_new(&temp, crate::state::PRIVATE)
             .with_context(|| format!("cannot create {}", temp.display()))?;
         Ok(RecordWriter {
-            out: Some(zstd::stream::write::Encoder::new(
-                BufWriter::with_capacity(1 << 16, file),
-                1,
-            )?),
+            out: Some(BufWriter::with_capacity(
+                1 << 16,
+                zstd::stream::write::Encoder::new(BufWriter::with_capacity(1 << 16, file), 1)?,
+            )),
             temp,
             state_dir: state_dir.to_path_buf(),
             job: job.to_string(),
@@ -368,8 +383,8 @@ impl RecordWriter {
             .ok_or_else(|| anyhow::anyhow!("the record was committed already"))?;
         serde_json::to_writer(
             &mut *out,
-            &Line {
-                e: entry.clone(),
+            &LineOut {
+                e: entry,
                 s: stat,
                 c: entry
                     .chunks
@@ -383,6 +398,19 @@ impl RecordWriter {
         Ok(())
     }
 
+    /// Appends an entry that is exactly its parent's, stat included, as the
+    /// parent's record line `raw` (written again byte for byte: parsing
+    /// gave this entry and stat from it).
+    pub fn entry_as_before(&mut self, raw: &[u8]) -> Result<()> {
+        let out = self
+            .out
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("the record was committed already"))?;
+        out.write_all(raw)?;
+        out.write_all(b"\n")?;
+        Ok(())
+    }
+
     /// Makes this the job's record (after the snapshot committed): the
     /// entries file goes into place, then the header that names it, then
     /// older entries files go.
@@ -391,6 +419,8 @@ impl RecordWriter {
             .out
             .take()
             .ok_or_else(|| anyhow::anyhow!("the record was committed already"))?
+            .into_inner()
+            .map_err(|e| e.into_error())?
             .finish()?;
         let file = file.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
