@@ -11,7 +11,8 @@
 #    .log files, 64 KiB overwritten in the middle of the 3 largest files;
 #    a second backup by each tool. Reported: bytes each repository grew by.
 # 3. A run with nothing changed, timed beside `find DIR -printf '%s\n'` (a
-#    scandir + lstat of every entry) in alternation (3 pairs, medians), and
+#    scandir + lstat of every entry in C) and bench/walk.py (the same in
+#    Python, the issue's baseline) in alternation (3 rounds, medians), and
 #    the bytes it stored; the same on a tree of SMALL_FILES small files.
 #    Peak RSS of both no-change runs (flat in the tree's size?).
 # 4. With VAULTLINE_BASELINE=/path/to/an/older/vaultline: the full backup
@@ -140,9 +141,10 @@ $have_restic && r1=$(du_b "$run/restic")
 $have_borg && b1=$(du_b "$run/borg")
 
 echo "==> no-change runs beside a scandir + lstat walk (3 alternated pairs)"
-walk_times=(); idle_times=()
+walk_times=(); py_times=(); idle_times=()
 for _ in 1 2 3; do
     walk_times+=("$(secs find "$run/src" -printf '%s\n')")
+    py_times+=("$(secs python3 bench/walk.py "$run/src")")
     idle_times+=("$(secs "${VL[@]}" --json backup now)")
 done
 "${VL[@]}" --json backup now >"$run/vl-idle.json"
@@ -168,9 +170,10 @@ VM=("$vl" --config "$run/many/config.toml")
 "${VM[@]}" init >/dev/null
 "${VM[@]}" --json backup now >"$run/many-full.json"
 sleep 1
-many_walk=(); many_idle=()
+many_walk=(); many_py=(); many_idle=()
 for _ in 1 2 3; do
     many_walk+=("$(secs find "$run/many/src" -printf '%s\n')")
+    many_py+=("$(secs python3 bench/walk.py "$run/many/src")")
     many_idle+=("$(secs "${VM[@]}" --json backup now)")
 done
 "${VM[@]}" --json backup now >"$run/many-idle.json"
@@ -217,15 +220,15 @@ for pair in "${snapshot_copies[@]}"; do
     echo "   $id: identical"
 done
 
-wm=$(median "${walk_times[@]}"); im=$(median "${idle_times[@]}")
-mwm=$(median "${many_walk[@]}"); mim=$(median "${many_idle[@]}")
+wm=$(median "${walk_times[@]}"); im=$(median "${idle_times[@]}"); pm=$(median "${py_times[@]}")
+mwm=$(median "${many_walk[@]}"); mim=$(median "${many_idle[@]}"); mpm=$(median "${many_py[@]}")
 echo
 echo "corpus: $files files, $bytes bytes (make-corpus.sh $size $seed, then mutate-corpus.sh 5 $seed)"
 echo "bytes added by the workload run:"
 echo "  vaultline: $((vl1 - vl0))"
 $have_restic && echo "  restic:    $((r1 - r0)) (vaultline/restic = $(ratio $((vl1 - vl0)) $((r1 - r0))))"
 $have_borg && echo "  borg:      $((b1 - b0)) (vaultline/borg = $(ratio $((vl1 - vl0)) $((b1 - b0))))"
-echo "no-change run, $entries entries:     ${im}s vs walk ${wm}s = $(ratio "$im" "$wm")x; stored $idle_stored bytes; peak RSS $((idle_rss / 1024)) MiB"
-echo "no-change run, $small small files: ${mim}s vs walk ${mwm}s = $(ratio "$mim" "$mwm")x; stored $many_stored bytes; peak RSS $((many_rss / 1024)) MiB"
+echo "no-change run, $entries entries:     ${im}s vs find ${wm}s = $(ratio "$im" "$wm")x, vs python scandir+lstat ${pm}s = $(ratio "$im" "$pm")x; stored $idle_stored bytes; peak RSS $((idle_rss / 1024)) MiB"
+echo "no-change run, $small small files: ${mim}s vs find ${mwm}s = $(ratio "$mim" "$mwm")x, vs python scandir+lstat ${mpm}s = $(ratio "$mim" "$mpm")x; stored $many_stored bytes; peak RSS $((many_rss / 1024)) MiB"
 for l in "${baseline_lines[@]}"; do echo "$l"; done
 echo "every snapshot restored identical: ${#snapshot_copies[@]}"
