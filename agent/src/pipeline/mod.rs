@@ -21,10 +21,12 @@
 
 pub mod backup;
 pub mod changes;
+pub mod child;
 pub mod chunks;
 pub mod extract;
 pub mod frames;
 pub mod fsmeta;
+pub mod hooks;
 pub mod pipe;
 pub mod snapshot;
 pub mod tar;
