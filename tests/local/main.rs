@@ -17,6 +17,7 @@ mod errors;
 mod filesystem;
 mod hostile;
 mod keys;
+mod live;
 mod monitoring;
 mod output;
 mod packaging;

@@ -389,7 +389,12 @@ fn check_commands_file(config: &Config) -> Result<()> {
         return Ok(());
     }
     let file = &config.file;
-    let dir = file.parent().unwrap_or(std::path::Path::new("/"));
+    // (A file named without a directory, `--config config.toml`, is in `.`.)
+    let dir = match file.parent() {
+        Some(d) if d.as_os_str().is_empty() => std::path::Path::new("."),
+        Some(d) => d,
+        None => std::path::Path::new("/"),
+    };
     for (path, what) in [(file.as_path(), "file"), (dir, "directory")] {
         let meta = std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
         let problem = if meta.uid() != 0 {

@@ -92,10 +92,9 @@ fn before(job: &Job, host: &str, snapshot: &str, cancel: &AtomicBool) -> Result<
     let Some(command) = &job.hooks.before else {
         return Ok(());
     };
-    let what = format!("the before hook of job {}", job.name);
     tracing::info!("job {}: running its before hook", job.name);
     let f = child::run(&Spec {
-        what: what.clone(),
+        what: format!("the before hook of job {}", job.name),
         command,
         env: env(job, host, "before", snapshot),
         timeout: Some(Duration::from_secs(job.hooks.timeout_secs)),
@@ -105,8 +104,9 @@ fn before(job: &Job, host: &str, snapshot: &str, cancel: &AtomicBool) -> Result<
         return Err(Interrupted(None).into());
     }
     if !f.success() {
+        // (The status and the error name the job already.)
         return Err(HookFailed(format!(
-            "{what} {}{}: the run did not start, nothing was read or uploaded",
+            "the before hook {}{}: the run did not start, nothing was read or uploaded",
             f.outcome(),
             f.stderr_note()
         ))
@@ -126,19 +126,18 @@ fn after(job: &Job, host: &str, snapshot: &str, status: &str) -> Result<()> {
     let Some(command) = &job.hooks.after else {
         return Ok(());
     };
-    let what = format!("the after hook of job {}", job.name);
     tracing::info!("job {}: running its after hook (the run {status})", job.name);
     let mut env = env(job, host, "after", snapshot);
     env.push(("VAULTLINE_STATUS", status.to_string()));
     let f = child::run(&Spec {
-        what: what.clone(),
+        what: format!("the after hook of job {}", job.name),
         command,
         env,
         timeout: Some(Duration::from_secs(job.hooks.timeout_secs)),
         cancel: None,
     })?;
     if !f.success() {
-        return Err(HookFailed(format!("{what} {}{}", f.outcome(), f.stderr_note())).into());
+        return Err(HookFailed(format!("the after hook {}{}", f.outcome(), f.stderr_note())).into());
     }
     tracing::info!(
         "job {}: after hook done in {:.1}s",

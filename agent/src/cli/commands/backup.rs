@@ -424,7 +424,7 @@ fn run_stdin(app: &App, args: &BackupStdinArgs) -> Result<()> {
     };
     recorder.finish(&outcome, keys.usage())?;
     let report = result?;
-    app.out.result(&Reported::from(&report), || describe(&report))?;
+    app.out.summary(&Reported::from(&report), || describe(&report))?;
     Ok(())
 }
 
