@@ -146,6 +146,14 @@ fn command_sources_are_streamed_into_the_snapshot_and_restored_exactly() {
             )
         ),
     );
+    // A dry run lists the command sources; it runs none.
+    let dry = f.run(&["backup", "--dry-run"]).ok();
+    assert!(
+        dry.stdout
+            .contains("  + /vaultline-streams/postgres/app.dump  (command source)\n"),
+        "{}",
+        dry.stdout
+    );
     let tmp = f.path().join("tmp");
     fs::create_dir_all(&tmp).unwrap();
     let out = f

@@ -21,6 +21,15 @@
 //! failure or crash at any point leaves no manifest, and the pending
 //! leftovers are removed by the next run of the job (which holds its lock);
 //! a committed archive without a manifest is an orphan for `forget`.
+//!
+//! Streams — the job's command sources, or `backup stdin`'s pipe — are
+//! files below `/vaultline-streams` (docs/FORMAT.md §14.3), emitted at their
+//! place in walk order between the walk's entries (`Tree`) so the join
+//! with the record stays in order. Each is read once, as it comes, through
+//! the content-defined chunker (`store_chunks` with no size known): no
+//! spool, no plaintext on disk, memory of a fixed size. A command's exit
+//! status decides whether its file is listed (a failed one is reported and
+//! left out, like an unreadable file).
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;

@@ -10,7 +10,7 @@
 //! `after` runs whatever happened — success, failure, a failed `before`, an
 //! interruption (SIGINT, SIGTERM) — and is told which in
 //! `VAULTLINE_STATUS`. Each hook runs with `sh -c` in a process group of
-//! its own ([`child`](crate::pipeline::child)), its output logged.
+//! its own ([`child`]), its output logged.
 //!
 //! Environment: `VAULTLINE_JOB`, `VAULTLINE_HOST`, `VAULTLINE_HOOK`
 //! (`before` or `after`), `VAULTLINE_SNAPSHOT` (in `before`: the id the

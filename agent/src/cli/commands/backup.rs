@@ -528,6 +528,14 @@ fn dry_run(app: &App, jobs: &[&vaultline_config::Job]) -> Result<()> {
             |s| skipped.push(s),
             |s| excluded.push(s),
         )?;
+        // Command sources are not run: what they would write is unknown.
+        for c in &job.commands {
+            r.archive.push(DryEntry {
+                path: vaultline_config::stream_path(&c.name).display().to_string(),
+                kind: "command source",
+                size: None,
+            });
+        }
         r.excluded = excluded.into_iter().map(left_out).collect();
         for s in skipped {
             if s.is_error {
