@@ -356,6 +356,32 @@ fn a_failing_before_hook_uploads_nothing_and_after_still_runs() {
     assert_eq!(s["last_run"]["error"], error);
 }
 
+/// An `after` hook that fails once the snapshot is committed leaves the
+/// snapshot as it is (it verifies) and makes the run incomplete (exit 4),
+/// naming the hook and the end of its standard error.
+#[test]
+fn a_failing_after_hook_leaves_the_snapshot_and_makes_the_run_incomplete() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("conf"), b"x\n").unwrap();
+    let f = db_job(
+        &[&src],
+        &format!("[jobs.hooks]\nafter = {}\n", q("echo 'cannot thaw' >&2; exit 1")),
+    );
+    let run = f.run(&["-q", "backup", "now"]).code(4);
+    let id = newest(&f);
+    assert_eq!(
+        last_line(&run.stderr),
+        format!(
+            "error: backup incomplete: job db: snapshot {id} is committed, but the after hook exited with status \
+             1; its standard error ends: \"cannot thaw\" (listed above)"
+        )
+    );
+    assert_eq!(status(&f)["last_run"]["result"], "incomplete");
+    f.run(&["verify", &id, "--job", "db"]).ok();
+}
+
 /// A hook that outlives its timeout is killed with everything it started
 /// (its process group), and the run does not start.
 #[test]
