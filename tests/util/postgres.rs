@@ -81,12 +81,17 @@ pub struct Cluster {
 impl Cluster {
     /// Creates and starts a cluster.
     pub fn start(bin: &Path) -> Cluster {
-        let dir = tempfile::Builder::new()
-            .prefix("vaultline-pg-")
-            .tempdir()
-            .expect("tempdir");
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
         let user = server_user();
+        // Another user's server must reach its directory: under /tmp, not
+        // under a TMPDIR that may be private to root.
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("vaultline-pg-");
+        let dir = match user {
+            Some(_) => builder.tempdir_in("/tmp"),
+            None => builder.tempdir(),
+        }
+        .expect("tempdir");
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
         let data = dir.path().join("data");
         let socket_dir = dir.path().join("sock");
         for d in [&data, &socket_dir] {
