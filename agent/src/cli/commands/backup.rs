@@ -357,7 +357,17 @@ fn run_stdin(app: &App, args: &BackupStdinArgs) -> Result<()> {
         "stdin-started",
         serde_json::json!({ "job": job.name, "path": path }),
     )?;
-    let keys = app.keys()?;
+    let keys = match app.keys() {
+        Ok(keys) => keys,
+        Err(e) => {
+            recorder.event(
+                "job-failed",
+                serde_json::json!({ "job": job.name, "stream": path, "error": format!("{e:#}") }),
+            )?;
+            recorder.finish(&format!("{e:#}"), serde_json::Value::Null)?;
+            return Err(e);
+        }
+    };
     let result = (|| -> Result<BackupReport> {
         app.repo.check_key(keys.as_ref())?;
         let gate = crate::cli::commands::audit::gate(app, &recorder)?;
@@ -411,6 +421,15 @@ fn run_stdin(app: &App, args: &BackupStdinArgs) -> Result<()> {
                     .collect::<Vec<_>>(),
                 "bytes_read": r.archived_bytes,
                 "bytes_stored": r.bytes_stored,
+            }),
+        )?,
+        Err(e) if e.chain().any(|c| c.is::<Interrupted>()) => recorder.event(
+            "job-interrupted",
+            serde_json::json!({
+                "job": job.name,
+                "stream": path,
+                "signal": crate::cli::interrupt::signal().unwrap_or("a signal"),
+                "committed": false,
             }),
         )?,
         Err(e) => recorder.event(
