@@ -113,6 +113,37 @@ fn the_packaged_example_config_is_valid() {
     assert!(job.exclude.is_excluded(Path::new("/etc/.x.swp")));
 }
 
+/// The example's hooks, command sources and map, uncommented, are a valid
+/// configuration that says what their comments say.
+#[test]
+fn the_example_s_live_service_settings_are_valid_once_uncommented() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/vaultline.toml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let at = text
+        .find("# [jobs.hooks]")
+        .expect("the example shows [jobs.hooks]");
+    let uncommented: String = text[at..]
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if rest.starts_with('[') || rest.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')) =>
+            {
+                rest
+            }
+            _ => l,
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let c = Config::parse(&format!("{}{uncommented}", &text[..at]), &example, &env()).unwrap();
+    let job = c.job("etc").unwrap();
+    assert_eq!(job.hooks.before.as_deref(), Some("/etc/vaultline/hooks/snapshot"));
+    assert_eq!(job.hooks.timeout_secs, 300);
+    assert_eq!(job.commands.len(), 1);
+    assert_eq!(job.commands[0].name, "postgres/app.dump");
+    assert_eq!(job.commands[0].timeout_secs, Some(14400));
+    assert_eq!(job.source_of(Path::new("/etc")), Path::new("/mnt/vaultline/etc"));
+}
+
 #[test]
 fn lifecycle_rules_must_keep_history_as_long_as_the_jobs_do() {
     let floor = |jobs: &str| {
