@@ -592,6 +592,44 @@ fn backup_stdin_makes_a_snapshot_of_one_file_and_the_chain_goes_on() {
     assert_eq!(next[0]["parent"], first.as_str(), "the chain goes on: {next}");
     assert_eq!(next[0]["full_reason"], Value::Null, "{next}");
 
+    // SIGTERM while the pipe still flows: nothing is committed, exit 130.
+    let before = f.objects(".manifest").len();
+    let mut child = f
+        .command(&["backup", "stdin", "db", "late.sql"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        let block = noise(MIB, 9);
+        // Until vaultline stops reading (a broken pipe), at most 10 s.
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if std::io::Write::write_all(&mut input, &block).is_err() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(feeder.join().unwrap(), "vaultline read the pipe to its end");
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(f.objects(".manifest").len(), before, "a snapshot was committed");
+
     let run = f
         .command(&["backup", "stdin", "db", "../etc/passwd"])
         .stdin(Stdio::piped())

@@ -1453,8 +1453,21 @@ impl Tree<'_, '_> {
                     .stdin
                     .take()
                     .ok_or_else(|| anyhow!("{shown}: no stream to read"))?;
-                let stored =
-                    store_chunks(to.sinks, &mut entry, source, None, to.report, to.progress, &shown)?;
+                // A signal stops the reading at the next block, not at the
+                // end of a pipe that may be long.
+                let mut source = Cancellable {
+                    inner: source,
+                    cancel: to.cancel,
+                };
+                let stored = store_chunks(
+                    to.sinks,
+                    &mut entry,
+                    &mut source,
+                    None,
+                    to.report,
+                    to.progress,
+                    &shown,
+                )?;
                 if to.cancel.load(Ordering::Relaxed) {
                     return Err(Interrupted(None).into());
                 }
@@ -1483,6 +1496,21 @@ impl Tree<'_, '_> {
             to.report,
             to.progress,
         )
+    }
+}
+
+/// A stream that stops (with an error) once the run is interrupted.
+struct Cancellable<'a, 'r> {
+    inner: &'a mut (dyn Read + 'r),
+    cancel: &'a AtomicBool,
+}
+
+impl Read for Cancellable<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(io::Error::other(Interrupted(None)));
+        }
+        self.inner.read(buf)
     }
 }
 
