@@ -777,6 +777,28 @@ fn hooks_and_command_sources_need_a_configuration_only_root_can_change() {
     );
 }
 
+/// Regression: run as root, a configuration named without a directory
+/// (`--config config.toml`) that holds commands was refused with `cannot
+/// stat : No such file or directory` (its directory is `.`).
+#[test]
+fn a_configuration_named_without_a_directory_may_hold_commands() {
+    if !root_or_explain("a_configuration_named_without_a_directory_may_hold_commands") {
+        return;
+    }
+    let f = db_job(&[], &command_source("a.sql", "echo a"));
+    let out = Command::new(crate::util::vaultline_bin())
+        .args(["--config", "config.toml", "-q", "backup", "now"])
+        .current_dir(f.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", f.home())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(listed(&f), ["/vaultline-streams", "/vaultline-streams/a.sql"]);
+}
+
 /// Row count, highest id and a checksum of every row of table `t1` with
 /// `id <= upto`, and the same of `t2`, and the writer's counter.
 fn table_state(c: &Cluster, db: &str, upto: i64) -> (String, String, String) {
