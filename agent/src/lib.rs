@@ -15,7 +15,8 @@
 //!  │         job status files and metrics, the hash-chained audit trail;
 //!  │         the fleet view of every host in a shared bucket
 //!  ▼
-//! pipeline   the engine: walk + tar + frames + change detection → backup;
+//! pipeline   the engine: walk + tar + frames + change detection → backup,
+//!  │         between a job's hooks, with its command sources streamed in;
 //!  │         snapshot reading → thaw → extract → restore
 //!  ▼
 //! repo       the repository: layout and marker, manifests, retention,

@@ -28,16 +28,17 @@ use std::path::{Path, PathBuf};
 pub use cron::Schedule;
 pub use error::{ConfigError, Problem};
 pub use model::{
-    Agent, Aws, CHECKS, CheckPolicy, ChecksumPolicy, Config, Excludes, Hardening, Job,
-    KEEP_EVERYTHING_FLOOR_DAYS, KeyConfig, KeyStorage, Lifecycle, ObjectLock, OnChange, Repository,
-    Retention, RetentionFloor, S3Repository, StorageClass, Tag,
+    Agent, Aws, CHECKS, CheckPolicy, ChecksumPolicy, CommandSource, Config, Excludes, Hardening, Hooks, Job,
+    KEEP_EVERYTHING_FLOOR_DAYS, KeyConfig, KeyStorage, Lifecycle, MAX_STREAM_NAME, ObjectLock, OnChange,
+    PathMap, Repository, Retention, RetentionFloor, S3Repository, STREAMS_ROOT, StorageClass, Tag,
+    check_stream_name, stream_path,
 };
 pub use pattern::{PatternError, Patterns};
 pub use validate::{
-    DEFAULT_COMPRESSION_LEVEL, DEFAULT_FULL_EVERY_DAYS, DEFAULT_FULL_EVERY_RUNS, DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_PART_SIZE_MIB, DEFAULT_PARTS_IN_FLIGHT, DEFAULT_PREFIX, DEFAULT_RESTORE_DAYS,
-    DEFAULT_RESTORE_TIER, DEFAULT_TIER_TAG, DEFAULT_TIMEOUT_SECS, ROOT_METRICS_FILE, ROOT_STATE_DIR,
-    valid_kms_key_arn,
+    DEFAULT_COMPRESSION_LEVEL, DEFAULT_FULL_EVERY_DAYS, DEFAULT_FULL_EVERY_RUNS, DEFAULT_HOOK_TIMEOUT_SECS,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_PART_SIZE_MIB, DEFAULT_PARTS_IN_FLIGHT, DEFAULT_PREFIX,
+    DEFAULT_RESTORE_DAYS, DEFAULT_RESTORE_TIER, DEFAULT_TIER_TAG, DEFAULT_TIMEOUT_SECS, ROOT_METRICS_FILE,
+    ROOT_STATE_DIR, valid_kms_key_arn,
 };
 
 use error::LineIndex;

@@ -302,6 +302,144 @@ pub struct Job {
     pub full_every_days: u32,
     /// S3 Object Lock retention for every object of each snapshot.
     pub object_lock: Option<ObjectLock>,
+    /// Commands run before and after each run (`[jobs.hooks]`).
+    pub hooks: Hooks,
+    /// Commands whose standard output is backed up as a file of the
+    /// snapshot (`[[jobs.commands]]`), in file order.
+    pub commands: Vec<CommandSource>,
+    /// Where some of `paths` are read from (`[[jobs.map]]`): a file-system
+    /// snapshot mounted elsewhere, recorded under the original path.
+    pub map: Vec<PathMap>,
+}
+
+impl Job {
+    /// Where `path` (one of the job's paths) is read from: its mapping's
+    /// `from`, or itself.
+    pub fn source_of<'p>(&'p self, path: &'p Path) -> &'p Path {
+        self.map
+            .iter()
+            .find(|m| m.to == path)
+            .map_or(path, |m| m.from.as_path())
+    }
+
+    /// Whether the job holds commands vaultline runs (hooks, command
+    /// sources), listed for messages (`jobs "db" hooks.before`).
+    pub fn commands_run(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let at = |what: &str| format!("jobs {:?} {what}", self.name);
+        if self.on_failure.is_some() {
+            out.push(at("on-failure"));
+        }
+        if self.hooks.before.is_some() {
+            out.push(at("hooks.before"));
+        }
+        if self.hooks.after.is_some() {
+            out.push(at("hooks.after"));
+        }
+        if !self.commands.is_empty() {
+            out.push(at("commands"));
+        }
+        out
+    }
+}
+
+/// Where the files of command sources and of `backup stdin` are placed in
+/// a snapshot: `/vaultline-streams/NAME`. Restores select them by that path.
+pub const STREAMS_ROOT: &str = "/vaultline-streams";
+
+/// The path in a snapshot of the stream named `name` (a valid name, see
+/// [`check_stream_name`]).
+pub fn stream_path(name: &str) -> PathBuf {
+    Path::new(STREAMS_ROOT).join(name)
+}
+
+/// Longest stream name, in bytes.
+pub const MAX_STREAM_NAME: usize = 1024;
+
+/// Checks a stream's name (a command source's `name`, or `backup stdin`'s
+/// NAME): a relative path of non-empty components, none `.` or `..`, each
+/// at most 255 bytes, at most [`MAX_STREAM_NAME`] bytes in all, without
+/// control characters. Says what is wrong.
+pub fn check_stream_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name.len() > MAX_STREAM_NAME {
+        return Err(format!("{name:?} is too long: at most {MAX_STREAM_NAME} bytes"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("{name:?} must not contain control characters"));
+    }
+    if name.starts_with('/') {
+        return Err(format!(
+            "{name:?} must be a relative path (it is placed under {STREAMS_ROOT}/)"
+        ));
+    }
+    if name.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+        return Err(format!("{name:?} must not contain empty, `.` or `..` components"));
+    }
+    if name.split('/').any(|c| c.len() > 255) {
+        return Err(format!("{name:?} has a component longer than 255 bytes"));
+    }
+    Ok(())
+}
+
+/// `[jobs.hooks]`: commands run (through `sh -c`) around each run of the
+/// job, under its lock: `before` (a failure stops the run) and `after`
+/// (always, whatever the run's outcome).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Hooks {
+    /// Run before anything is read; a failure stops the run.
+    pub before: Option<String>,
+    /// Run after the run, whatever its outcome.
+    pub after: Option<String>,
+    /// Seconds each hook may take before its process group is killed.
+    pub timeout_secs: u64,
+}
+
+/// Command lines are not shown by `Debug`: they may hold a password.
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hooks")
+            .field("before", &self.before.as_ref().map(|_| "[command]"))
+            .field("after", &self.after.as_ref().map(|_| "[command]"))
+            .field("timeout_secs", &self.timeout_secs)
+            .finish()
+    }
+}
+
+/// `[[jobs.commands]]`: a command whose standard output is backed up as
+/// the file [`stream_path`]`(name)` of each snapshot.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CommandSource {
+    /// Its name: a relative path (see [`check_stream_name`]).
+    pub name: String,
+    /// The command, run through `sh -c`.
+    pub command: String,
+    /// Seconds it may take before its process group is killed; `None`: no
+    /// limit.
+    pub timeout_secs: Option<u64>,
+}
+
+/// Command lines are not shown by `Debug`: they may hold a password.
+impl std::fmt::Debug for CommandSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandSource")
+            .field("name", &self.name)
+            .field("command", &"[command]")
+            .field("timeout_secs", &self.timeout_secs)
+            .finish()
+    }
+}
+
+/// `[[jobs.map]]`: the job's path `to` is read from `from` (a file-system
+/// snapshot's mount point) and recorded as `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathMap {
+    /// Where the files are read.
+    pub from: PathBuf,
+    /// The job's path they are recorded under.
+    pub to: PathBuf,
 }
 
 /// `[jobs.object-lock]`.

@@ -177,7 +177,8 @@ pub(crate) struct RawHardening {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub(crate) struct RawJob {
     pub name: Spanned<String>,
-    pub paths: Spanned<Vec<Spanned<String>>>,
+    /// Optional only for a job that has command sources.
+    pub paths: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub exclude: Vec<Spanned<String>>,
     pub one_file_system: Option<bool>,
@@ -193,6 +194,37 @@ pub(crate) struct RawJob {
     pub full_every_runs: Option<Spanned<i64>>,
     pub full_every_days: Option<Spanned<i64>>,
     pub object_lock: Option<Spanned<RawObjectLock>>,
+    pub hooks: Option<Spanned<RawHooks>>,
+    #[serde(default)]
+    pub commands: Vec<Spanned<RawCommand>>,
+    #[serde(default)]
+    pub map: Vec<Spanned<RawMap>>,
+}
+
+/// `[jobs.hooks]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawHooks {
+    pub before: Option<Spanned<String>>,
+    pub after: Option<Spanned<String>>,
+    pub timeout_secs: Option<Spanned<i64>>,
+}
+
+/// `[[jobs.commands]]`: a command whose output is backed up as a file.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawCommand {
+    pub name: Spanned<String>,
+    pub command: Spanned<String>,
+    pub timeout_secs: Option<Spanned<i64>>,
+}
+
+/// `[[jobs.map]]`: where one of the job's paths is read from.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct RawMap {
+    pub from: Spanned<String>,
+    pub to: Spanned<String>,
 }
 
 #[derive(Deserialize)]

@@ -28,6 +28,8 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 pub const DEFAULT_TIMEOUT_SECS: u64 = 120;
 /// zstd level when a job gives none: zstd's own default.
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+/// Seconds a hook may run before it is killed.
+pub const DEFAULT_HOOK_TIMEOUT_SECS: u64 = 300;
 /// A full archive at least every this many runs.
 pub const DEFAULT_FULL_EVERY_RUNS: u32 = 30;
 /// … or when the last full is this many days old.
@@ -229,14 +231,23 @@ pub(crate) fn validate(
         }
 
         let mut paths: Vec<PathBuf> = Vec::new();
-        if job.paths.get_ref().is_empty() {
-            c.report(
-                Some(job.paths.span()),
-                format!("{at}.paths"),
-                "at least one path is required",
-            );
+        // A job may consist of command sources alone; any other needs a path.
+        let no_paths: Vec<Spanned<String>> = Vec::new();
+        let raw_paths = job.paths.as_ref().map_or(&no_paths, |p| p.get_ref());
+        match &job.paths {
+            None if job.commands.is_empty() => {
+                c.report(Some(raw_job.span()), at.clone(), "missing key `paths`");
+            }
+            Some(p) if p.get_ref().is_empty() && job.commands.is_empty() => {
+                c.report(
+                    Some(p.span()),
+                    format!("{at}.paths"),
+                    "at least one path is required (or a command source, [[jobs.commands]])",
+                );
+            }
+            _ => {}
         }
-        for (k, p) in job.paths.get_ref().iter().enumerate() {
+        for (k, p) in raw_paths.iter().enumerate() {
             let here = format!("{at}.paths[{k}]");
             let Some(path) = c.absolute_path(p, &here) else {
                 continue;
@@ -428,6 +439,9 @@ pub(crate) fn validate(
                 days: days as u32,
             })
         });
+        let hooks = hooks(&mut c, job.hooks.as_ref(), &at);
+        let commands = commands(&mut c, &job.commands, &paths, raw_paths, &at);
+        let map = path_map(&mut c, &job.map, &paths, &at);
         jobs.push(Job {
             name: name.clone(),
             paths,
@@ -445,6 +459,9 @@ pub(crate) fn validate(
             full_every_runs,
             full_every_days,
             object_lock,
+            hooks,
+            commands,
+            map,
         });
     }
 
@@ -469,6 +486,171 @@ pub(crate) fn validate(
         c.problems.sort_by_key(|p| (p.line, p.column));
         Err(c.problems)
     }
+}
+
+/// `[jobs.hooks]`.
+fn hooks(c: &mut Checker<'_>, raw: Option<&Spanned<RawHooks>>, at: &str) -> Hooks {
+    let Some(raw) = raw.map(Spanned::get_ref) else {
+        return Hooks {
+            before: None,
+            after: None,
+            timeout_secs: DEFAULT_HOOK_TIMEOUT_SECS,
+        };
+    };
+    let command = |c: &mut Checker<'_>, v: &Option<Spanned<String>>, key: &str| {
+        let v = v.as_ref()?;
+        if v.get_ref().trim().is_empty() {
+            c.report(
+                Some(v.span()),
+                format!("{at}.hooks.{key}"),
+                "must not be empty (leave it out for no hook)",
+            );
+            return None;
+        }
+        Some(v.get_ref().clone())
+    };
+    let before = command(c, &raw.before, "before");
+    let after = command(c, &raw.after, "after");
+    let timeout_secs = int_in(
+        c,
+        raw.timeout_secs.as_ref(),
+        &format!("{at}.hooks.timeout-secs"),
+        1..=86400,
+        "seconds each hook may take before it is killed",
+    )
+    .map_or(DEFAULT_HOOK_TIMEOUT_SECS, |v| v as u64);
+    Hooks {
+        before,
+        after,
+        timeout_secs,
+    }
+}
+
+/// `[[jobs.commands]]`: names are valid, unique, neither a file and a
+/// directory at once, and the job's paths keep out of where they go.
+fn commands(
+    c: &mut Checker<'_>,
+    raw: &[Spanned<RawCommand>],
+    paths: &[PathBuf],
+    raw_paths: &[Spanned<String>],
+    at: &str,
+) -> Vec<CommandSource> {
+    let mut out: Vec<(usize, CommandSource)> = Vec::new();
+    for (k, cmd) in raw.iter().enumerate() {
+        let here = format!("{at}.commands[{k}]");
+        let cmd = cmd.get_ref();
+        let name = cmd.name.get_ref();
+        if let Err(why) = check_stream_name(name) {
+            c.report(Some(cmd.name.span()), format!("{here}.name"), why);
+            continue;
+        }
+        if let Some((j, other)) = out.iter().find(|(_, o)| {
+            o.name == *name
+                || name.starts_with(&format!("{}/", o.name))
+                || o.name.starts_with(&format!("{name}/"))
+        }) {
+            let msg = if other.name == *name {
+                format!("duplicate command name {name:?} (also {at}.commands[{j}].name)")
+            } else {
+                let (file, inside) = if name.starts_with(&other.name) {
+                    (&other.name, name)
+                } else {
+                    (name, &other.name)
+                };
+                format!(
+                    "{name:?} and {:?} ({at}.commands[{j}].name) collide: {file:?} would be a file and the \
+                     directory of {inside:?}",
+                    other.name
+                )
+            };
+            c.report(Some(cmd.name.span()), format!("{here}.name"), msg);
+            continue;
+        }
+        if cmd.command.get_ref().trim().is_empty() {
+            c.report(
+                Some(cmd.command.span()),
+                format!("{here}.command"),
+                "must not be empty",
+            );
+        }
+        let timeout_secs = int_in(
+            c,
+            cmd.timeout_secs.as_ref(),
+            &format!("{here}.timeout-secs"),
+            1..=604_800,
+            "seconds the command may take before it is killed",
+        )
+        .map(|v| v as u64);
+        out.push((
+            k,
+            CommandSource {
+                name: name.clone(),
+                command: cmd.command.get_ref().clone(),
+                timeout_secs,
+            },
+        ));
+    }
+    if !out.is_empty() {
+        // The command sources' files are placed below STREAMS_ROOT: no path
+        // of the job may be there too.
+        for (p, raw) in paths.iter().zip(raw_paths) {
+            if p.starts_with(STREAMS_ROOT) {
+                c.report(
+                    Some(raw.span()),
+                    format!("{at}.paths"),
+                    format!(
+                        "{} is where the job's command sources are placed ({STREAMS_ROOT}/NAME): it cannot \
+                         also be one of its paths",
+                        p.display()
+                    ),
+                );
+            }
+        }
+    }
+    out.into_iter().map(|(_, c)| c).collect()
+}
+
+/// `[[jobs.map]]`: each maps one of the job's paths, once, from elsewhere.
+fn path_map(c: &mut Checker<'_>, raw: &[Spanned<RawMap>], paths: &[PathBuf], at: &str) -> Vec<PathMap> {
+    let mut out: Vec<(usize, PathMap)> = Vec::new();
+    for (k, m) in raw.iter().enumerate() {
+        let here = format!("{at}.map[{k}]");
+        let m = m.get_ref();
+        let from = c.absolute_path(&m.from, &format!("{here}.from"));
+        let to = c.absolute_path(&m.to, &format!("{here}.to"));
+        let (Some(from), Some(to)) = (from, to) else {
+            continue;
+        };
+        if !paths.contains(&to) {
+            c.report(
+                Some(m.to.span()),
+                format!("{here}.to"),
+                format!(
+                    "{} is not one of the job's paths: a mapping says where one of them is read from",
+                    to.display()
+                ),
+            );
+            continue;
+        }
+        if let Some((j, _)) = out.iter().find(|(_, o)| o.to == to) {
+            c.report(
+                Some(m.to.span()),
+                format!("{here}.to"),
+                format!("{} is mapped twice (also {at}.map[{j}].to)", to.display()),
+            );
+            continue;
+        }
+        if from == to {
+            c.report(
+                Some(m.from.span()),
+                format!("{here}.from"),
+                format!("{} is read from itself: leave the mapping out", from.display()),
+            );
+            continue;
+        }
+        out.push((k, PathMap { from, to }));
+    }
+    out.into_iter().map(|(_, m)| m).collect()
 }
 
 fn hardening(c: &mut Checker<'_>, raw: &RawHardening) -> Hardening {

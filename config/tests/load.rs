@@ -113,6 +113,37 @@ fn the_packaged_example_config_is_valid() {
     assert!(job.exclude.is_excluded(Path::new("/etc/.x.swp")));
 }
 
+/// The example's hooks, command sources and map, uncommented, are a valid
+/// configuration that says what their comments say.
+#[test]
+fn the_example_s_live_service_settings_are_valid_once_uncommented() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/config/vaultline.toml");
+    let text = std::fs::read_to_string(&example).unwrap();
+    let at = text
+        .find("# [jobs.hooks]")
+        .expect("the example shows [jobs.hooks]");
+    let uncommented: String = text[at..]
+        .lines()
+        .map(|l| match l.strip_prefix("# ") {
+            Some(rest)
+                if rest.starts_with('[') || rest.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')) =>
+            {
+                rest
+            }
+            _ => l,
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let c = Config::parse(&format!("{}{uncommented}", &text[..at]), &example, &env()).unwrap();
+    let job = c.job("etc").unwrap();
+    assert_eq!(job.hooks.before.as_deref(), Some("/etc/vaultline/hooks/snapshot"));
+    assert_eq!(job.hooks.timeout_secs, 300);
+    assert_eq!(job.commands.len(), 1);
+    assert_eq!(job.commands[0].name, "postgres/app.dump");
+    assert_eq!(job.commands[0].timeout_secs, Some(14400));
+    assert_eq!(job.source_of(Path::new("/etc")), Path::new("/mnt/vaultline/etc"));
+}
+
 #[test]
 fn lifecycle_rules_must_keep_history_as_long_as_the_jobs_do() {
     let floor = |jobs: &str| {
@@ -222,7 +253,7 @@ fn each_mistake_has_its_exact_message() {
         // 10. no paths
         (
             "[repository]\ntype = 'local'\npath = '/srv'\n[[jobs]]\nname = 'etc'\npaths = []\n",
-            "config.toml:6:9: jobs[0].paths: at least one path is required",
+            "config.toml:6:9: jobs[0].paths: at least one path is required (or a command source, [[jobs.commands]])",
         ),
         // 11. one path inside another
         (
@@ -591,5 +622,138 @@ fn incremental_lock_and_thaw_settings_and_their_mistakes() {
     ];
     for (text, want) in cases {
         assert_eq!(&error(text), want, "for {text}");
+    }
+}
+
+#[test]
+fn hooks_command_sources_and_path_maps_are_read() {
+    let text = "[repository]\ntype = \"local\"\npath = \"/srv/backups\"\n\n[[jobs]]\nname = \"db\"\n\
+                paths = [\"/srv\", \"/etc\"]\n[jobs.hooks]\nbefore = \"lvcreate -s -n snap vg/srv\"\n\
+                after = \"lvremove -f vg/snap\"\n[[jobs.commands]]\nname = \"postgres/app.dump\"\n\
+                command = \"pg_dump -Fc app\"\ntimeout-secs = 3600\n[[jobs.commands]]\nname = \"roles.sql\"\n\
+                command = \"pg_dumpall --roles-only\"\n[[jobs.map]]\nfrom = \"/mnt/snap/srv\"\nto = \"/srv\"\n";
+    let c = load(text).unwrap();
+    let job = c.job("db").unwrap();
+    assert_eq!(job.hooks.before.as_deref(), Some("lvcreate -s -n snap vg/srv"));
+    assert_eq!(job.hooks.after.as_deref(), Some("lvremove -f vg/snap"));
+    assert_eq!(
+        job.hooks.timeout_secs,
+        vaultline_config::DEFAULT_HOOK_TIMEOUT_SECS
+    );
+    let names: Vec<(&str, &str, Option<u64>)> = job
+        .commands
+        .iter()
+        .map(|c| (c.name.as_str(), c.command.as_str(), c.timeout_secs))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("postgres/app.dump", "pg_dump -Fc app", Some(3600)),
+            ("roles.sql", "pg_dumpall --roles-only", None)
+        ]
+    );
+    assert_eq!(job.source_of(Path::new("/srv")), Path::new("/mnt/snap/srv"));
+    assert_eq!(job.source_of(Path::new("/etc")), Path::new("/etc"));
+    assert_eq!(
+        vaultline_config::stream_path("postgres/app.dump"),
+        Path::new("/vaultline-streams/postgres/app.dump")
+    );
+    // Command lines may hold a password: Debug does not show them.
+    let shown = format!("{job:?}");
+    assert!(
+        !shown.contains("pg_dump") && !shown.contains("lvcreate"),
+        "{shown}"
+    );
+
+    // A job of command sources alone needs no paths.
+    let only = "[repository]\ntype = \"local\"\npath = \"/srv/backups\"\n[[jobs]]\nname = \"db\"\n\
+                [[jobs.commands]]\nname = \"all.sql\"\ncommand = \"pg_dumpall\"\n";
+    assert!(load(only).unwrap().jobs[0].paths.is_empty());
+}
+
+#[test]
+fn each_hook_command_source_and_map_mistake_has_its_exact_message() {
+    let job =
+        "[repository]\ntype = 'local'\npath = '/srv/backups'\n[[jobs]]\nname = 'db'\npaths = ['/srv']\n";
+    let cmd = |name: &str| format!("[[jobs.commands]]\nname = {name:?}\ncommand = 'true'\n");
+    let cases: &[(String, &str)] = &[
+        (
+            format!("{job}[jobs.hooks]\nbefore = ' '\ntimeout-secs = 0\n"),
+            "config.toml:8:10: jobs[0].hooks.before: must not be empty (leave it out for no hook)\n\
+             config.toml:9:16: jobs[0].hooks.timeout-secs: 0 is out of range: expected 1 to 86400 (seconds \
+             each hook may take before it is killed)",
+        ),
+        (
+            format!("{job}[jobs.hooks]\nbefor = 'x'\n"),
+            "config.toml:8:1: jobs[0].hooks.befor: unknown key `befor`: did you mean `before`?",
+        ),
+        (
+            format!("{job}{}", cmd("../etc/passwd")),
+            "config.toml:8:8: jobs[0].commands[0].name: \"../etc/passwd\" must not contain empty, `.` or `..` \
+             components",
+        ),
+        (
+            format!("{job}{}", cmd("/abs")),
+            "config.toml:8:8: jobs[0].commands[0].name: \"/abs\" must be a relative path (it is placed under \
+             /vaultline-streams/)",
+        ),
+        (
+            format!("{job}{}", cmd("")),
+            "config.toml:8:8: jobs[0].commands[0].name: must not be empty",
+        ),
+        (
+            format!("{job}{}", cmd("a\nb")),
+            "config.toml:8:8: jobs[0].commands[0].name: \"a\\nb\" must not contain control characters",
+        ),
+        (
+            format!("{job}{}{}", cmd("db.sql"), cmd("db.sql")),
+            "config.toml:11:8: jobs[0].commands[1].name: duplicate command name \"db.sql\" (also \
+             jobs[0].commands[0].name)",
+        ),
+        (
+            format!("{job}{}{}", cmd("pg"), cmd("pg/app.dump")),
+            "config.toml:11:8: jobs[0].commands[1].name: \"pg/app.dump\" and \"pg\" (jobs[0].commands[0].name) \
+             collide: \"pg\" would be a file and the directory of \"pg/app.dump\"",
+        ),
+        (
+            format!("{job}[[jobs.commands]]\nname = 'x'\ncommand = ''\ntimeout-secs = -1\n"),
+            "config.toml:9:11: jobs[0].commands[0].command: must not be empty\n\
+             config.toml:10:16: jobs[0].commands[0].timeout-secs: -1 is out of range: expected 1 to 604800 \
+             (seconds the command may take before it is killed)",
+        ),
+        (
+            format!("{job}[[jobs.commands]]\nname = 'x'\n"),
+            "config.toml:7:1: jobs[0].commands[0]: missing key `command`",
+        ),
+        (
+            job.replace("['/srv']", "['/vaultline-streams/x']") + &cmd("x"),
+            "config.toml:6:10: jobs[0].paths: /vaultline-streams/x is where the job's command sources are \
+             placed (/vaultline-streams/NAME): it cannot also be one of its paths",
+        ),
+        (
+            job.replace("paths = ['/srv']\n", "paths = []\n"),
+            "config.toml:6:9: jobs[0].paths: at least one path is required (or a command source, \
+             [[jobs.commands]])",
+        ),
+        (
+            format!("{job}[[jobs.map]]\nfrom = '/mnt/snap/var'\nto = '/var'\n"),
+            "config.toml:9:6: jobs[0].map[0].to: /var is not one of the job's paths: a mapping says where one \
+             of them is read from",
+        ),
+        (
+            format!("{job}[[jobs.map]]\nfrom = 'snap'\nto = '/srv'\n"),
+            "config.toml:8:8: jobs[0].map[0].from: \"snap\" must be an absolute path",
+        ),
+        (
+            format!("{job}[[jobs.map]]\nfrom = '/srv'\nto = '/srv'\n"),
+            "config.toml:8:8: jobs[0].map[0].from: /srv is read from itself: leave the mapping out",
+        ),
+        (
+            format!("{job}[[jobs.map]]\nfrom = '/a'\nto = '/srv'\n[[jobs.map]]\nfrom = '/b'\nto = '/srv'\n"),
+            "config.toml:12:6: jobs[0].map[1].to: /srv is mapped twice (also jobs[0].map[0].to)",
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(&error(text), want, "for:\n{text}");
     }
 }

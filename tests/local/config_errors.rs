@@ -202,7 +202,11 @@ fn invalid_job_name() {
 fn job_without_paths() {
     let (f, src) = initialized();
     let text = replaced(&f, &src, &format!("paths = [{src:?}]"), "paths = []");
-    config_rejected(&f, &text, "14:9: jobs[0].paths: at least one path is required");
+    config_rejected(
+        &f,
+        &text,
+        "14:9: jobs[0].paths: at least one path is required (or a command source, [[jobs.commands]])",
+    );
 }
 
 #[test]

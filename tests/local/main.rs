@@ -18,6 +18,7 @@ mod filesystem;
 mod format_reader;
 mod hostile;
 mod keys;
+mod live;
 mod monitoring;
 mod output;
 mod packaging;

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod browser;
 pub mod hostile;
 pub mod moto;
+pub mod postgres;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;

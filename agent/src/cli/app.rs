@@ -378,22 +378,23 @@ pub fn own_paths(config: &Config) -> Vec<PathBuf> {
     own
 }
 
-/// A configuration that holds commands vaultline runs as root must be
-/// writable by root alone: whoever can edit it (or replace it, through its
+/// A configuration that holds commands vaultline runs as root (a job's
+/// `on-failure`, its hooks, its command sources) must be writable by root
+/// alone: whoever can edit it (or replace it, through its
 /// directory) chooses what root runs. Refused with the exact fix.
 fn check_commands_file(config: &Config) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let commands: Vec<String> = config
-        .jobs
-        .iter()
-        .filter(|j| j.on_failure.is_some())
-        .map(|j| format!("jobs {:?} on-failure", j.name))
-        .collect();
+    let commands: Vec<String> = config.jobs.iter().flat_map(|j| j.commands_run()).collect();
     if commands.is_empty() {
         return Ok(());
     }
     let file = &config.file;
-    let dir = file.parent().unwrap_or(std::path::Path::new("/"));
+    // (A file named without a directory, `--config config.toml`, is in `.`.)
+    let dir = match file.parent() {
+        Some(d) if d.as_os_str().is_empty() => std::path::Path::new("."),
+        Some(d) => d,
+        None => std::path::Path::new("/"),
+    };
     for (path, what) in [(file.as_path(), "file"), (dir, "directory")] {
         let meta = std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
         let problem = if meta.uid() != 0 {

@@ -59,8 +59,9 @@ pub enum Command {
     Init,
 
     /// Back up now: every job, or the JOBs named (`backup now JOB…` is the
-    /// same); with --dry-run, only show what would be archived.
-    Backup(BackupNowArgs),
+    /// same); with --dry-run, only show what would be archived. `backup
+    /// stdin JOB NAME` backs up a pipe.
+    Backup(BackupArgs),
 
     /// List committed snapshots.
     Snapshots(SnapshotsArgs),
@@ -297,6 +298,46 @@ pub enum PolicyRole {
     Auditor,
 }
 
+/// `backup [now] [JOB…]`, or `backup stdin JOB NAME`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct BackupArgs {
+    /// `backup stdin`.
+    #[command(subcommand)]
+    pub command: Option<BackupCommand>,
+
+    /// `backup [now] [JOB…]`.
+    #[command(flatten)]
+    pub now: BackupNowArgs,
+}
+
+/// The subcommands of `backup`.
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Back up standard input (a pipe: `pg_dumpall | vaultline backup stdin
+    /// db all.sql`) as the file /vaultline-streams/NAME of a new snapshot of
+    /// JOB holding that file alone; the job's runs go on from their own
+    /// last snapshot.
+    Stdin(BackupStdinArgs),
+}
+
+/// `backup stdin`.
+#[derive(Debug, Args)]
+pub struct BackupStdinArgs {
+    /// The job whose repository, key and settings the snapshot uses.
+    #[arg(value_name = "JOB")]
+    pub job: String,
+
+    /// The file's name below /vaultline-streams/: a relative path such as
+    /// `all.sql` or `postgres/app.dump`.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+
+    /// If the job is already running, exit at once (code 6) instead of waiting.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
 /// `backup [now]`.
 #[derive(Debug, Args)]
 pub struct BackupNowArgs {
@@ -399,8 +440,18 @@ pub struct RestoreArgs {
 
     /// Directory to restore into (created if missing). Paths inside the
     /// snapshot are placed below it, e.g. /etc/hosts as DIR/etc/hosts.
-    #[arg(long, value_name = "DIR")]
-    pub target: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "to_stdout")]
+    pub target: Option<PathBuf>,
+
+    /// Write the content of one file of the snapshot to standard output
+    /// (a pipe or a file, not a terminal), e.g. `--to-stdout
+    /// /vaultline-streams/postgres/app.dump | pg_restore -d app`. Every byte
+    /// is authenticated before it is written; a failure midway exits 5
+    /// after what was written so far, which a pipe cannot take back.
+    #[arg(long, value_name = "PATH", conflicts_with_all = [
+        "target", "paths", "include", "exclude", "overwrite", "keep_privileges", "dry_run"
+    ])]
+    pub to_stdout: Option<String>,
 
     /// The job the snapshot belongs to (needed when there are several).
     #[arg(long)]

@@ -21,8 +21,17 @@
 //! failure or crash at any point leaves no manifest, and the pending
 //! leftovers are removed by the next run of the job (which holds its lock);
 //! a committed archive without a manifest is an orphan for `forget`.
+//!
+//! Streams — the job's command sources, or `backup stdin`'s pipe — are
+//! files below `/vaultline-streams` (docs/FORMAT.md §14.3), emitted at their
+//! place in walk order between the walk's entries (`Tree`) so the join
+//! with the record stays in order. Each is read once, as it comes, through
+//! the content-defined chunker (`store_chunks` with no size known): no
+//! spool, no plaintext on disk, memory of a fixed size. A command's exit
+//! status decides whether its file is listed (a failed one is reported and
+//! left out, like an unreadable file).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsFd;
@@ -30,16 +39,17 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use serde::Serialize;
-use vaultline_config::Job;
+use vaultline_config::{CommandSource, Job};
 use vaultline_crypto::{KeyWrap, SealedWriter};
 
 use crate::error::{Interrupted, UsageError};
 use crate::pipeline::Progress;
 use crate::pipeline::changes::{self, Record, RecordWriter, STATE_VERSION, Stat, StateHeader};
+use crate::pipeline::child;
 use crate::pipeline::chunks::{self, ChunkId, ChunkIndex, ChunkKey};
 use crate::pipeline::frames::FrameWriter;
 use crate::pipeline::fsmeta;
@@ -123,12 +133,37 @@ pub struct BackupReport {
     /// Extended attributes that could not be read, one line per kind of
     /// problem (with a count and the first path).
     pub attributes: Vec<SkippedPath>,
+    /// The job's `after` hook failed once the snapshot was committed (how).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after_hook: Option<String>,
 }
 
 impl BackupReport {
-    /// True when every path the job names is in the snapshot as it was read.
+    /// True when every path the job names is in the snapshot as it was
+    /// read (command sources included), and the `after` hook succeeded.
     pub fn is_complete(&self) -> bool {
-        self.unreadable.is_empty()
+        self.unreadable.is_empty() && self.after_hook.is_none()
+    }
+}
+
+/// When a run starts, and the id its snapshot gets: chosen before the
+/// job's `before` hook runs, which is told the id.
+#[derive(Debug, Clone)]
+pub struct Start {
+    /// The start.
+    pub at: jiff::Timestamp,
+    /// The snapshot id, made from `at`.
+    pub id: String,
+}
+
+impl Start {
+    /// Now, with a fresh snapshot id.
+    pub fn now() -> Result<Start> {
+        let at = jiff::Timestamp::now();
+        Ok(Start {
+            id: snapshot_id_at(at)?,
+            at,
+        })
     }
 }
 
@@ -145,6 +180,8 @@ pub struct RunOptions<'a> {
     /// [`Interrupted`] and its pending objects are discarded (nothing is
     /// committed).
     pub cancel: &'a AtomicBool,
+    /// When the run started and its snapshot's id.
+    pub start: Start,
 }
 
 /// The parent an incremental run builds on (with where its chunks are),
@@ -191,6 +228,10 @@ fn choose_base(
     }
     // The newest by the repository's time; a future-dated snapshot (a
     // clock far ahead, or one planted to take over "latest") is no base.
+    // Snapshots this host made apart from the chain (`backup stdin`, noted
+    // in the state directory) do not count: the chain goes on from the
+    // record's snapshot.
+    let apart = changes::made_apart(opts.state_dir, &job.name);
     let newest = repo
         .list_snapshots(host, Some(&job.name))?
         .into_iter()
@@ -198,7 +239,7 @@ fn choose_base(
             if s.future_dated() {
                 tracing::warn!("{}", s.future_note());
             }
-            !s.future_dated()
+            !s.future_dated() && !apart.contains(&s.id)
         });
     match newest {
         Some(s) if s.id == h.snapshot => {}
@@ -369,7 +410,17 @@ impl Sinks<'_> {
     }
 }
 
-/// Runs `job` into `repo`. The caller holds the job's lock.
+/// What a run backs up.
+enum Contents<'s> {
+    /// The job: its paths and its command sources.
+    Job,
+    /// One stream alone (`backup stdin`), as the file `NAME` below
+    /// [`STREAMS_ROOT`](vaultline_config::STREAMS_ROOT).
+    Stream(&'s str, &'s mut dyn Read),
+}
+
+/// Runs `job` into `repo`: its paths and its command sources. The caller
+/// holds the job's lock (and runs its hooks, [`hooks::around`](crate::pipeline::hooks::around)).
 pub fn run(
     repo: &Repo,
     keys: &(dyn KeyWrap + Sync),
@@ -378,8 +429,51 @@ pub fn run(
     opts: &RunOptions<'_>,
     progress: &dyn Progress,
 ) -> Result<BackupReport> {
+    run_contents(repo, keys, host, job, opts, Contents::Job, progress)
+}
+
+/// Backs up `source` (a pipe: standard input) as the file `name` below
+/// [`STREAMS_ROOT`](vaultline_config::STREAMS_ROOT), in a snapshot of
+/// `job` holding that file alone. The snapshot is full and made apart
+/// from the job's chain: its local record stays that of the job's last
+/// run, which the next run builds on (the apart snapshot noted so that it
+/// does not look like a newer snapshot made elsewhere). A source that
+/// cannot be read to its end commits nothing. The caller holds the job's
+/// lock.
+#[allow(clippy::too_many_arguments)]
+pub fn run_stream(
+    repo: &Repo,
+    keys: &(dyn KeyWrap + Sync),
+    host: &str,
+    job: &Job,
+    opts: &RunOptions<'_>,
+    name: &str,
+    source: &mut dyn Read,
+    progress: &dyn Progress,
+) -> Result<BackupReport> {
+    vaultline_config::check_stream_name(name).map_err(|why| UsageError(format!("NAME: {why}")))?;
+    run_contents(
+        repo,
+        keys,
+        host,
+        job,
+        opts,
+        Contents::Stream(name, source),
+        progress,
+    )
+}
+
+fn run_contents(
+    repo: &Repo,
+    keys: &(dyn KeyWrap + Sync),
+    host: &str,
+    job: &Job,
+    opts: &RunOptions<'_>,
+    contents: Contents<'_>,
+    progress: &dyn Progress,
+) -> Result<BackupReport> {
     let started = Instant::now();
-    let started_at = jiff::Timestamp::now();
+    let started_at = opts.start.at;
     let job_prefix = repo.job_prefix(host, &job.name);
     let cleaned = repo
         .store()
@@ -413,8 +507,15 @@ pub fn run(
         None => None,
     };
 
-    let base = choose_base(repo, keys, host, job, opts, started_at)?;
-    let id = snapshot_id_at(started_at)?;
+    let base = match &contents {
+        Contents::Job => choose_base(repo, keys, host, job, opts, started_at)?,
+        Contents::Stream(..) => Base::Full(
+            "it holds one stream alone, made apart from the job's runs (whose next run builds on their own \
+             last snapshot)"
+                .into(),
+        ),
+    };
+    let id = opts.start.id.clone();
     let manifest_name = repo.manifest_name(host, &job.name, &id);
     let manifest_ctx = repo.context(host, &job.name, &id, Kind::Manifest, &manifest_name)?;
     let (manifest_key, manifest_env) = keys
@@ -456,7 +557,21 @@ pub fn run(
         chain,
         full_started: full_started.clone(),
         started: started_at.to_string(),
-        paths: job.paths.iter().map(|p| p.display().to_string()).collect(),
+        // The job's paths, then the files of its streams.
+        paths: match &contents {
+            Contents::Job => job
+                .paths
+                .iter()
+                .cloned()
+                .chain(
+                    job.commands
+                        .iter()
+                        .map(|c| vaultline_config::stream_path(&c.name)),
+                )
+                .map(|p| p.display().to_string())
+                .collect(),
+            Contents::Stream(name, _) => vec![vaultline_config::stream_path(name).display().to_string()],
+        },
     };
     let store = repo.store();
     let manifest_obj = store.create(&manifest_name, ObjectClass::Control, retention.as_ref())?;
@@ -489,6 +604,7 @@ pub fn run(
         skipped: Vec::new(),
         changed: Vec::new(),
         attributes: Vec::new(),
+        after_hook: None,
     };
     let mut sinks = Sinks {
         repo,
@@ -516,15 +632,34 @@ pub fn run(
         chunk_key: &chunk_key,
         index,
     };
+    let (stdin_name, source) = match contents {
+        Contents::Job => (None, None),
+        Contents::Stream(name, source) => (Some(name), Some(source)),
+    };
+    let apart = stdin_name.is_some();
+    let streams = Streams::new(job, stdin_name, started_at);
     write_tar(
         job,
         opts.own,
         opts.cancel,
         &mut sinks,
         record.as_mut(),
+        Tree {
+            walk: !apart,
+            streams,
+            stdin: source,
+        },
         &mut report,
         progress,
     )?;
+    if apart && let Some(u) = report.unreadable.first() {
+        // A pipe read in part is no backup of it.
+        return Err(anyhow!(
+            "{} could not be read to its end: {}; nothing was committed",
+            u.path,
+            u.reason
+        ));
+    }
 
     let Sinks {
         archive,
@@ -654,6 +789,25 @@ pub fn run(
         .commit()
         .with_context(|| format!("committing manifest {manifest_name}"))?;
 
+    if apart {
+        // The chain goes on from the job's own last run: its record stays,
+        // and this snapshot is noted as made apart from it.
+        drop(record_writer);
+        if let Err(e) = changes::note_apart(opts.state_dir, &job.name, &id) {
+            tracing::warn!(
+                "snapshot {id} is committed, but could not be noted as made apart from the job's chain ({e:#}); \
+                 the next run of job {} will be a full one",
+                job.name
+            );
+        }
+        return Ok(finish_report(
+            report,
+            archive_size,
+            nodes_size,
+            manifest_info.size,
+            started,
+        ));
+    }
     let state = StateHeader {
         vaultline_state: STATE_VERSION,
         repository: repo_identity(repo),
@@ -675,14 +829,31 @@ pub fn run(
         );
     }
 
-    report.bytes_stored = archive_size + nodes_size + manifest_info.size;
+    Ok(finish_report(
+        report,
+        archive_size,
+        nodes_size,
+        manifest_info.size,
+        started,
+    ))
+}
+
+/// The report's totals, once the snapshot is committed.
+fn finish_report(
+    mut report: BackupReport,
+    archive_size: u64,
+    nodes_size: u64,
+    manifest_size: u64,
+    started: Instant,
+) -> BackupReport {
+    report.bytes_stored = archive_size + nodes_size + manifest_size;
     report.ratio = if report.bytes_read == 0 {
         0.0
     } else {
         report.bytes_stored as f64 / report.bytes_read as f64
     };
     report.duration_secs = started.elapsed().as_secs_f64();
-    Ok(report)
+    report
 }
 
 /// Largest file read whole from a pseudo file system (whose sizes lie):
@@ -754,6 +925,7 @@ fn write_tar(
     cancel: &AtomicBool,
     sinks: &mut Sinks<'_>,
     mut parent: Option<&mut Record>,
+    mut tree: Tree<'_, '_>,
     report: &mut BackupReport,
     progress: &dyn Progress,
 ) -> Result<()> {
@@ -763,255 +935,95 @@ fn write_tar(
     let mut skipped = Vec::new();
     // Attribute problems are reported once per kind, not once per file.
     let mut attr_problems: HashMap<String, (u64, String)> = HashMap::new();
-    Walker::new(job, own).walk(
-        |found| {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(Interrupted(None).into());
-            }
-            let mut entry = entry_from(&found);
-            let shown = || found.abs.display().to_string();
-            if found.kind == WalkKind::Symlink {
-                match found.read_link() {
-                    Ok(t) => entry.target = Some(EncodedPath(t)),
-                    Err(e) => {
-                        let item = SkippedPath {
-                            path: shown(),
-                            reason: e.to_string(),
-                        };
-                        if e.kind() == io::ErrorKind::NotFound {
-                            report.skipped.push(SkippedPath {
-                                reason: "vanished during the backup".into(),
-                                ..item
-                            });
-                        } else {
-                            progress.warn(&format!("cannot read {}: {e}", item.path));
-                            report.unreadable.push(item);
-                        }
-                        return Ok(());
-                    }
-                }
-            }
-            let stat = Stat::of(&found.stat);
-            let looked_at = jiff::Timestamp::now().as_nanosecond();
-            // A later name of a multiply-linked inode is a hard link to the
-            // first one recorded.
-            let link_key = (found.kind != WalkKind::Dir && found.stat.st_nlink > 1)
-                .then_some((found.stat.st_dev, found.stat.st_ino));
-            if let Some(key) = link_key {
-                match links.get(&key) {
-                    Some(first) => {
-                        entry.kind = EntryKind::Hardlink;
-                        entry.target = Some(first.clone());
-                        entry.size = 0;
-                        (entry.dev_major, entry.dev_minor) = (0, 0);
-                    }
-                    None => entry.linked = true,
-                }
-            }
-            let previous = match parent.as_deref_mut() {
-                Some(rec) => rec.advance_to(&entry.path.0, |gone| {
-                    report.deleted += 1;
-                    sinks.manifest.deleted(&gone.path)
-                })?,
-                None => None,
-            };
-            let reuse = previous.filter(|p| {
-                let prev = &p.entry;
-                found.pseudo.is_none()
-                    && changes::unchanged(prev, p.stat, &entry, stat)
-                    && (prev.kind != EntryKind::File
-                        || prev.size == 0
-                        || prev.archive.is_some()
-                        || prev.chunk_count > 0)
-            });
-            if let Some(p) = reuse {
-                let prev = p.entry;
-                entry.archive = prev.archive;
-                entry.offset = prev.offset;
-                entry.xattrs = prev.xattrs.clone();
-                entry.sparse = prev.sparse;
-                entry.chunk_count = prev.chunk_count;
-                entry.chunks = prev.chunks.clone();
-                report.reused += 1;
-                // Exactly the parent's entry: its segment may be shared.
-                let same = (entry == prev).then_some(p.ordinal);
-                let before = same.map(|_| (p.stat, p.raw));
-                return finish_entry(
-                    sinks,
-                    &mut links,
-                    link_key,
-                    Recorded {
-                        entry,
-                        stat,
-                        looked_at,
-                        unchanged: same,
-                        ids: p.ids,
-                        before,
-                    },
-                    report,
-                    progress,
-                );
-            } else {
-                // New or changed: read what it is now.
-                let is_file = entry.kind == EntryKind::File;
-                let mut opened = None;
-                if is_file && (entry.size > 0 || found.pseudo.is_some()) {
-                    match found.open() {
-                        Ok((file, st)) => {
-                            refresh(&mut entry, &st);
-                            opened = Some((file, st));
-                        }
-                        Err(e) => {
-                            let path = shown();
-                            if e.get_ref().is_some_and(|i| i.is::<ChangedIdentity>()) {
-                                progress.warn(&format!("skipped {path}: {e}"));
-                                report.skipped.push(SkippedPath {
-                                    path,
-                                    reason: e.to_string(),
-                                });
-                            } else if e.kind() == io::ErrorKind::NotFound {
-                                report.skipped.push(SkippedPath {
-                                    path,
-                                    reason: "vanished during the backup".into(),
-                                });
-                            } else {
-                                progress.warn(&format!("cannot read {path}: {e}"));
-                                report.unreadable.push(SkippedPath {
-                                    path,
-                                    reason: e.to_string(),
-                                });
-                            }
-                            return Ok(());
-                        }
-                    }
-                }
-                let fd_path;
-                let source = match (&opened, found.dir_fd()) {
-                    (Some((f, _)), _) => fsmeta::Source::Fd(f.as_fd()),
-                    (None, Some(d)) => fsmeta::Source::Fd(d),
-                    _ => {
-                        fd_path = found.fd_path();
-                        fsmeta::Source::Path(&fd_path)
-                    }
-                };
-                let mut note = |what: String| {
-                    let slot = attr_problems.entry(what).or_insert((0, shown()));
-                    slot.0 += 1;
-                };
-                match fsmeta::read(&source, &mut note) {
-                    Ok(x) => entry.xattrs = x,
-                    Err(e) => note(format!("extended attributes not readable: {e}")),
-                }
-                // Content: a kernel interface's file is read to its real end
-                // first (its size lies); a file with holes stores its data
-                // regions only.
-                let mut pseudo_bytes = None;
-                let mut regions = None;
-                if let (Some((file, st)), Some(fs)) = (&opened, found.pseudo) {
-                    let mut bytes = Vec::new();
-                    let read = file.take(MAX_PSEUDO_FILE + 1).read_to_end(&mut bytes);
-                    let too_big = bytes.len() as u64 > MAX_PSEUDO_FILE;
-                    if let Err(e) = &read {
-                        progress.warn(&format!("cannot read {}: {e}", shown()));
-                        report.unreadable.push(SkippedPath {
-                            path: shown(),
-                            reason: e.to_string(),
-                        });
-                        return Ok(());
-                    }
-                    if too_big {
-                        report.unreadable.push(SkippedPath {
-                            path: shown(),
-                            reason: format!("more than {} MiB on a {fs} file system", MAX_PSEUDO_FILE >> 20),
-                        });
-                        return Ok(());
-                    }
-                    let _ = st;
-                    entry.size = bytes.len() as u64;
-                    pseudo_bytes = Some(bytes);
-                } else if let Some((file, st)) = &opened
-                    && (st.st_blocks.max(0) as u64) * 512 < entry.size
-                {
-                    regions = fsmeta::data_regions(file.as_fd(), entry.size);
-                    entry.sparse = regions.is_some();
-                }
-                if let (Some((file, _)), None, None) = (&opened, &pseudo_bytes, &regions)
-                    && entry.size >= chunks::CHUNKED_FILE
-                {
-                    // A large file: stored as chunks, those the chain holds
-                    // already by reference.
-                    let size = entry.size;
-                    let stored = store_chunks(
-                        sinks,
-                        &mut entry,
-                        &mut file.take(size),
-                        Some(size),
-                        report,
-                        progress,
-                        &shown(),
-                    )?;
-                    let mut probe = [0u8; 1];
-                    if stored.is_some() && matches!((&mut &*file).read(&mut probe), Ok(1)) {
-                        report.changed.push(SkippedPath {
-                            path: shown(),
-                            reason: format!("grew while being read: stored its first {size} bytes"),
-                        });
-                    }
-                    return match stored {
-                        Some(ids) => finish_entry(
-                            sinks,
-                            &mut links,
-                            link_key,
-                            Recorded {
-                                entry,
-                                stat,
-                                looked_at,
-                                unchanged: None,
-                                before: None,
-                                ids,
-                            },
-                            report,
-                            progress,
-                        ),
-                        None => Ok(()),
+    let walker = Walker::new(job, own);
+    let walk = tree.walk;
+    let walked = |found: Found<'_>| -> Result<()> {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Interrupted(None).into());
+        }
+        // The streams' entries that come before this one in walk order.
+        tree.emit(
+            Some(&archive_path(&found.abs).0),
+            &mut StreamSinks {
+                job,
+                cancel,
+                full,
+                sinks: &mut *sinks,
+                parent: parent.as_deref_mut(),
+                links: &mut links,
+                report: &mut *report,
+                progress,
+            },
+        )?;
+        let mut entry = entry_from(&found);
+        let shown = || found.abs.display().to_string();
+        if found.kind == WalkKind::Symlink {
+            match found.read_link() {
+                Ok(t) => entry.target = Some(EncodedPath(t)),
+                Err(e) => {
+                    let item = SkippedPath {
+                        path: shown(),
+                        reason: e.to_string(),
                     };
-                }
-                if (is_file && entry.size > 0) || full {
-                    // New or changed content (or any entry of a full archive,
-                    // which is a complete tar of the tree).
-                    let new_index = sinks.new_index;
-                    let out = sinks.archive()?;
-                    let offset = out.tar.position();
-                    let mut bytes_reader: &[u8];
-                    let mut file_reader: &File;
-                    let content = match (&pseudo_bytes, &regions, &opened) {
-                        (Some(bytes), _, _) => {
-                            bytes_reader = &bytes[..];
-                            Content::Stream(&mut bytes_reader)
-                        }
-                        (None, Some(regions), Some((file, _))) => Content::Sparse { file, regions },
-                        (None, None, Some((file, _))) => {
-                            file_reader = file;
-                            Content::Stream(&mut file_reader)
-                        }
-                        _ => Content::None,
-                    };
-                    let kept = append_and_record(
-                        sinks,
-                        &mut entry,
-                        content,
-                        offset,
-                        new_index,
-                        report,
-                        progress,
-                        &shown(),
-                    )?;
-                    if !kept {
-                        return Ok(());
+                    if e.kind() == io::ErrorKind::NotFound {
+                        report.skipped.push(SkippedPath {
+                            reason: "vanished during the backup".into(),
+                            ..item
+                        });
+                    } else {
+                        progress.warn(&format!("cannot read {}: {e}", item.path));
+                        report.unreadable.push(item);
                     }
+                    return Ok(());
                 }
             }
-            finish_entry(
+        }
+        let stat = Stat::of(&found.stat);
+        let looked_at = jiff::Timestamp::now().as_nanosecond();
+        // A later name of a multiply-linked inode is a hard link to the
+        // first one recorded.
+        let link_key = (found.kind != WalkKind::Dir && found.stat.st_nlink > 1)
+            .then_some((found.stat.st_dev, found.stat.st_ino));
+        if let Some(key) = link_key {
+            match links.get(&key) {
+                Some(first) => {
+                    entry.kind = EntryKind::Hardlink;
+                    entry.target = Some(first.clone());
+                    entry.size = 0;
+                    (entry.dev_major, entry.dev_minor) = (0, 0);
+                }
+                None => entry.linked = true,
+            }
+        }
+        let previous = match parent.as_deref_mut() {
+            Some(rec) => rec.advance_to(&entry.path.0, |gone| {
+                report.deleted += 1;
+                sinks.manifest.deleted(&gone.path)
+            })?,
+            None => None,
+        };
+        let reuse = previous.filter(|p| {
+            let prev = &p.entry;
+            found.pseudo.is_none()
+                && changes::unchanged(prev, p.stat, &entry, stat)
+                && (prev.kind != EntryKind::File
+                    || prev.size == 0
+                    || prev.archive.is_some()
+                    || prev.chunk_count > 0)
+        });
+        if let Some(p) = reuse {
+            let prev = p.entry;
+            entry.archive = prev.archive;
+            entry.offset = prev.offset;
+            entry.xattrs = prev.xattrs.clone();
+            entry.sparse = prev.sparse;
+            entry.chunk_count = prev.chunk_count;
+            entry.chunks = prev.chunks.clone();
+            report.reused += 1;
+            // Exactly the parent's entry: its segment may be shared.
+            let same = (entry == prev).then_some(p.ordinal);
+            let before = same.map(|_| (p.stat, p.raw));
+            return finish_entry(
                 sinks,
                 &mut links,
                 link_key,
@@ -1019,15 +1031,205 @@ fn write_tar(
                     entry,
                     stat,
                     looked_at,
-                    unchanged: None,
-                    before: None,
-                    ids: Vec::new(),
+                    unchanged: same,
+                    ids: p.ids,
+                    before,
                 },
                 report,
                 progress,
-            )
+            );
+        } else {
+            // New or changed: read what it is now.
+            let is_file = entry.kind == EntryKind::File;
+            let mut opened = None;
+            if is_file && (entry.size > 0 || found.pseudo.is_some()) {
+                match found.open() {
+                    Ok((file, st)) => {
+                        refresh(&mut entry, &st);
+                        opened = Some((file, st));
+                    }
+                    Err(e) => {
+                        let path = shown();
+                        if e.get_ref().is_some_and(|i| i.is::<ChangedIdentity>()) {
+                            progress.warn(&format!("skipped {path}: {e}"));
+                            report.skipped.push(SkippedPath {
+                                path,
+                                reason: e.to_string(),
+                            });
+                        } else if e.kind() == io::ErrorKind::NotFound {
+                            report.skipped.push(SkippedPath {
+                                path,
+                                reason: "vanished during the backup".into(),
+                            });
+                        } else {
+                            progress.warn(&format!("cannot read {path}: {e}"));
+                            report.unreadable.push(SkippedPath {
+                                path,
+                                reason: e.to_string(),
+                            });
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+            let fd_path;
+            let source = match (&opened, found.dir_fd()) {
+                (Some((f, _)), _) => fsmeta::Source::Fd(f.as_fd()),
+                (None, Some(d)) => fsmeta::Source::Fd(d),
+                _ => {
+                    fd_path = found.fd_path();
+                    fsmeta::Source::Path(&fd_path)
+                }
+            };
+            let mut note = |what: String| {
+                let slot = attr_problems.entry(what).or_insert((0, shown()));
+                slot.0 += 1;
+            };
+            match fsmeta::read(&source, &mut note) {
+                Ok(x) => entry.xattrs = x,
+                Err(e) => note(format!("extended attributes not readable: {e}")),
+            }
+            // Content: a kernel interface's file is read to its real end
+            // first (its size lies); a file with holes stores its data
+            // regions only.
+            let mut pseudo_bytes = None;
+            let mut regions = None;
+            if let (Some((file, st)), Some(fs)) = (&opened, found.pseudo) {
+                let mut bytes = Vec::new();
+                let read = file.take(MAX_PSEUDO_FILE + 1).read_to_end(&mut bytes);
+                let too_big = bytes.len() as u64 > MAX_PSEUDO_FILE;
+                if let Err(e) = &read {
+                    progress.warn(&format!("cannot read {}: {e}", shown()));
+                    report.unreadable.push(SkippedPath {
+                        path: shown(),
+                        reason: e.to_string(),
+                    });
+                    return Ok(());
+                }
+                if too_big {
+                    report.unreadable.push(SkippedPath {
+                        path: shown(),
+                        reason: format!("more than {} MiB on a {fs} file system", MAX_PSEUDO_FILE >> 20),
+                    });
+                    return Ok(());
+                }
+                let _ = st;
+                entry.size = bytes.len() as u64;
+                pseudo_bytes = Some(bytes);
+            } else if let Some((file, st)) = &opened
+                && (st.st_blocks.max(0) as u64) * 512 < entry.size
+            {
+                regions = fsmeta::data_regions(file.as_fd(), entry.size);
+                entry.sparse = regions.is_some();
+            }
+            if let (Some((file, _)), None, None) = (&opened, &pseudo_bytes, &regions)
+                && entry.size >= chunks::CHUNKED_FILE
+            {
+                // A large file: stored as chunks, those the chain holds
+                // already by reference.
+                let size = entry.size;
+                let stored = store_chunks(
+                    sinks,
+                    &mut entry,
+                    &mut file.take(size),
+                    Some(size),
+                    report,
+                    progress,
+                    &shown(),
+                )?;
+                let mut probe = [0u8; 1];
+                if stored.is_some() && matches!((&mut &*file).read(&mut probe), Ok(1)) {
+                    report.changed.push(SkippedPath {
+                        path: shown(),
+                        reason: format!("grew while being read: stored its first {size} bytes"),
+                    });
+                }
+                return match stored {
+                    Some(ids) => finish_entry(
+                        sinks,
+                        &mut links,
+                        link_key,
+                        Recorded {
+                            entry,
+                            stat,
+                            looked_at,
+                            unchanged: None,
+                            before: None,
+                            ids,
+                        },
+                        report,
+                        progress,
+                    ),
+                    None => Ok(()),
+                };
+            }
+            if (is_file && entry.size > 0) || full {
+                // New or changed content (or any entry of a full archive,
+                // which is a complete tar of the tree).
+                let new_index = sinks.new_index;
+                let out = sinks.archive()?;
+                let offset = out.tar.position();
+                let mut bytes_reader: &[u8];
+                let mut file_reader: &File;
+                let content = match (&pseudo_bytes, &regions, &opened) {
+                    (Some(bytes), _, _) => {
+                        bytes_reader = &bytes[..];
+                        Content::Stream(&mut bytes_reader)
+                    }
+                    (None, Some(regions), Some((file, _))) => Content::Sparse { file, regions },
+                    (None, None, Some((file, _))) => {
+                        file_reader = file;
+                        Content::Stream(&mut file_reader)
+                    }
+                    _ => Content::None,
+                };
+                let kept = append_and_record(
+                    sinks,
+                    &mut entry,
+                    content,
+                    offset,
+                    new_index,
+                    report,
+                    progress,
+                    &shown(),
+                )?;
+                if !kept {
+                    return Ok(());
+                }
+            }
+        }
+        finish_entry(
+            sinks,
+            &mut links,
+            link_key,
+            Recorded {
+                entry,
+                stat,
+                looked_at,
+                unchanged: None,
+                before: None,
+                ids: Vec::new(),
+            },
+            report,
+            progress,
+        )
+    };
+    if walk {
+        walker.walk(walked, |s| skipped.push(s))?;
+    }
+    // The streams' entries after the last walked one.
+    tree.emit(
+        None,
+        &mut StreamSinks {
+            job,
+            cancel,
+            full,
+            sinks: &mut *sinks,
+            parent: parent.as_deref_mut(),
+            links: &mut links,
+            report: &mut *report,
+            progress,
         },
-        |s| skipped.push(s),
     )?;
     if let Some(rec) = parent {
         rec.rest(|gone| {
@@ -1061,6 +1263,260 @@ fn write_tar(
         });
     }
     Ok(())
+}
+
+/// What a run puts into its snapshot.
+struct Tree<'j, 's> {
+    /// Whether the job's paths are walked (not for `backup stdin`).
+    walk: bool,
+    /// The streams' entries still to come.
+    streams: Streams<'j>,
+    /// `backup stdin`'s source.
+    stdin: Option<&'s mut dyn Read>,
+}
+
+/// The entries of a run's streams below [`STREAMS_ROOT`](vaultline_config::STREAMS_ROOT),
+/// in walk order: the directories (the root, and those the names have)
+/// and a file per stream. They are made by vaultline, owned by the user it
+/// runs as, mode 0700 (directories) and 0600 (files), dated the run's
+/// start.
+struct Streams<'s> {
+    items: VecDeque<StreamItem<'s>>,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    mtime_nsec: u32,
+}
+
+/// One entry of a run's streams.
+enum StreamItem<'s> {
+    /// A directory.
+    Dir(EncodedPath),
+    /// A command source's file.
+    Command(EncodedPath, &'s CommandSource),
+    /// `backup stdin`'s file.
+    Stdin(EncodedPath),
+}
+
+impl StreamItem<'_> {
+    fn path(&self) -> &EncodedPath {
+        match self {
+            StreamItem::Dir(p) | StreamItem::Command(p, _) | StreamItem::Stdin(p) => p,
+        }
+    }
+}
+
+impl<'s> Streams<'s> {
+    /// The job's command sources, or (`stdin`) `backup stdin`'s one file.
+    fn new(job: &'s Job, stdin: Option<&str>, at: jiff::Timestamp) -> Self {
+        let mut items: Vec<StreamItem<'s>> = Vec::new();
+        let mut dirs: std::collections::BTreeSet<Vec<u8>> = std::collections::BTreeSet::new();
+        let mut file = |name: &str| {
+            let path = archive_path(&vaultline_config::stream_path(name));
+            // Every directory above the file, the root included.
+            let mut at = 0;
+            while let Some(slash) = path.0[at..].iter().position(|&b| b == b'/') {
+                dirs.insert(path.0[..at + slash].to_vec());
+                at += slash + 1;
+            }
+            path
+        };
+        match stdin {
+            Some(name) => items.push(StreamItem::Stdin(file(name))),
+            None => {
+                for c in &job.commands {
+                    items.push(StreamItem::Command(file(&c.name), c));
+                }
+            }
+        }
+        items.extend(dirs.into_iter().map(|d| StreamItem::Dir(EncodedPath(d))));
+        items.sort_by(|a, b| changes::walk_order(&a.path().0, &b.path().0));
+        Streams {
+            items: items.into(),
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+            mtime: at.as_second(),
+            mtime_nsec: at.subsec_nanosecond().max(0) as u32,
+        }
+    }
+}
+
+/// What a stream's entry is written into (the walk's sinks, lent).
+struct StreamSinks<'a, 'b> {
+    job: &'a Job,
+    cancel: &'a AtomicBool,
+    full: bool,
+    sinks: &'a mut Sinks<'b>,
+    parent: Option<&'a mut Record>,
+    links: &'a mut HashMap<(u64, u64), EncodedPath>,
+    report: &'a mut BackupReport,
+    progress: &'a dyn Progress,
+}
+
+impl Tree<'_, '_> {
+    /// Writes the streams' entries that come before `until` in walk order
+    /// (all that are left when `None`): command sources run here, one at a
+    /// time, each streamed into the archive as it is read.
+    fn emit(&mut self, until: Option<&[u8]>, to: &mut StreamSinks<'_, '_>) -> Result<()> {
+        while let Some(item) = self.streams.items.front() {
+            if let Some(limit) = until
+                && changes::walk_order(&item.path().0, limit) != std::cmp::Ordering::Less
+            {
+                break;
+            }
+            let Some(item) = self.streams.items.pop_front() else {
+                break;
+            };
+            self.stream_entry(item, to)?;
+        }
+        Ok(())
+    }
+
+    fn stream_entry(&mut self, item: StreamItem<'_>, to: &mut StreamSinks<'_, '_>) -> Result<()> {
+        if to.cancel.load(Ordering::Relaxed) {
+            return Err(Interrupted(None).into());
+        }
+        let path = item.path().clone();
+        // The join: what the parent had before this path is gone. The
+        // parent's entry of this path is not reused (a stream is read anew
+        // each run); its chunks are in the index, so what did not change is
+        // not stored again.
+        if let Some(rec) = to.parent.as_deref_mut() {
+            let (report, manifest) = (&mut *to.report, &mut to.sinks.manifest);
+            rec.advance_to(&path.0, |gone| {
+                report.deleted += 1;
+                manifest.deleted(&gone.path)
+            })?;
+        }
+        let is_dir = matches!(item, StreamItem::Dir(_));
+        let mut entry = Entry {
+            path,
+            kind: if is_dir { EntryKind::Dir } else { EntryKind::File },
+            mode: if is_dir { 0o700 } else { 0o600 },
+            uid: self.streams.uid,
+            gid: self.streams.gid,
+            mtime: self.streams.mtime,
+            mtime_nsec: self.streams.mtime_nsec,
+            ..Entry::default()
+        };
+        let shown = format!("/{}", entry.path.display());
+        let ids = match item {
+            StreamItem::Dir(_) => {
+                if to.full {
+                    // A full archive is a complete tar of the tree.
+                    let new_index = to.sinks.new_index;
+                    let offset = to.sinks.archive()?.tar.position();
+                    append_and_record(
+                        to.sinks,
+                        &mut entry,
+                        Content::None,
+                        offset,
+                        new_index,
+                        to.report,
+                        to.progress,
+                        &shown,
+                    )?;
+                }
+                Some(Vec::new())
+            }
+            StreamItem::Command(_, command) => {
+                let job = to.job;
+                tracing::info!("job {}: running command source {}", job.name, command.name);
+                let spec = child::Spec {
+                    what: format!("command source {} of job {}", command.name, job.name),
+                    command: &command.command,
+                    env: vec![
+                        ("VAULTLINE_JOB", job.name.clone()),
+                        ("VAULTLINE_HOST", to.sinks.host.to_string()),
+                        ("VAULTLINE_SNAPSHOT", to.sinks.id.to_string()),
+                        ("VAULTLINE_STREAM", command.name.clone()),
+                    ],
+                    timeout: command.timeout_secs.map(Duration::from_secs),
+                    cancel: Some(to.cancel),
+                };
+                let (stored, finished) = child::stream(&spec, |out| {
+                    store_chunks(to.sinks, &mut entry, out, None, to.report, to.progress, &shown)
+                })?;
+                let stored = stored?;
+                if to.cancel.load(Ordering::Relaxed) {
+                    return Err(Interrupted(None).into());
+                }
+                if stored.is_some() {
+                    tracing::info!(
+                        "job {}: command source {}: {} in {:.1}s",
+                        job.name,
+                        command.name,
+                        crate::units::human_bytes(entry.size),
+                        finished.took.as_secs_f64()
+                    );
+                }
+                stored
+            }
+            StreamItem::Stdin(_) => {
+                let source = self
+                    .stdin
+                    .take()
+                    .ok_or_else(|| anyhow!("{shown}: no stream to read"))?;
+                // A signal stops the reading at the next block, not at the
+                // end of a pipe that may be long.
+                let mut source = Cancellable {
+                    inner: source,
+                    cancel: to.cancel,
+                };
+                let stored = store_chunks(
+                    to.sinks,
+                    &mut entry,
+                    &mut source,
+                    None,
+                    to.report,
+                    to.progress,
+                    &shown,
+                )?;
+                if to.cancel.load(Ordering::Relaxed) {
+                    return Err(Interrupted(None).into());
+                }
+                stored
+            }
+        };
+        // A stream that failed is reported (NOT BACKED UP) and left out.
+        let Some(ids) = ids else {
+            return Ok(());
+        };
+        finish_entry(
+            to.sinks,
+            to.links,
+            None,
+            Recorded {
+                entry,
+                stat: Stat {
+                    ctime: 0,
+                    ctime_nsec: 0,
+                    ino: 0,
+                },
+                looked_at: jiff::Timestamp::now().as_nanosecond(),
+                unchanged: None,
+                before: None,
+                ids,
+            },
+            to.report,
+            to.progress,
+        )
+    }
+}
+
+/// A stream that stops (with an error) once the run is interrupted.
+struct Cancellable<'a, 'r> {
+    inner: &'a mut (dyn Read + 'r),
+    cancel: &'a AtomicBool,
+}
+
+impl Read for Cancellable<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(io::Error::other(Interrupted(None)));
+        }
+        self.inner.read(buf)
+    }
 }
 
 /// Appends an entry's member to the archive. Returns whether the entry is
@@ -1153,12 +1609,24 @@ fn store_chunks(
     let mut read = 0u64;
     let mut wrote = false;
     let mut failure = None;
+    // Whether the failure's words say how far the source got already.
+    let mut said = false;
     let mut new_bytes = 0u64;
     for item in key.chunks(source) {
         let (id, data) = match item {
             Ok(c) => c,
             Err(e) => {
-                failure = Some(format!("read error: {e}"));
+                // A command that did not succeed says so itself (how it
+                // ended, how far, its standard error).
+                failure = Some(
+                    match e.get_ref().and_then(|i| i.downcast_ref::<child::CommandFailed>()) {
+                        Some(failed) => {
+                            said = true;
+                            failed.to_string()
+                        }
+                        None => format!("read error: {e}"),
+                    },
+                );
                 break;
             }
         };
@@ -1201,6 +1669,7 @@ fn store_chunks(
             out.tar.mark_incomplete(entry, read, &why)?;
         }
         let reason = match expected {
+            _ if said => why,
             Some(size) => format!("{why} after {read} of {size} bytes"),
             None => format!("{why} after {read} bytes"),
         };

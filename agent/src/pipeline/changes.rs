@@ -18,6 +18,7 @@
 //! ```text
 //! JOB.json                    the header: repository, snapshot, chain, archive table
 //! JOB.SNAPSHOT.entries.zst    the entries (zstd JSON lines, walk order)
+//! JOB.apart                   snapshots made since apart from the chain (`backup stdin`)
 //! ```
 //!
 //! The entries file is written beside the run and renamed into place after
@@ -129,6 +130,32 @@ fn header_path(state_dir: &Path, job: &str) -> PathBuf {
 
 fn entries_path(state_dir: &Path, job: &str, snapshot: &str) -> PathBuf {
     dir(state_dir).join(format!("{job}.{snapshot}.entries.zst"))
+}
+
+fn apart_path(state_dir: &Path, job: &str) -> PathBuf {
+    dir(state_dir).join(format!("{job}.apart"))
+}
+
+/// Snapshots this host made of `job` apart from its chain since the record's
+/// snapshot (`backup stdin`, one id a line in `STATE/incremental/JOB.apart`):
+/// the next run builds on the record all the same. A missing or unreadable
+/// note is none (the run is then full if such a snapshot is the newest).
+pub fn made_apart(state_dir: &Path, job: &str) -> std::collections::HashSet<String> {
+    fs::read_to_string(apart_path(state_dir, job))
+        .map(|t| t.lines().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// Notes `snapshot` (committed) as made apart from `job`'s chain.
+pub fn note_apart(state_dir: &Path, job: &str, snapshot: &str) -> Result<()> {
+    let path = apart_path(state_dir, job);
+    let mut text = fs::read_to_string(&path).unwrap_or_default();
+    text.push_str(snapshot);
+    text.push('\n');
+    crate::state::private_dir(&dir(state_dir))
+        .with_context(|| format!("cannot create {}", dir(state_dir).display()))?;
+    crate::state::write_atomic(&path, text.as_bytes(), crate::state::PRIVATE)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// A job's record, opened for the join.
@@ -429,6 +456,8 @@ impl RecordWriter {
         let hp = header_path(&self.state_dir, &self.job);
         crate::state::write_atomic(&hp, &serde_json::to_vec(header)?, crate::state::PRIVATE)
             .with_context(|| format!("cannot write {}", hp.display()))?;
+        // Snapshots made apart from the chain are older than this one now.
+        let _ = fs::remove_file(apart_path(&self.state_dir, &self.job));
         // Older records of this job, and leftovers of crashed runs.
         let keep = entries.file_name().map(|n| n.to_os_string());
         if let Ok(list) = fs::read_dir(dir(&self.state_dir)) {

@@ -2,12 +2,19 @@
 //! a snapshot back into files.
 //!
 //! ```text
-//! backup:  walk (archive::Walker) ⋈ local record (changes) → tar (archive::TarWriter)
-//!          → zstd frames (frames) → seal → archive object; every entry → manifest
+//! backup:  hooks: before → walk (archive::Walker) ⋈ local record (changes), command sources
+//!          merged in walk order (child) → tar (archive::TarWriter) → zstd frames (frames)
+//!          → seal → archive object; every entry → manifest → hooks: after
 //! restore: manifest → plan (snapshot) → thaw (thaw) → ranged reads of the frames
 //!          it needs, decrypted and decompressed on producer threads (pipe)
 //!          → tar entries checked against the manifest → extract (safe placement)
 //! ```
+//!
+//! A run of a job goes through [`hooks::around`] (its `before` and `after`
+//! hooks); its command sources, and `backup stdin`'s pipe, are streamed
+//! into the snapshot as files below `/vaultline-streams` by the backup
+//! itself. Both run the operator's commands through [`child`] (a process
+//! group each, a timeout, bounded standard error).
 //!
 //! Main types: [`backup::run`] and its [`backup::BackupReport`];
 //! [`snapshot::SnapshotReader`] (plan and read a snapshot);
@@ -21,10 +28,12 @@
 
 pub mod backup;
 pub mod changes;
+pub mod child;
 pub mod chunks;
 pub mod extract;
 pub mod frames;
 pub mod fsmeta;
+pub mod hooks;
 pub mod pipe;
 pub mod snapshot;
 pub mod tar;

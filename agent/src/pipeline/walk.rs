@@ -30,6 +30,11 @@
 //! and reported: no tool could restore them by name, and ranged restores
 //! bound a tar header's size by it.
 //!
+//! A root the job maps (`[[jobs.map]]`, a file-system snapshot mounted
+//! elsewhere) is read from its mapping's `from` and every entry below it is
+//! reported under the job's path, as if read there: a snapshot of `/srv`
+//! mounted at `/mnt/snap/srv` is archived as `/srv`.
+//!
 //! Order: roots in walk order, each directory before its contents, names
 //! byte-sorted (see `changes::walk_order`; incremental runs join on it).
 
@@ -164,6 +169,23 @@ pub struct Walker<'a> {
 struct Root {
     dev: u64,
     pseudo: Option<&'static str>,
+    /// A root read from elsewhere (`[[jobs.map]]`): its path as recorded,
+    /// and where it is read.
+    mapped: Option<(PathBuf, PathBuf)>,
+}
+
+impl Root {
+    /// Where the entry recorded as `abs` really is.
+    fn real<'p>(&self, abs: &'p Path) -> std::borrow::Cow<'p, Path> {
+        match &self.mapped {
+            Some((to, from)) => match abs.strip_prefix(to) {
+                Ok(rest) if rest.as_os_str().is_empty() => from.clone().into(),
+                Ok(rest) => from.join(rest).into(),
+                Err(_) => abs.into(),
+            },
+            None => abs.into(),
+        }
+    }
 }
 
 impl<'a> Walker<'a> {
@@ -210,15 +232,26 @@ impl<'a> Walker<'a> {
         skipped: &mut impl FnMut(Skipped),
         excluded: &mut impl FnMut(Skipped),
     ) -> anyhow::Result<()> {
+        // A mapped root is read from its mapping's `from` (a file-system
+        // snapshot's mount point) and recorded as the job's path.
+        let read_from = self.job.source_of(root);
         let fail = |skipped: &mut dyn FnMut(Skipped), e: io::Error| {
+            let reason = if read_from == root {
+                e.to_string()
+            } else {
+                format!(
+                    "{e} (reading it from {}, as [[jobs.map]] says)",
+                    read_from.display()
+                )
+            };
             skipped(Skipped {
                 path: root.to_path_buf(),
-                reason: e.to_string(),
+                reason,
                 is_error: true,
             });
         };
         // The configured root: its own path is resolved as written.
-        let (parent_path, name): (&Path, &[u8]) = match (root.parent(), root.file_name()) {
+        let (parent_path, name): (&Path, &[u8]) = match (read_from.parent(), read_from.file_name()) {
             (Some(p), Some(n)) => (
                 if p.as_os_str().is_empty() {
                     Path::new(".")
@@ -227,7 +260,7 @@ impl<'a> Walker<'a> {
                 },
                 n.as_bytes(),
             ),
-            _ => (root, b"."),
+            _ => (read_from, b"."),
         };
         let parent = match open_dir(rustix::fs::CWD, parent_path.as_os_str().as_bytes(), true) {
             Ok(fd) => fd,
@@ -245,13 +278,14 @@ impl<'a> Walker<'a> {
         };
         // The root's own file system (a job may name /proc/…): its files'
         // sizes are not to be trusted.
-        let pseudo = match rustix::fs::statfs(root) {
-            Ok(fs) => pseudo_fs(fs.f_type, root),
+        let pseudo = match rustix::fs::statfs(read_from) {
+            Ok(fs) => pseudo_fs(fs.f_type, read_from),
             Err(_) => None,
         };
         let info = Root {
             dev: st.st_dev,
             pseudo,
+            mapped: (read_from != root).then(|| (root.to_path_buf(), read_from.to_path_buf())),
         };
         self.visit(
             &parent,
@@ -368,7 +402,7 @@ impl<'a> Walker<'a> {
                 return Ok(());
             }
             if let Ok(fs) = rustix::fs::fstatfs(&dir)
-                && let Some(what) = pseudo_fs(fs.f_type, &abs)
+                && let Some(what) = pseudo_fs(fs.f_type, &root.real(&abs))
             {
                 skipped(Skipped {
                     path: abs,
@@ -394,7 +428,17 @@ impl<'a> Walker<'a> {
         for child in names {
             let child_abs = abs.join(OsStr::from_bytes(&child));
             let archived_len = child_abs.as_os_str().len().saturating_sub(1);
-            if self.own.contains(&child_abs) {
+            if !self.job.commands.is_empty() && child_abs == Path::new(vaultline_config::STREAMS_ROOT) {
+                excluded(Skipped {
+                    path: child_abs,
+                    reason: "where the job's command sources are placed in its snapshots: a directory of \
+                             this name is not archived"
+                        .into(),
+                    is_error: false,
+                });
+                continue;
+            }
+            if self.own.iter().any(|o| *o == *root.real(&child_abs)) {
                 tracing::debug!("not archiving {}: it is vaultline's own", child_abs.display());
                 excluded(Skipped {
                     path: child_abs,

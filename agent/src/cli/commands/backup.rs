@@ -9,24 +9,44 @@
 //! audit trail are its job.
 //!
 //! `--dry-run` walks the jobs and lists what a run would take and leave
-//! out, and why, without reading content, taking locks or needing the key.
+//! out, and why, without reading content, taking locks or needing the key
+//! (nor running hooks or command sources: it lists them).
+//!
+//! Each job runs under its lock between its `before` and `after` hooks
+//! ([`hooks::around`]): the one place every run goes through, whoever
+//! started it (an operator, the agent, a timer: each is a `backup now
+//! JOB`).
+//!
+//! `backup stdin JOB NAME` backs up standard input as one file of a
+//! snapshot of its own ([`backup::run_stream`]); it runs no hooks, is
+//! recorded in the audit trail, and leaves the job's status (its last run,
+//! what the agent and the metrics follow) to the job's own runs.
 
 use anyhow::{Context, Result, anyhow};
 
 use crate::cli::app::App;
-use crate::cli::args::BackupNowArgs;
+use crate::cli::args::{BackupArgs, BackupCommand, BackupNowArgs, BackupStdinArgs};
 use crate::error::{BusyError, Interrupted, UsageError};
 use crate::ops::report::{JobOutcome, JobRun, Recorder};
 use crate::pipeline::backup::{self, BackupReport};
+use crate::pipeline::hooks;
 use crate::pipeline::walk::{Kind, Walker};
 use crate::repo::lock::JobLock;
 use crate::repo::store::store_write_error;
 use crate::units::{count, human_bytes};
 use serde::Serialize;
 
+/// Runs `backup [now]` or `backup stdin`.
+pub fn run(app: &App, args: &BackupArgs) -> Result<()> {
+    match &args.command {
+        Some(BackupCommand::Stdin(stdin)) => run_stdin(app, stdin),
+        None => run_now(app, &args.now),
+    }
+}
+
 /// Runs `backup now`. Everything the run does is told to its
 /// [`Recorder`], which writes the status, the metrics and the audit trail.
-pub fn run(app: &App, args: &BackupNowArgs) -> Result<()> {
+fn run_now(app: &App, args: &BackupNowArgs) -> Result<()> {
     // `backup now [JOB…]` is `backup [JOB…]`, unless a job is called `now`.
     let names = match args.jobs.split_first() {
         Some((now, rest)) if now == "now" && app.config.job("now").is_none() => rest,
@@ -142,28 +162,35 @@ fn run_jobs(
         }
         let start = jiff::Timestamp::now();
         let outcome = (|| -> Result<BackupReport> {
-            require_a_path(app, job)?;
             let _lock =
                 JobLock::acquire_unless(&app.config.agent.state_dir, &job.name, !args.no_wait, cancel)?;
-            let (bytes, entries) = match app.out.interactive() {
-                true => {
-                    let (b, e) = estimate(job, &own);
-                    (Some(b), Some(e))
-                }
-                false => (None, None),
-            };
-            let progress = app
-                .out
-                .progress(&format!("backing up {}", job.name), bytes, entries);
-            let opts = backup::RunOptions {
-                own: &own,
-                state_dir: &app.config.agent.state_dir,
-                force_full: args.full,
-                cancel,
-            };
-            let report = backup::run(&app.repo, keys.as_ref(), host, job, &opts, &progress)?;
-            progress.finish();
-            Ok(report)
+            let begun = backup::Start::now()?;
+            let id = begun.id.clone();
+            // The hooks run around everything the run reads: a file-system
+            // snapshot the `before` hook mounts is there to be found.
+            hooks::around(job, host, &id, cancel, || {
+                require_a_path(app, job)?;
+                let (bytes, entries) = match app.out.interactive() {
+                    true => {
+                        let (b, e) = estimate(job, &own);
+                        (Some(b), Some(e))
+                    }
+                    false => (None, None),
+                };
+                let progress = app
+                    .out
+                    .progress(&format!("backing up {}", job.name), bytes, entries);
+                let opts = backup::RunOptions {
+                    own: &own,
+                    state_dir: &app.config.agent.state_dir,
+                    force_full: args.full,
+                    cancel,
+                    start: begun,
+                };
+                let report = backup::run(&app.repo, keys.as_ref(), host, job, &opts, &progress)?;
+                progress.finish();
+                Ok(report)
+            })
         })();
         let record = |outcome: JobOutcome| {
             recorder.job(&JobRun {
@@ -278,19 +305,145 @@ fn run_jobs(
     }
     let incomplete: Vec<&BackupReport> = reports.iter().filter(|r| !r.is_complete()).collect();
     if !incomplete.is_empty() {
-        let detail: Vec<String> = incomplete
-            .iter()
-            .map(|r| {
-                format!(
-                    "job {}: snapshot {} lacks {} unreadable path(s)",
-                    r.job,
-                    r.snapshot,
-                    r.unreadable.len()
-                )
-            })
-            .collect();
+        let detail: Vec<String> = incomplete.iter().map(|r| lacking(r)).collect();
         return Err(anyhow!("backup incomplete: {} (listed above)", detail.join("; ")));
     }
+    Ok(())
+}
+
+/// What a committed snapshot lacks, in words: unreadable paths counted,
+/// each command source that failed named with how.
+fn lacking(r: &BackupReport) -> String {
+    let mut what = Vec::new();
+    if !r.unreadable.is_empty() {
+        what.push(format!(
+            "snapshot {} lacks {} unreadable path(s)",
+            r.snapshot,
+            r.unreadable.len()
+        ));
+    }
+    let streams = format!("{}/", vaultline_config::STREAMS_ROOT);
+    for u in &r.unreadable {
+        if let Some(name) = u.path.strip_prefix(&streams) {
+            what.push(format!("command source {name} was not backed up: {}", u.reason));
+        }
+    }
+    if let Some(hook) = &r.after_hook {
+        what.push(format!("snapshot {} is committed, but {hook}", r.snapshot));
+    }
+    format!("job {}: {}", r.job, what.join("; "))
+}
+
+/// Runs `backup stdin JOB NAME`: standard input as one file of a snapshot
+/// of its own. Recorded in the audit trail (not in the job's status).
+fn run_stdin(app: &App, args: &BackupStdinArgs) -> Result<()> {
+    let job = *app
+        .select_jobs(std::slice::from_ref(&args.job))?
+        .first()
+        .ok_or_else(|| UsageError(format!("no job named {:?}", args.job)))?;
+    vaultline_config::check_stream_name(&args.name).map_err(|why| UsageError(format!("NAME: {why}")))?;
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return Err(UsageError(
+            "standard input is a terminal: `backup stdin` backs up a pipe or a file (`pg_dumpall | vaultline \
+             backup stdin JOB NAME`)"
+                .into(),
+        )
+        .into());
+    }
+    crate::cli::interrupt::install()?;
+    let recorder = app.recorder("backup stdin");
+    let path = vaultline_config::stream_path(&args.name).display().to_string();
+    recorder.event(
+        "stdin-started",
+        serde_json::json!({ "job": job.name, "path": path }),
+    )?;
+    let keys = match app.keys() {
+        Ok(keys) => keys,
+        Err(e) => {
+            recorder.event(
+                "job-failed",
+                serde_json::json!({ "job": job.name, "stream": path, "error": format!("{e:#}") }),
+            )?;
+            recorder.finish(&format!("{e:#}"), serde_json::Value::Null)?;
+            return Err(e);
+        }
+    };
+    let result = (|| -> Result<BackupReport> {
+        app.repo.check_key(keys.as_ref())?;
+        let gate = crate::cli::commands::audit::gate(app, &recorder)?;
+        if let Some(refusal) = gate.refused {
+            return Err(refusal.into());
+        }
+        recorder.reached();
+        let cancel = crate::cli::interrupt::flag();
+        let _lock = JobLock::acquire_unless(&app.config.agent.state_dir, &job.name, !args.no_wait, cancel)?;
+        let own = app.own_paths();
+        let progress = app
+            .out
+            .progress(&format!("backing up standard input as {path}"), None, None);
+        let opts = backup::RunOptions {
+            own: &own,
+            state_dir: &app.config.agent.state_dir,
+            force_full: true,
+            cancel,
+            start: backup::Start::now()?,
+        };
+        let mut stdin = std::io::stdin().lock();
+        let report = backup::run_stream(
+            &app.repo,
+            keys.as_ref(),
+            &app.config.agent.host,
+            job,
+            &opts,
+            &args.name,
+            &mut stdin,
+            &progress,
+        )?;
+        progress.finish();
+        Ok(report)
+    })();
+    let result = result.map_err(|e| match store_write_error(&e) {
+        Some(w) => anyhow!("{w}"),
+        None => e,
+    });
+    match &result {
+        Ok(r) => recorder.event(
+            "snapshot-committed",
+            serde_json::json!({
+                "job": r.job,
+                "snapshot": r.snapshot,
+                "stream": path,
+                "objects": r
+                    .archive
+                    .iter()
+                    .cloned()
+                    .chain([app.repo.manifest_name(&app.config.agent.host, &r.job, &r.snapshot)])
+                    .collect::<Vec<_>>(),
+                "bytes_read": r.archived_bytes,
+                "bytes_stored": r.bytes_stored,
+            }),
+        )?,
+        Err(e) if e.chain().any(|c| c.is::<Interrupted>()) => recorder.event(
+            "job-interrupted",
+            serde_json::json!({
+                "job": job.name,
+                "stream": path,
+                "signal": crate::cli::interrupt::signal().unwrap_or("a signal"),
+                "committed": false,
+            }),
+        )?,
+        Err(e) => recorder.event(
+            "job-failed",
+            serde_json::json!({ "job": job.name, "stream": path, "error": format!("{e:#}") }),
+        )?,
+    }
+    let outcome = match &result {
+        Ok(_) => "ok".to_string(),
+        Err(e) => format!("{e:#}"),
+    };
+    recorder.finish(&outcome, keys.usage())?;
+    let report = result?;
+    app.out.summary(&Reported::from(&report), || describe(&report))?;
     Ok(())
 }
 
@@ -394,6 +547,14 @@ fn dry_run(app: &App, jobs: &[&vaultline_config::Job]) -> Result<()> {
             |s| skipped.push(s),
             |s| excluded.push(s),
         )?;
+        // Command sources are not run: what they would write is unknown.
+        for c in &job.commands {
+            r.archive.push(DryEntry {
+                path: vaultline_config::stream_path(&c.name).display().to_string(),
+                kind: "command source",
+                size: None,
+            });
+        }
         r.excluded = excluded.into_iter().map(left_out).collect();
         for s in skipped {
             if s.is_error {
@@ -441,10 +602,16 @@ fn require_a_path(app: &App, job: &vaultline_config::Job) -> Result<()> {
         Ok(_) => true,
         Err(e) => e.kind() != std::io::ErrorKind::NotFound,
     };
-    if job.paths.iter().any(|p| exists(p)) {
+    // A job of command sources alone reads no path; a mapped path is read
+    // where its mapping says.
+    if job.paths.is_empty() || job.paths.iter().any(|p| exists(job.source_of(p))) {
         return Ok(());
     }
-    let paths: Vec<String> = job.paths.iter().map(|p| p.display().to_string()).collect();
+    let paths: Vec<String> = job
+        .paths
+        .iter()
+        .map(|p| job.source_of(p).display().to_string())
+        .collect();
     Err(UsageError(format!(
         "none of its paths exist ({}); nothing to back up (a typo in {}, or a file system that is not \
          mounted?)",

@@ -7,6 +7,12 @@
 //! exit code (vaultline never archives such entries, so the archive is not
 //! what vaultline wrote); existing files left alone make it fail with the
 //! run-failed code, after everything else has been restored.
+//!
+//! `restore SNAPSHOT --to-stdout PATH` writes one file's content to
+//! standard output instead (a dump for `pg_restore`, say). The bytes come
+//! from authenticated sealed chunks only, as a restore's do; but a pipe
+//! cannot take back what it was given, so a failure midway (an altered
+//! archive: exit 5) leaves the reader with what was written until then.
 
 use std::io::Read;
 
@@ -55,9 +61,14 @@ pub fn run(app: &App, args: &RestoreArgs) -> Result<()> {
         return restore(app, args, &keys, None);
     }
     let recorder = app.recorder("restore");
+    let target = match (&args.target, &args.to_stdout) {
+        (Some(t), _) => t.display().to_string(),
+        (None, Some(path)) => format!("standard output ({path})"),
+        (None, None) => String::new(),
+    };
     recorder.event(
         "restore-started",
-        serde_json::json!({ "snapshot": args.snapshot, "job": args.job, "target": args.target }),
+        serde_json::json!({ "snapshot": args.snapshot, "job": args.job, "target": target }),
     )?;
     let keys = app.keys()?;
     let result = restore(app, args, &keys, Some(&recorder));
@@ -65,7 +76,7 @@ pub fn run(app: &App, args: &RestoreArgs) -> Result<()> {
         "restore-finished",
         serde_json::json!({
             "snapshot": args.snapshot,
-            "target": args.target,
+            "target": target,
             "result": match &result { Ok(()) => "ok".to_string(), Err(e) => format!("{e:#}") },
             "key_use": keys.usage(),
         }),
@@ -92,6 +103,13 @@ fn restore(
     keys: &crate::keys::Keys,
     recorder: Option<&Recorder>,
 ) -> Result<()> {
+    if let Some(path) = &args.to_stdout {
+        return to_stdout(app, args, path, keys, recorder);
+    }
+    let target = args
+        .target
+        .as_deref()
+        .ok_or_else(|| UsageError("give --target DIR, or --to-stdout PATH".into()))?;
     let selection = Selection::new(&args.paths, &args.include, &args.exclude)?;
     app.repo.check_key(keys.as_ref())?;
     if let Some(recorder) = recorder {
@@ -132,7 +150,7 @@ fn restore(
             snapshot: snap.id.clone(),
             host: snap.host.clone(),
             job: snap.job.clone(),
-            target: args.target.display().to_string(),
+            target: target.display().to_string(),
             entries: plan.entries,
             bytes: plan.bytes,
             archives: plan.archives.len() as u64,
@@ -168,20 +186,16 @@ fn restore(
         Some(plan.bytes),
         Some(plan.entries),
     );
-    let onto_root = args.target.canonicalize().is_ok_and(|t| t == Path::new("/"));
+    let onto_root = target.canonicalize().is_ok_and(|t| t == Path::new("/"));
     let options = Options {
         overwrite: args.overwrite,
         // Setuid/setgid bits and file capabilities grant privileges: a
         // snapshot (from a host that may be compromised) gets them only
         // when asked, or when root puts a system back where it was.
         keep_privileges: args.keep_privileges || (onto_root && rustix::process::geteuid().is_root()),
-        journal: Some(restore_journal(
-            &app.config.agent.state_dir,
-            &args.target,
-            &snap.id,
-        )),
+        journal: Some(restore_journal(&app.config.agent.state_dir, target, &snap.id)),
     };
-    let mut extractor = Extractor::new(&args.target, options)?;
+    let mut extractor = Extractor::new(target, options)?;
     let walked = reader.read(
         &plan,
         &mut select,
@@ -215,7 +229,7 @@ fn restore(
         snapshot: snap.id.clone(),
         host: snap.host.clone(),
         job: snap.job.clone(),
-        target: args.target.display().to_string(),
+        target: target.display().to_string(),
         entries,
         files: extracted.files,
         bytes: extracted.bytes,
@@ -320,6 +334,151 @@ fn restore(
             }
         );
     }
+    Ok(())
+}
+
+/// `restore SNAPSHOT --to-stdout PATH`: the content of the file PATH of
+/// the snapshot on standard output (a hard link's, its inode's). Refused
+/// before anything is fetched when standard output is a terminal, or when
+/// PATH is not a file of the snapshot.
+fn to_stdout(
+    app: &App,
+    args: &RestoreArgs,
+    path: &str,
+    keys: &crate::keys::Keys,
+    recorder: Option<&Recorder>,
+) -> Result<()> {
+    use std::io::{IsTerminal, Write};
+    if std::io::stdout().is_terminal() {
+        return Err(UsageError(
+            "standard output is a terminal: --to-stdout writes a file's bytes; send them to a file or a pipe \
+             (`… --to-stdout PATH > FILE`, `… | pg_restore …`)"
+                .into(),
+        )
+        .into());
+    }
+    let mut wanted = path
+        .trim_start_matches('/')
+        .trim_end_matches('/')
+        .as_bytes()
+        .to_vec();
+    if wanted.is_empty() {
+        return Err(UsageError(format!("--to-stdout {path:?}: name a file of the snapshot")).into());
+    }
+    app.repo.check_key(keys.as_ref())?;
+    if let Some(recorder) = recorder {
+        recorder.reached();
+    }
+    let scope = Scope::new(app, &args.host, args.job.as_deref())?;
+    let configured: Vec<String> = app.config.jobs.iter().map(|j| j.name.clone()).collect();
+    let id = scope.expand(&args.snapshot)?;
+    let candidates = resolve(
+        &app.repo,
+        scope.host.as_str(),
+        args.job.as_deref(),
+        &configured,
+        &id,
+    )?;
+    let reader = open_first(&app.repo, keys.as_ref(), candidates)?;
+    let snap = reader.snapshot().clone();
+    // What PATH is: a file (a hard link: its inode's first name, which
+    // holds the content), or a precise refusal.
+    let find = |want: &[u8]| -> Result<Option<Entry>> {
+        let mut pass = reader.pass()?;
+        while let Some(e) = pass.next_entry()? {
+            if e.path.0 == want {
+                return Ok(Some(e));
+            }
+        }
+        Ok(None)
+    };
+    let entry = find(&wanted)?.ok_or_else(|| {
+        UsageError(format!(
+            "snapshot {} has no {path} (`vaultline ls {} -r` lists what it holds)",
+            snap.id, snap.id
+        ))
+    })?;
+    let entry = match entry.kind {
+        EntryKind::File => entry,
+        EntryKind::Hardlink => {
+            let target = entry.target.clone().unwrap_or_default();
+            wanted = target.0.clone();
+            find(&wanted)?
+                .filter(|e| e.kind == EntryKind::File)
+                .ok_or_else(|| {
+                    IntegrityError(format!(
+                        "snapshot {}: {path} is a hard link to {}, which is not a file of the snapshot",
+                        snap.id,
+                        target.display()
+                    ))
+                })?
+        }
+        other => {
+            return Err(UsageError(format!(
+                "{path} is a {} in snapshot {}: --to-stdout writes the content of one file",
+                match other {
+                    EntryKind::Dir => "directory",
+                    EntryKind::Symlink => "symbolic link",
+                    EntryKind::Fifo => "FIFO",
+                    _ => "device node",
+                },
+                snap.id
+            ))
+            .into());
+        }
+    };
+    let mut select = |e: &Entry| e.path.0 == wanted;
+    let plan = reader.plan(&mut select)?;
+    if let vaultline_config::Repository::S3(s3) = &app.config.repository {
+        crate::pipeline::thaw::ensure_readable(
+            app.repo.store(),
+            &s3.restore_tier,
+            s3.restore_days,
+            &plan,
+            args.request_only,
+        )?;
+    }
+    tracing::info!(
+        "snapshot {}: writing {path} ({}) to standard output",
+        snap.id,
+        human_bytes(entry.size)
+    );
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut written = 0u64;
+    reader.read(
+        &plan,
+        &mut select,
+        &mut |_e: &Entry, data: Option<&mut dyn Read>| {
+            if let Some(data) = data {
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    let n = data.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    out.write_all(&buf[..n])
+                        .map_err(|e| anyhow::Error::new(e).context("writing to standard output"))?;
+                    written += n as u64;
+                }
+            }
+            Ok(())
+        },
+    )?;
+    out.flush()
+        .map_err(|e| anyhow::Error::new(e).context("writing to standard output"))?;
+    if written != entry.size {
+        return Err(IntegrityError(format!(
+            "snapshot {}: {path} holds {} bytes, {written} were read",
+            snap.id, entry.size
+        ))
+        .into());
+    }
+    tracing::info!(
+        "snapshot {}: wrote {path} to standard output ({} bytes)",
+        snap.id,
+        written
+    );
     Ok(())
 }
 
