@@ -202,6 +202,7 @@ pub mod manifest {
             job: JOB.into(),
             id: SNAPSHOT.into(),
             manifest_size: size,
+            recorded: None,
         };
         if let Ok(reader) = SnapshotReader::open(&repo, &f.provider, snapshot) {
             let _ = reader.plan(&mut |_| true);
