@@ -374,6 +374,9 @@ struct Sinks<'a> {
     chunk_key: &'a ChunkKey,
     /// Where every chunk the run may refer to is.
     index: ChunkIndex,
+    /// The run's stop flag, also checked between the chunks of one large
+    /// file (a file of many GiB must not hold a SIGTERM off until its end).
+    cancel: &'a AtomicBool,
 }
 
 impl Sinks<'_> {
@@ -631,6 +634,7 @@ fn run_contents(
         },
         chunk_key: &chunk_key,
         index,
+        cancel: opts.cancel,
     };
     let (stdin_name, source) = match contents {
         Contents::Job => (None, None),
@@ -1613,6 +1617,9 @@ fn store_chunks(
     let mut said = false;
     let mut new_bytes = 0u64;
     for item in key.chunks(source) {
+        if sinks.cancel.load(Ordering::Relaxed) {
+            return Err(Interrupted(None).into());
+        }
         let (id, data) = match item {
             Ok(c) => c,
             Err(e) => {
