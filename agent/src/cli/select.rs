@@ -41,9 +41,15 @@ impl Scope {
         let all = app.repo.list_snapshots(&host, None)?;
         if all.is_empty() && host != app.config.agent.host {
             // Only on this error path: hosts (found by a delimiter
-            // listing) that hold a committed snapshot.
+            // listing) that hold a committed snapshot, the first few (each
+            // costs a listing of that host).
+            const NAMED: usize = 20;
             let mut hosts = Vec::new();
             for h in app.repo.list_hosts()? {
+                if hosts.len() == NAMED {
+                    hosts.push("…".to_string());
+                    break;
+                }
                 if !app.repo.list_snapshots(&h, None)?.is_empty() {
                     hosts.push(h);
                 }

@@ -171,15 +171,7 @@ fn restore(
             )
         });
     }
-    if let vaultline_config::Repository::S3(s3) = &app.config.repository {
-        crate::pipeline::thaw::ensure_readable(
-            app.repo.store(),
-            &s3.restore_tier,
-            s3.restore_days,
-            &plan,
-            args.request_only,
-        )?;
-    }
+    ensure_readable(app, &plan, args.request_only)?;
 
     let progress = app.out.progress(
         &format!("restoring {}", snap.id),
@@ -429,15 +421,7 @@ fn to_stdout(
     };
     let mut select = |e: &Entry| e.path.0 == wanted;
     let plan = reader.plan(&mut select)?;
-    if let vaultline_config::Repository::S3(s3) = &app.config.repository {
-        crate::pipeline::thaw::ensure_readable(
-            app.repo.store(),
-            &s3.restore_tier,
-            s3.restore_days,
-            &plan,
-            args.request_only,
-        )?;
-    }
+    ensure_readable(app, &plan, args.request_only)?;
     tracing::info!(
         "snapshot {}: writing {path} ({}) to standard output",
         snap.id,
@@ -484,6 +468,21 @@ fn to_stdout(
 
 /// Where the journal of a restore of `snapshot` into `target` is kept: one
 /// per (target, snapshot), so only a rerun of the same restore reads it.
+/// Archives of `plan` in a Glacier class are thawed (or, with
+/// `request_only`, their thaw requested) before anything is read: S3 only.
+fn ensure_readable(app: &App, plan: &crate::pipeline::snapshot::Plan, request_only: bool) -> Result<()> {
+    if let vaultline_config::Repository::S3(s3) = &app.config.repository {
+        crate::pipeline::thaw::ensure_readable(
+            app.repo.store(),
+            &s3.restore_tier,
+            s3.restore_days,
+            plan,
+            request_only,
+        )?;
+    }
+    Ok(())
+}
+
 fn restore_journal(state_dir: &Path, target: &Path, snapshot: &str) -> std::path::PathBuf {
     use sha2::Digest;
     let target = std::path::absolute(target).unwrap_or_else(|_| target.to_path_buf());

@@ -27,6 +27,25 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
+    /// The entries of the directory a prefix names, when it names one (it
+    /// is empty or ends in `/`): `None` for any other prefix, no entries
+    /// for a directory that does not exist.
+    fn prefix_dir(&self, prefix: &str) -> io::Result<Option<Vec<fs::DirEntry>>> {
+        let Some(dir_part) = prefix.strip_suffix('/').or(prefix.is_empty().then_some("")) else {
+            return Ok(None);
+        };
+        let dir = if dir_part.is_empty() {
+            self.root.clone()
+        } else {
+            self.path(dir_part)?
+        };
+        match fs::read_dir(&dir) {
+            Ok(entries) => entries.collect::<io::Result<Vec<_>>>().map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Some(Vec::new())),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The store rooted at `root` (which must exist to be used).
     pub fn new(root: impl Into<PathBuf>) -> Self {
         LocalStore { root: root.into() }
@@ -202,24 +221,13 @@ impl ObjectStore for LocalStore {
         let in_between = |name: &str| super::in_between(name, after, before);
         // Only the subdirectories of the prefix's directory whose names can
         // fall in the slice are walked.
-        let Some(dir_part) = prefix.strip_suffix('/').or(prefix.is_empty().then_some("")) else {
+        let Some(entries) = self.prefix_dir(prefix)? else {
             let mut objects = self.list(prefix)?;
             objects.retain(|o| in_between(&o.name));
             return Ok(objects);
         };
-        let dir = if dir_part.is_empty() {
-            self.root.clone()
-        } else {
-            self.path(dir_part)?
-        };
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
         let mut out = Vec::new();
         for entry in entries {
-            let entry = entry?;
             let Some(name) = entry.file_name().to_str().map(|n| format!("{prefix}{n}")) else {
                 continue;
             };
@@ -254,25 +262,14 @@ impl ObjectStore for LocalStore {
     fn list_prefixes(&self, prefix: &str) -> io::Result<Vec<String>> {
         // One directory read, and below each subdirectory only as far as
         // its first committed object: a host's archives are not walked.
-        let Some(dir_part) = prefix.strip_suffix('/').or(prefix.is_empty().then_some("")) else {
+        let Some(entries) = self.prefix_dir(prefix)? else {
             return Ok(super::prefixes_below(
                 prefix,
                 self.list(prefix)?.iter().map(|o| o.name.as_str()),
             ));
         };
-        let dir = if dir_part.is_empty() {
-            self.root.clone()
-        } else {
-            self.path(dir_part)?
-        };
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
         let mut out = Vec::new();
         for entry in entries {
-            let entry = entry?;
             let Some(name) = entry.file_name().to_str().map(str::to_string) else {
                 continue;
             };
