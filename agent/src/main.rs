@@ -10,6 +10,13 @@ use vaultline_agent::cli::args::{Cli, LogFormat};
 use vaultline_agent::cli::exit::{Exit, classify};
 use vaultline_agent::cli::output::Output;
 
+/// mimalloc, not the C library's allocator: the walk and the record's
+/// reader and writer threads hand millions of small allocations to each
+/// other, which glibc serialises on its arena locks (see docs/FORMAT.md
+/// §16.1 for what it changes, measured).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

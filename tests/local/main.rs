@@ -25,6 +25,7 @@ mod packaging;
 mod patterns;
 mod policy;
 mod private_state;
+mod record;
 mod roundtrip;
 mod tamper;
 mod trust;

@@ -50,7 +50,7 @@ use crate::error::{Interrupted, UsageError};
 use crate::pipeline::Progress;
 use crate::pipeline::changes::{self, Record, RecordWriter, STATE_VERSION, Stat, StateHeader};
 use crate::pipeline::child;
-use crate::pipeline::chunks::{self, ChunkId, ChunkIndex, ChunkKey};
+use crate::pipeline::chunks::{self, ChunkId, ChunkIndex, ChunkKey, Chunker};
 use crate::pipeline::frames::FrameWriter;
 use crate::pipeline::fsmeta;
 use crate::pipeline::tar::{Content, Copied, TarWriter};
@@ -205,11 +205,7 @@ fn choose_base(
     if opts.force_full {
         return Ok(Base::Full("a full snapshot was asked for (--full)".into()));
     }
-    let index = match Record::check(opts.state_dir, &job.name)? {
-        Ok(index) => index,
-        Err(why) => return Ok(Base::Full(why)),
-    };
-    let record = match Record::open(opts.state_dir, &job.name)? {
+    let mut record = match Record::open(opts.state_dir, &job.name)? {
         Ok(r) => r,
         Err(why) => return Ok(Base::Full(why)),
     };
@@ -305,6 +301,11 @@ fn choose_base(
             )));
         }
     }
+    // Last, as it reads the record through: what the entries hold.
+    let index = match record.start()? {
+        Ok(index) => index,
+        Err(why) => return Ok(Base::Full(why)),
+    };
     Ok(Base::Incremental(Box::new(record), index))
 }
 
@@ -372,6 +373,8 @@ struct Sinks<'a> {
     tree: TreeWriter,
     pack: PackMaker<'a>,
     chunk_key: &'a ChunkKey,
+    /// Its window, made at the first chunked file and kept for the run.
+    chunker: Option<Chunker>,
     /// Where every chunk the run may refer to is.
     index: ChunkIndex,
     /// The run's stop flag, also checked between the chunks of one large
@@ -633,6 +636,7 @@ fn run_contents(
             made: None,
         },
         chunk_key: &chunk_key,
+        chunker: None,
         index,
         cancel: opts.cancel,
     };
@@ -823,6 +827,9 @@ fn run_contents(
         archives: table,
         nodes: nodes_table,
         segments,
+        entries: None,
+        entries_blake3: None,
+        chunks_blake3: None,
     };
     if let Err(e) = record_writer.commit(&state) {
         // The snapshot stands; the next run is full and says why.
@@ -1608,6 +1615,10 @@ fn store_chunks(
     shown: &str,
 ) -> Result<Option<Vec<ChunkId>>> {
     let key = sinks.chunk_key;
+    // The window is the run's, lent out while this source is cut (an
+    // early return costs only its reuse).
+    let mut chunker = sinks.chunker.take().unwrap_or_else(|| key.chunker());
+    chunker.reset();
     let mut refs: Vec<ChunkRef> = Vec::new();
     let mut ids: Vec<ChunkId> = Vec::new();
     let mut read = 0u64;
@@ -1616,7 +1627,7 @@ fn store_chunks(
     // Whether the failure's words say how far the source got already.
     let mut said = false;
     let mut new_bytes = 0u64;
-    for item in key.chunks(source) {
+    while let Some(item) = chunker.next_chunk(key, source) {
         if sinks.cancel.load(Ordering::Relaxed) {
             return Err(Interrupted(None).into());
         }
@@ -1652,7 +1663,7 @@ fn store_chunks(
                 let out = sinks.archive()?;
                 let member = chunk_member(entry, refs.len(), data.len());
                 out.tar
-                    .append(&member, Content::Stream(&mut &data[..]))
+                    .append(&member, Content::Stream(&mut &*data))
                     .with_context(|| format!("archiving {shown}"))?;
                 wrote = true;
                 new_bytes += data.len() as u64;
@@ -1668,6 +1679,7 @@ fn store_chunks(
         refs.push(at);
         ids.push(id);
     }
+    sinks.chunker = Some(chunker);
     if failure.is_none() && expected.is_some_and(|size| read < size) {
         failure = Some("it shrank while being read".into());
     }
@@ -1773,7 +1785,7 @@ fn finish_entry(
         stat
     };
     match before {
-        Some((stat, raw)) if stat == recorded => sinks.record.entry_as_before(&raw)?,
+        Some((stat, raw)) if stat == recorded => sinks.record.entry_as_before(&raw, &entry, &ids)?,
         _ => sinks.record.entry(&entry, recorded, &ids)?,
     }
     progress.add(entry.size, 1);

@@ -93,24 +93,94 @@ impl ChunkKey {
         u64::from_le_bytes(s)
     }
 
-    /// Cuts `source` into chunks; each comes with its name.
-    pub fn chunks<'k, R: Read + 'k>(
-        &'k self,
-        source: R,
-    ) -> impl Iterator<Item = Result<(ChunkId, Vec<u8>), std::io::Error>> + 'k {
-        fastcdc::v2020::StreamCDC::with_level_and_seed(
-            source,
+    /// A chunker cutting with this key's gear table.
+    pub fn chunker(&self) -> Chunker {
+        let (gear, gear_ls) = fastcdc::v2020::get_gear_with_seed(self.seed());
+        let (mask_s, mask_l) = fastcdc::v2020::select_masks(AVG, fastcdc::v2020::Normalization::Level1);
+        Chunker {
+            buf: vec![0; WINDOW],
+            start: 0,
+            end: 0,
+            eof: true,
+            gear: gear.into_owned(),
+            gear_ls: gear_ls.into_owned(),
+            mask_s,
+            mask_l,
+        }
+    }
+}
+
+/// Bytes the chunker holds: four largest chunks, so that keeping a whole
+/// largest chunk in view moves at most a quarter of the window per three
+/// quarters cut.
+const WINDOW: usize = 4 * MAX;
+
+/// Cuts sources into chunks, one after another, through one window
+/// allocated once per run: a chunk is handed out as a slice of the window
+/// (no copy), and bytes move only when the window's tail runs short of a
+/// largest chunk. The cut points are FastCDC 2020's exactly (the `fastcdc`
+/// crate's, which looks at most [`MAX`] bytes ahead), so they match those
+/// of every earlier run.
+pub struct Chunker {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+    gear: Vec<u64>,
+    gear_ls: Vec<u64>,
+    mask_s: u64,
+    mask_l: u64,
+}
+
+impl Chunker {
+    /// Starts on a new source.
+    pub fn reset(&mut self) {
+        (self.start, self.end, self.eof) = (0, 0, false);
+    }
+
+    /// The next chunk of `source` and its name under `key`, `None` at its
+    /// end. Call [`Chunker::reset`] before the first chunk of a source.
+    pub fn next_chunk(
+        &mut self,
+        key: &ChunkKey,
+        source: &mut dyn Read,
+    ) -> Option<std::io::Result<(ChunkId, &[u8])>> {
+        // A largest chunk in view, unless the source ends before.
+        if !self.eof && self.end - self.start < MAX {
+            if self.buf.len() - self.start < MAX {
+                self.buf.copy_within(self.start..self.end, 0);
+                (self.start, self.end) = (0, self.end - self.start);
+            }
+            while !self.eof && self.end < self.buf.len() {
+                match source.read(&mut self.buf[self.end..]) {
+                    Ok(0) => self.eof = true,
+                    Ok(n) => self.end += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        self.eof = true;
+                        return Some(Err(e));
+                    }
+                }
+            }
+        }
+        if self.start == self.end {
+            return None;
+        }
+        let (_, len) = fastcdc::v2020::cut_gear(
+            &self.buf[self.start..self.end],
             MIN,
             AVG,
             MAX,
-            fastcdc::v2020::Normalization::Level1,
-            self.seed(),
-        )
-        .map(move |c| match c {
-            Ok(c) => Ok((self.id(&c.data), c.data)),
-            Err(fastcdc::v2020::Error::IoError(e)) => Err(e),
-            Err(other) => Err(std::io::Error::other(other.to_string())),
-        })
+            self.mask_s,
+            self.mask_l,
+            self.mask_s << 1,
+            self.mask_l << 1,
+            &self.gear,
+            &self.gear_ls,
+        );
+        let data = &self.buf[self.start..self.start + len];
+        self.start += len;
+        Some(Ok((key.id(data), data)))
     }
 }
 
@@ -187,13 +257,110 @@ mod tests {
         let before = data(24 << 20, 7);
         let mut after = before.clone();
         after.splice(12 << 20..12 << 20, b"inserted in the middle".iter().copied());
-        let ids = |d: &[u8]| -> Vec<ChunkId> { key.chunks(d).map(|c| c.unwrap().0).collect() };
+        let mut chunker = key.chunker();
+        let mut ids =
+            |d: &[u8]| -> Vec<ChunkId> { cut(&key, &mut chunker, d).into_iter().map(|c| c.0).collect() };
         let (a, b) = (ids(&before), ids(&after));
         let shared = b.iter().filter(|id| a.contains(id)).count();
         assert!(a.len() >= 12, "{} chunks", a.len());
         assert!(shared + 2 >= b.len(), "{shared} of {} chunks shared", b.len());
-        let total: usize = key.chunks(&after[..]).map(|c| c.unwrap().1.len()).sum();
+        let total: usize = cut(&key, &mut key.chunker(), &after[..])
+            .iter()
+            .map(|c| c.1.len())
+            .sum();
         assert_eq!(total, after.len());
+    }
+
+    /// Every chunk of `source`, through a [`Chunker`].
+    fn cut(key: &ChunkKey, chunker: &mut Chunker, mut source: impl Read) -> Vec<(ChunkId, Vec<u8>)> {
+        chunker.reset();
+        let mut out = Vec::new();
+        while let Some(c) = chunker.next_chunk(key, &mut source) {
+            let (id, data) = c.unwrap();
+            out.push((id, data.to_vec()));
+        }
+        out
+    }
+
+    /// A reader that hands out at most `step` bytes a call.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.1.min(buf.len()).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn the_chunker_cuts_where_fastcdc_s_stream_chunker_does() {
+        let key = ChunkKey::fixed([5; 32]);
+        let mut chunker = key.chunker();
+        let big = data(37 << 20, 11);
+        for len in [
+            0,
+            1,
+            MIN - 1,
+            MIN,
+            MIN + 1,
+            MAX,
+            MAX + 1,
+            3 * MAX + 7,
+            WINDOW + 5,
+            big.len(),
+        ] {
+            let d = &big[..len];
+            let reference: Vec<(ChunkId, Vec<u8>)> = fastcdc::v2020::StreamCDC::with_level_and_seed(
+                d,
+                MIN,
+                AVG,
+                MAX,
+                fastcdc::v2020::Normalization::Level1,
+                key.seed(),
+            )
+            .map(|c| {
+                let c = c.unwrap();
+                (key.id(&c.data), c.data)
+            })
+            .collect();
+            assert_eq!(cut(&key, &mut chunker, d), reference, "{len} bytes");
+            assert_eq!(
+                cut(&key, &mut chunker, Trickle(d, 70_001)),
+                reference,
+                "{len} bytes, trickled"
+            );
+        }
+        // All zeroes: every chunk is a largest one but the last.
+        let zeroes = vec![0u8; 5 * MAX + 3];
+        let sizes: Vec<usize> = cut(&key, &mut chunker, &zeroes[..])
+            .iter()
+            .map(|c| c.1.len())
+            .collect();
+        assert_eq!(sizes, [MAX, MAX, MAX, MAX, MAX, 3]);
+    }
+
+    #[test]
+    fn a_read_error_is_handed_on_and_ends_the_source() {
+        struct Failing(usize);
+        impl Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(std::io::Error::other("the disk said no"));
+                }
+                let n = self.0.min(buf.len());
+                buf[..n].fill(7);
+                self.0 -= n;
+                Ok(n)
+            }
+        }
+        let key = ChunkKey::fixed([5; 32]);
+        let mut chunker = key.chunker();
+        chunker.reset();
+        let mut source = Failing(3 * MAX);
+        let first = chunker.next_chunk(&key, &mut source).unwrap();
+        assert_eq!(first.unwrap_err().to_string(), "the disk said no");
     }
 
     #[test]

@@ -27,10 +27,21 @@ use crate::repo::manifest::Frames;
 /// in bench/incremental.sh).
 pub const FRAME_SIZE: u64 = 4 << 20;
 
+/// A finished frame: its number, its compressed bytes (in the output
+/// buffer it was given) and its plain buffer, both for reuse.
 type Done = (u64, io::Result<Vec<u8>>, Vec<u8>);
 
+/// A frame to compress: its number, its plain bytes and a buffer for the
+/// compressed ones.
+type Job = (u64, Vec<u8>, Vec<u8>);
+
+/// Room for a compressed frame: zstd's bound for [`FRAME_SIZE`] bytes.
+fn out_capacity() -> usize {
+    zstd::zstd_safe::compress_bound(FRAME_SIZE as usize)
+}
+
 struct Pool {
-    jobs: Option<SyncSender<(u64, Vec<u8>)>>,
+    jobs: Option<SyncSender<Job>>,
     done: Receiver<Done>,
     workers: Vec<JoinHandle<()>>,
 }
@@ -47,7 +58,12 @@ pub struct FrameWriter<W: Write> {
     written: u64,
     /// Compressed frames that finished ahead of their turn.
     ready: BTreeMap<u64, Vec<u8>>,
+    /// Plain and compressed buffers to use again: a run allocates a few
+    /// frames' worth once, rather than two 4 MiB buffers a frame (freed on
+    /// another thread than the one that allocated them, which allocators
+    /// hold on to).
     spare: Vec<Vec<u8>>,
+    spare_out: Vec<Vec<u8>>,
     max_in_flight: u64,
 }
 
@@ -55,7 +71,7 @@ impl<W: Write> FrameWriter<W> {
     /// Frames at zstd `level`, compressed by `threads` workers (1: inline).
     pub fn new(out: W, level: i32, threads: usize) -> io::Result<Self> {
         let pool = if threads > 1 {
-            let (jobs, rx) = sync_channel::<(u64, Vec<u8>)>(threads);
+            let (jobs, rx) = sync_channel::<Job>(threads);
             let rx = Arc::new(Mutex::new(rx));
             let (tx, done) = sync_channel::<Done>(threads * 2);
             let mut workers = Vec::new();
@@ -76,12 +92,14 @@ impl<W: Write> FrameWriter<W> {
                             Ok(rx) => rx.recv(),
                             Err(_) => return,
                         };
-                        let Ok((seq, plain)) = job else { return };
+                        let Ok((seq, plain, mut out)) = job else { return };
                         // A panic must not leave the writer waiting for a
                         // frame that never comes: it becomes an error.
-                        let out =
-                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| zstd.compress(&plain)))
-                                .unwrap_or_else(|_| Err(io::Error::other("a compression worker panicked")));
+                        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            out.clear();
+                            zstd.compress_to_buffer(&plain, &mut out).map(|_| out)
+                        }))
+                        .unwrap_or_else(|_| Err(io::Error::other("a compression worker panicked")));
                         if tx.send((seq, out, plain)).is_err() {
                             return;
                         }
@@ -109,6 +127,7 @@ impl<W: Write> FrameWriter<W> {
             written: 0,
             ready: BTreeMap::new(),
             spare: Vec::new(),
+            spare_out: Vec::new(),
             max_in_flight: threads as u64 * 2,
         })
     }
@@ -140,6 +159,7 @@ impl<W: Write> FrameWriter<W> {
         self.ready.insert(seq, compressed);
         while let Some(c) = self.ready.remove(&self.written) {
             self.emit(&c)?;
+            self.spare_out.push(c);
         }
         Ok(())
     }
@@ -161,6 +181,10 @@ impl<W: Write> FrameWriter<W> {
         while self.submitted - self.written >= self.max_in_flight {
             self.collect_one()?;
         }
+        let out = self
+            .spare_out
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(out_capacity()));
         let pool = self
             .pool
             .as_ref()
@@ -168,7 +192,7 @@ impl<W: Write> FrameWriter<W> {
         let sent = pool
             .jobs
             .as_ref()
-            .is_some_and(|jobs| jobs.send((self.submitted, plain)).is_ok());
+            .is_some_and(|jobs| jobs.send((self.submitted, plain, out)).is_ok());
         if !sent {
             // Every worker is gone: report why, if one said.
             return Err(match pool.done.try_recv() {
