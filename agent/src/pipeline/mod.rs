@@ -5,8 +5,9 @@
 //! backup:  walk (archive::Walker) ⋈ local record (changes) → tar (archive::TarWriter)
 //!          → zstd frames (frames) → seal → archive object; every entry → manifest
 //! restore: manifest → plan (snapshot) → thaw (thaw) → ranged reads of the frames
-//!          it needs, decrypted and decompressed on producer threads (pipe)
-//!          → tar entries checked against the manifest → extract (safe placement)
+//!          it needs, decrypted on producer threads and decompressed frame by
+//!          frame on a worker pool (inflate) → tar entries checked against the
+//!          manifest → extract (safe placement)
 //! ```
 //!
 //! Main types: [`backup::run`] and its [`backup::BackupReport`];
@@ -25,6 +26,7 @@ pub mod chunks;
 pub mod extract;
 pub mod frames;
 pub mod fsmeta;
+pub mod inflate;
 pub mod pipe;
 pub mod snapshot;
 pub mod tar;

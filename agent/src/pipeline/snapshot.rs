@@ -31,7 +31,8 @@ use anyhow::{Context, Result, anyhow};
 use vaultline_crypto::{DataKey, Header, KeyWrap, MAX_HEADER_LEN, SealedReader};
 
 use crate::error::{IntegrityError, UsageError};
-use crate::pipeline::pipe::{PipeReader, PipeWriter, pipe};
+use crate::pipeline::inflate::{FrameFeed, Inflaters};
+use crate::pipeline::pipe::{PipeWriter, pipe};
 use crate::repo::manifest::{
     ArchiveRef, ChunkRef, Entry, EntryKind, ManifestEnd, ManifestHeader, ManifestItem, ManifestReader,
     NodesRef, SegmentReader, SegmentRef, Xattrs,
@@ -39,6 +40,8 @@ use crate::repo::manifest::{
 use crate::repo::{Kind, READ_BUFFER, Repo, SnapshotRef};
 
 type ManifestPass = ManifestReader<SealedReader<BufReader<File>>>;
+/// Authenticated plaintext of a ranged read of a stored object.
+type RangeReader = SealedReader<BufReader<Box<dyn Read + Send>>>;
 
 /// What a read calls for each selected entry: files with a reader of
 /// exactly their content, other entries with none.
@@ -691,18 +694,35 @@ impl<'a> SnapshotReader<'a> {
         } else {
             256 << 10
         };
+        let streamed = plan.archives.iter().filter(|(_, p)| p.streamed()).count();
+        // Frames in memory per archive: enough for the decompression
+        // workers to run ahead of the consumer, and a fixed total however
+        // many archives a chain has (a frame is at most `MAX_PARALLEL_FRAME`
+        // of tar plus as much compressed).
+        let slots = (FRAME_BUDGET / streamed.max(1)).clamp(1, MAX_SLOTS);
+        let workers = thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(MAX_INFLATERS);
         thread::scope(|scope| -> Result<()> {
+            let inflaters = Inflaters::start(scope, workers, ARCHIVE_WINDOW_LOG);
             let mut cursors: HashMap<u32, Cursor<'_>> = HashMap::new();
             for (index, p) in &plan.archives {
-                let (reader, producer) = if p.streamed() {
-                    let (pipe_in, pipe_out) = pipe(if block > (256 << 10) { 4 } else { 2 }, block);
-                    let (repo, keys, snap) = (self.repo, self.keys, &self.snapshot);
+                let (repo, keys, snap) = (self.repo, self.keys, &self.snapshot);
+                let (reader, producer): (Option<Box<dyn Read>>, _) = if !p.streamed() {
+                    (None, None)
+                } else if p.archive.frame_size <= MAX_PARALLEL_FRAME {
+                    let frames = p.frames.iter().filter(|&&f| f).count() as u64;
+                    let (feed, stream) = inflaters.archive(slots, frames, &p.archive.object);
                     (
-                        Some(pipe_out),
-                        Some(scope.spawn(move || produce(repo, keys, snap, p, pipe_in))),
+                        Some(Box::new(stream)),
+                        Some(scope.spawn(move || produce_frames(repo, keys, snap, p, feed))),
                     )
                 } else {
-                    (None, None)
+                    let (pipe_in, pipe_out) = pipe(if block > (256 << 10) { 4 } else { 2 }, block);
+                    (
+                        Some(Box::new(pipe_out)),
+                        Some(scope.spawn(move || produce(repo, keys, snap, p, pipe_in))),
+                    )
                 };
                 cursors.insert(
                     *index,
@@ -718,6 +738,9 @@ impl<'a> SnapshotReader<'a> {
                     },
                 );
             }
+            // The producers hold the workers' queue from here on: the
+            // workers end when the last producer does.
+            drop(inflaters);
             for c in cursors.values_mut() {
                 c.pos = c.runs.first().map_or(0, |r| r.0);
             }
@@ -860,7 +883,7 @@ struct Cursor<'s> {
     run: usize,
     /// Plain offset of the next byte the pipe yields.
     pos: u64,
-    reader: Option<PipeReader>,
+    reader: Option<Box<dyn Read>>,
     producer: Option<ScopedJoinHandle<'s, Result<()>>>,
     whole: bool,
     manifest: &'s str,
@@ -1262,6 +1285,65 @@ fn produce(
     Ok(())
 }
 
+/// Most frames in memory for a read (see [`crate::pipeline::inflate`]),
+/// shared by its archives.
+const FRAME_BUDGET: usize = 6;
+/// Most frames in memory for one archive: enough to keep the
+/// decompression workers and the consumer busy.
+const MAX_SLOTS: usize = 3;
+/// Most decompression workers.
+const MAX_INFLATERS: usize = 4;
+/// Largest frame decompressed whole in parallel; an archive with larger
+/// frames (no vaultline writes them) is read by one streaming decoder.
+const MAX_PARALLEL_FRAME: u64 = 2 * crate::pipeline::frames::FRAME_SIZE;
+
+/// Reads, authenticates and cuts into frames the planned frames of one
+/// archive, for the decompression workers (the parallel form of
+/// [`produce`]).
+fn produce_frames(
+    repo: &Repo,
+    keys: &(dyn KeyWrap + Sync),
+    snap: &SnapshotRef,
+    plan: &ArchivePlan,
+    mut feed: FrameFeed,
+) -> Result<()> {
+    let a = &plan.archive;
+    let plain = |i: usize| {
+        a.plain_size
+            .saturating_sub(i as u64 * a.frame_size)
+            .min(a.frame_size) as usize
+    };
+    if plan.whole() {
+        let ctx = repo.context(&snap.host, &snap.job, &a.snapshot, Kind::Archive, &a.object)?;
+        let envelope = a.envelope.to_envelope()?;
+        let mut sealed = repo.open_sealed(&a.object, keys, &ctx, Some(&envelope))?;
+        for (i, &len) in a.frames.iter().enumerate() {
+            feed.frame(&mut sealed, len as usize, plain(i))?;
+        }
+        // The frames are the whole payload (docs/FORMAT.md §13.1): reading
+        // on must meet its authenticated end, and nothing after it.
+        if sealed.read(&mut [0u8; 1])? != 0 {
+            return Err(IntegrityError(format!(
+                "archive {}: its payload goes on past the frames its table lists",
+                a.object
+            ))
+            .into());
+        }
+        feed.finish()?;
+        return Ok(());
+    }
+    let (header, key) = open_header(repo, keys, snap, a)?;
+    let starts = a.frames().starts();
+    for (first, last) in plan.runs() {
+        let mut sealed = open_sealed_range(repo, a, &header, &key, &starts, first, last)?;
+        for i in first..=last {
+            feed.frame(&mut sealed, a.frames[i] as usize, plain(i))?;
+        }
+    }
+    feed.finish()?;
+    Ok(())
+}
+
 /// An archive's header, read by a ranged read, and its data key.
 fn open_header(
     repo: &Repo,
@@ -1291,6 +1373,24 @@ fn open_frames(
     first: usize,
     last: usize,
 ) -> Result<Box<dyn Read + Send>> {
+    let sealed = open_sealed_range(repo, a, header, key, starts, first, last)?;
+    let mut decoder = zstd::stream::read::Decoder::new(BufReader::new(sealed))?;
+    decoder.window_log_max(ARCHIVE_WINDOW_LOG)?;
+    Ok(Box::new(decoder))
+}
+
+/// The compressed bytes of frames `first..=last` of archive `a`, by a
+/// ranged read of the sealed chunks holding them, each authenticated at its
+/// own index.
+fn open_sealed_range(
+    repo: &Repo,
+    a: &ArchiveRef,
+    header: &Header,
+    key: &DataKey,
+    starts: &[u64],
+    first: usize,
+    last: usize,
+) -> Result<io::Take<RangeReader>> {
     let chunk = u64::from(header.chunk_size());
     let total = starts.last().copied().unwrap_or(0);
     let total_chunks = total.div_ceil(chunk).max(1);
@@ -1311,7 +1411,5 @@ fn open_frames(
             .with_context(|| format!("object {}", a.object))?;
     let skip = c_lo - k0 * chunk;
     io::copy(&mut (&mut sealed).take(skip), &mut io::sink())?;
-    let mut decoder = zstd::stream::read::Decoder::new(BufReader::new(sealed.take(c_hi - c_lo)))?;
-    decoder.window_log_max(ARCHIVE_WINDOW_LOG)?;
-    Ok(Box::new(decoder))
+    Ok(sealed.take(c_hi - c_lo))
 }
