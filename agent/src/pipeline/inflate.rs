@@ -9,6 +9,15 @@
 //! frame whole into its own buffer; the consuming thread takes the frames
 //! back in order ([`FrameStream`], a `Read` of the tar stream).
 //!
+//! A whole archive goes further: its sealed chunks need not be opened in
+//! order either, since each authenticates at its own index. Then the
+//! producer only reads the raw sealed chunks each frame lies in (a chunk
+//! two frames share goes to both) and a worker authenticates and decrypts
+//! them ([`SealedFrame`]) before it decompresses, so decryption runs on
+//! every core too. The worker of the last frame reads on to the object's
+//! authenticated end, so truncation and trailing data fail as in an
+//! ordered read.
+//!
 //! Memory is bounded by *slots*: a slot holds one frame's compressed bytes
 //! and its plain bytes, and each archive gets a fixed number of them. The
 //! producer waits for a free slot before it reads a frame, and the consumer
@@ -28,9 +37,13 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::Scope;
 
-/// One frame in memory: its compressed bytes, then its plain bytes.
+use vaultline_crypto::{DataKey, Header, SealedReader};
+
+/// One frame in memory: its sealed chunks (when a worker opens them), its
+/// compressed bytes, then its plain bytes.
 #[derive(Default)]
 struct Slot {
+    sealed: Vec<u8>,
     compressed: Vec<u8>,
     plain: Vec<u8>,
 }
@@ -40,7 +53,35 @@ struct Job {
     /// Plain bytes the frame table says the frame holds.
     expect: usize,
     slot: Slot,
+    /// Where the frame lies in its sealed chunks, when the worker opens them.
+    sealed: Option<SealedFrame>,
     reply: Sender<Reply>,
+}
+
+/// A sealed object's header and data key, shared by the workers opening
+/// its chunks.
+pub struct SealedObject {
+    /// The object's header (checked: commitment, MAC, binding tag).
+    pub header: Header,
+    /// Its data key.
+    pub key: DataKey,
+}
+
+/// Where one frame's compressed bytes lie in the sealed chunks read for it.
+pub struct SealedFrame {
+    /// The object.
+    pub object: Arc<SealedObject>,
+    /// Index of the first chunk read.
+    pub first_chunk: u64,
+    /// The chunk after the last one read; `None`: the chunks go to the
+    /// object's final chunk, whose end the worker checks.
+    pub end_chunk: Option<u64>,
+    /// Plaintext bytes of the first chunk before the frame.
+    pub skip: usize,
+    /// Compressed length of the frame.
+    pub len: usize,
+    /// True for the archive's last frame: nothing may follow it.
+    pub last: bool,
 }
 
 enum Reply {
@@ -114,18 +155,74 @@ fn work(rx: &Mutex<Receiver<Job>>, window_log: u32) {
             seq,
             expect,
             mut slot,
+            sealed,
             reply,
         }) = job
         else {
             return;
         };
         let result = match &mut zstd {
-            Ok(z) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inflate(z, &mut slot, expect)))
-                .unwrap_or_else(|_| Err(io::Error::other("a decompression worker panicked"))),
+            Ok(z) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if let Some(frame) = &sealed {
+                    open(frame, &mut slot)?;
+                }
+                inflate(z, &mut slot, expect)
+            }))
+            .unwrap_or_else(|_| Err(io::Error::other("a decompression worker panicked"))),
             Err(e) => Err(io::Error::new(e.kind(), format!("cannot set up zstd: {e}"))),
         };
         // The consumer may be gone (it stopped early): nothing to do then.
         let _ = reply.send(Reply::Frame(seq, result, slot));
+    }
+}
+
+/// Authenticates and decrypts the sealed chunks in `slot` into the
+/// frame's compressed bytes; for the last frame, reads on to the object's
+/// authenticated end.
+fn open(frame: &SealedFrame, slot: &mut Slot) -> io::Result<()> {
+    let object = &frame.object;
+    let mut reader = SealedReader::at_chunk(
+        &slot.sealed[..],
+        &object.header,
+        &object.key,
+        frame.first_chunk,
+        frame.end_chunk,
+    )
+    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    io::copy(&mut (&mut reader).take(frame.skip as u64), &mut io::sink())?;
+    resize(&mut slot.compressed, frame.len);
+    read_all(
+        &mut reader,
+        &mut slot.compressed,
+        "ends before the frames its table lists",
+    )?;
+    if frame.last && reader.read(&mut [0u8; 1])? != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "its payload goes on past the frames its table lists",
+        ));
+    }
+    Ok(())
+}
+
+/// Fills `buf` from `reader`; an early end is `what`.
+fn read_all(reader: &mut dyn Read, buf: &mut [u8], what: &str) -> io::Result<()> {
+    reader.read_exact(buf).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof && e.get_ref().is_none() {
+            io::Error::new(io::ErrorKind::InvalidData, format!("the payload {what}"))
+        } else {
+            e
+        }
+    })
+}
+
+/// Sets `buf`'s length to `len`. Bytes a slot held before stay
+/// initialized: no zeroing per frame.
+fn resize(buf: &mut Vec<u8>, len: usize) {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    } else {
+        buf.truncate(len);
     }
 }
 
@@ -136,12 +233,17 @@ fn inflate(z: &mut zstd::bulk::Decompressor<'_>, slot: &mut Slot, expect: usize)
     // The capacity bounds the output: a frame longer than its table entry
     // fails here rather than growing the buffer.
     slot.plain.reserve_exact(expect);
-    let n = z.decompress_to_buffer(&slot.compressed[..], &mut slot.plain)?;
-    if n != expect {
-        return Err(io::Error::new(
+    let wrong = |why: String| {
+        io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("a frame holds {n} bytes of tar where the frame table says {expect}"),
-        ));
+            format!("a frame does not decompress to the {expect} bytes of tar its table says: {why}"),
+        )
+    };
+    let n = z
+        .decompress_to_buffer(&slot.compressed[..], &mut slot.plain)
+        .map_err(|e| wrong(e.to_string()))?;
+    if n != expect {
+        return Err(wrong(format!("it holds {n}")));
     }
     Ok(())
 }
@@ -164,17 +266,53 @@ impl FrameFeed {
     /// `expect` plain bytes.
     pub fn frame(&mut self, sealed: &mut dyn Read, len: usize, expect: usize) -> io::Result<()> {
         let mut slot = self.free.recv().map_err(|_| broken())?;
-        // Bytes a slot held before stay initialized: no zeroing per frame.
-        if slot.compressed.len() < len {
-            slot.compressed.resize(len, 0);
-        } else {
-            slot.compressed.truncate(len);
-        }
+        resize(&mut slot.compressed, len);
         sealed.read_exact(&mut slot.compressed)?;
+        self.send(slot, None, expect)
+    }
+
+    /// Reads the next frame's sealed chunks, `want` bytes at most: `carry`
+    /// (the chunk it shares with the frame before, read already), then the
+    /// rest from `input`, and queues them to be opened as `frame` says and
+    /// decompressed into `expect` plain bytes. Leaves in `carry` the bytes
+    /// read from `keep_from` on (the chunk the next frame may share). Returns false
+    /// when `input` ended early: the worker names the truncation, and
+    /// nothing more is to be read.
+    pub fn sealed_frame(
+        &mut self,
+        input: &mut dyn Read,
+        carry: &mut Vec<u8>,
+        want: usize,
+        keep_from: usize,
+        frame: SealedFrame,
+        expect: usize,
+    ) -> io::Result<bool> {
+        let mut slot = self.free.recv().map_err(|_| broken())?;
+        let carried = carry.len().min(want);
+        resize(&mut slot.sealed, want);
+        slot.sealed[..carried].copy_from_slice(&carry[..carried]);
+        let mut got = carried;
+        while got < want {
+            match input.read(&mut slot.sealed[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        slot.sealed.truncate(got);
+        carry.clear();
+        carry.extend_from_slice(&slot.sealed[keep_from.min(got)..]);
+        self.send(slot, Some(frame), expect)?;
+        Ok(got == want)
+    }
+
+    fn send(&mut self, slot: Slot, sealed: Option<SealedFrame>, expect: usize) -> io::Result<()> {
         let job = Job {
             seq: self.seq,
             expect,
             slot,
+            sealed,
             reply: self.reply.clone(),
         };
         self.jobs
@@ -195,8 +333,9 @@ impl FrameFeed {
 pub struct FrameStream {
     rx: Receiver<Reply>,
     free: SyncSender<Slot>,
-    /// Frames decompressed ahead of their turn.
-    pending: BTreeMap<u64, Slot>,
+    /// Frames decompressed (or failed) ahead of their turn: a failure is
+    /// reported in its turn, after every frame before it.
+    pending: BTreeMap<u64, io::Result<Slot>>,
     current: Option<Slot>,
     pos: usize,
     next: u64,
@@ -224,24 +363,30 @@ impl Read for FrameStream {
                 // the producer is there; without it the slot has no use.
                 let _ = self.free.try_send(done);
             }
-            if let Some(slot) = self.pending.remove(&self.next) {
-                self.next += 1;
-                self.current = Some(slot);
-                self.pos = 0;
-                continue;
+            match self.pending.remove(&self.next) {
+                Some(Ok(slot)) => {
+                    self.next += 1;
+                    self.current = Some(slot);
+                    self.pos = 0;
+                    continue;
+                }
+                Some(Err(e)) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        FrameError {
+                            object: self.object.clone(),
+                            source: e,
+                        },
+                    ));
+                }
+                None => {}
             }
             if self.ended && self.next == self.total {
                 return Ok(0);
             }
             match self.rx.recv() {
-                Ok(Reply::Frame(seq, Ok(()), slot)) => {
-                    self.pending.insert(seq, slot);
-                }
-                Ok(Reply::Frame(seq, Err(e), _)) => {
-                    return Err(io::Error::new(
-                        e.kind(),
-                        format!("archive {}: frame {seq} of the read: {e}", self.object),
-                    ));
+                Ok(Reply::Frame(seq, result, slot)) => {
+                    self.pending.insert(seq, result.map(|()| slot));
                 }
                 Ok(Reply::End) => self.ended = true,
                 Err(_) => {
@@ -252,6 +397,26 @@ impl Read for FrameStream {
                 }
             }
         }
+    }
+}
+
+/// A frame that failed, naming its archive; its cause (an authentication
+/// failure, say) stays in the chain, so it is classified as before.
+#[derive(Debug)]
+struct FrameError {
+    object: String,
+    source: io::Error,
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "archive {}: {}", self.object, self.source)
+    }
+}
+
+impl std::error::Error for FrameError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
     }
 }
 
@@ -324,7 +489,10 @@ mod tests {
             feed.frame(&mut src, lengths[1], 49_999).unwrap();
             feed.finish().unwrap();
             let err = stream.read_to_end(&mut Vec::new()).unwrap_err();
-            assert!(err.to_string().contains("archive a: frame 1"), "{err}");
+            assert!(
+                err.to_string().contains("archive a: a frame does not decompress"),
+                "{err}"
+            );
         });
     }
 

@@ -31,11 +31,11 @@ use anyhow::{Context, Result, anyhow};
 use vaultline_crypto::{DataKey, Header, KeyWrap, MAX_HEADER_LEN, SealedReader};
 
 use crate::error::{IntegrityError, UsageError};
-use crate::pipeline::inflate::{FrameFeed, Inflaters};
+use crate::pipeline::inflate::{FrameFeed, Inflaters, SealedFrame, SealedObject};
 use crate::pipeline::pipe::{PipeWriter, pipe};
 use crate::repo::manifest::{
-    ArchiveRef, ChunkRef, Entry, EntryKind, ManifestEnd, ManifestHeader, ManifestItem, ManifestReader,
-    NodesRef, SegmentReader, SegmentRef, Xattrs,
+    ArchiveRef, ChunkRef, Entry, EntryKind, Frames, ManifestEnd, ManifestHeader, ManifestItem,
+    ManifestReader, NodesRef, SegmentReader, SegmentRef, Xattrs,
 };
 use crate::repo::{Kind, READ_BUFFER, Repo, SnapshotRef};
 
@@ -1316,21 +1316,18 @@ fn produce_frames(
     if plan.whole() {
         let ctx = repo.context(&snap.host, &snap.job, &a.snapshot, Kind::Archive, &a.object)?;
         let envelope = a.envelope.to_envelope()?;
-        let mut sealed = repo.open_sealed(&a.object, keys, &ctx, Some(&envelope))?;
-        for (i, &len) in a.frames.iter().enumerate() {
-            feed.frame(&mut sealed, len as usize, plain(i))?;
-        }
-        // The frames are the whole payload (docs/FORMAT.md §13.1): reading
-        // on must meet its authenticated end, and nothing after it.
-        if sealed.read(&mut [0u8; 1])? != 0 {
-            return Err(IntegrityError(format!(
-                "archive {}: its payload goes on past the frames its table lists",
-                a.object
-            ))
-            .into());
-        }
-        feed.finish()?;
-        return Ok(());
+        let raw = repo
+            .store()
+            .open(&a.object)
+            .with_context(|| format!("cannot open {}", a.object))?;
+        let mut input = BufReader::with_capacity(READ_BUFFER, raw);
+        let (header, key) = repo.unseal_header(&a.object, &mut input, keys, &ctx, Some(&envelope))?;
+        // Checks the commitment, the header MAC and the binding tag; the
+        // workers open the chunks that follow.
+        let input = SealedReader::new(input, &header, &key)
+            .with_context(|| format!("object {}", a.object))?
+            .into_inner();
+        return feed_sealed(input, SealedObject { header, key }, &a.frames(), feed);
     }
     let (header, key) = open_header(repo, keys, snap, a)?;
     let starts = a.frames().starts();
@@ -1338,6 +1335,65 @@ fn produce_frames(
         let mut sealed = open_sealed_range(repo, a, &header, &key, &starts, first, last)?;
         for i in first..=last {
             feed.frame(&mut sealed, a.frames[i] as usize, plain(i))?;
+        }
+    }
+    feed.finish()?;
+    Ok(())
+}
+
+/// Cuts a whole archive's sealed chunks (`input`, from chunk 0 on) into
+/// its frames (`a`, its frame table), for the workers to authenticate,
+/// decrypt and decompress (docs/FORMAT.md §13.1: the frames are the whole
+/// payload).
+fn feed_sealed(mut input: impl Read, object: SealedObject, a: &Frames, mut feed: FrameFeed) -> Result<()> {
+    let header = &object.header;
+    let chunk = u64::from(header.chunk_size());
+    let sealed_chunk = header.chunk_offset(1) - header.chunk_offset(0);
+    let starts = a.starts();
+    let total = starts.last().copied().unwrap_or(0);
+    let chunks = total.div_ceil(chunk).max(1);
+    let object = std::sync::Arc::new(object);
+    let n = a.lengths.len();
+    let mut carry = Vec::new();
+    // The chunk after those read so far.
+    let mut next_chunk = 0u64;
+    for i in 0..n {
+        let (lo, hi) = (starts[i], starts[i + 1]);
+        let (k0, k1) = (lo / chunk, (hi.max(1) - 1) / chunk);
+        // A frame in the final chunk reads to the object's end, and one
+        // byte past where a whole final chunk would end: its worker checks
+        // the final flag and sees trailing data.
+        let reaches_end = k1 + 1 >= chunks;
+        let end = if reaches_end { chunks } else { k1 + 1 };
+        let want = (end - k0) * sealed_chunk + u64::from(reaches_end);
+        if k0 == next_chunk {
+            carry.clear();
+        }
+        let frame = SealedFrame {
+            object: std::sync::Arc::clone(&object),
+            first_chunk: k0,
+            end_chunk: (!reaches_end).then_some(end),
+            skip: (lo - k0 * chunk) as usize,
+            len: (hi - lo) as usize,
+            last: i + 1 == n,
+        };
+        let plain = a
+            .plain_size
+            .saturating_sub(i as u64 * a.frame_size)
+            .min(a.frame_size) as usize;
+        let whole = feed.sealed_frame(
+            &mut input,
+            &mut carry,
+            usize::try_from(want)?,
+            ((k1 - k0) * sealed_chunk) as usize,
+            frame,
+            plain,
+        )?;
+        next_chunk = end;
+        if !whole && !reaches_end {
+            // The object ended early: the worker of this frame says where;
+            // the consumer meets that error in its turn.
+            return Ok(());
         }
     }
     feed.finish()?;
@@ -1412,4 +1468,117 @@ fn open_sealed_range(
     let skip = c_lo - k0 * chunk;
     io::copy(&mut (&mut sealed).take(skip), &mut io::sink())?;
     Ok(sealed.take(c_hi - c_lo))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use vaultline_crypto::{EncryptionContext, KeyEnvelope, SealOptions, SealedWriter};
+
+    use super::*;
+
+    /// `plain` cut into zstd frames of `frame` bytes, sealed in chunks of
+    /// 1 KiB (so that frames share chunks, several may lie in one), and
+    /// its frame table.
+    fn sealed(plain: &[u8], frame: usize, key: &DataKey) -> (Vec<u8>, Frames) {
+        let envelope = KeyEnvelope {
+            provider: "local".into(),
+            key_id: "test".into(),
+            wrapped: vec![7; 40],
+        };
+        let options = SealOptions {
+            chunk_size: 1024,
+            salt: None,
+        };
+        let mut w = SealedWriter::with_options(Vec::new(), key, envelope, EncryptionContext::new(), &options)
+            .unwrap();
+        let mut lengths = Vec::new();
+        for piece in plain.chunks(frame) {
+            let c = zstd::bulk::compress(piece, 1).unwrap();
+            lengths.push(c.len() as u32);
+            w.write_all(&c).unwrap();
+        }
+        let frames = Frames {
+            frame_size: frame as u64,
+            lengths,
+            plain_size: plain.len() as u64,
+        };
+        (w.finish().unwrap(), frames)
+    }
+
+    /// What a whole read of `object` yields, through the workers.
+    fn read_whole(object: &[u8], frames: &Frames, key: &DataKey) -> Result<Vec<u8>> {
+        let mut input = object;
+        let header = Header::read_from(&mut input)?;
+        let input = SealedReader::new(input, &header, key)?.into_inner();
+        let object = SealedObject {
+            header,
+            key: key.clone(),
+        };
+        thread::scope(|s| {
+            let pool = Inflaters::start(s, 2, ARCHIVE_WINDOW_LOG);
+            let (feed, mut stream) = pool.archive(2, frames.lengths.len() as u64, "a");
+            drop(pool);
+            let producer = s.spawn(move || feed_sealed(input, object, frames, feed));
+            let mut out = Vec::new();
+            let read = stream.read_to_end(&mut out);
+            drop(stream);
+            let produced = producer.join().map_err(|_| anyhow!("panicked"))?;
+            read?;
+            produced?;
+            Ok(out)
+        })
+    }
+
+    fn sample(len: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..len)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if i % 5 == 0 { x as u8 } else { b'a' + (x % 3) as u8 }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn whole_reads_open_frames_that_share_chunks() {
+        let key = DataKey::generate().unwrap();
+        // Frames of a few KiB (sharing chunks) and frames of a few bytes
+        // (several in one chunk, the final one included).
+        for (plain, frame) in [
+            (sample(200_000), 7_000),
+            (vec![0u8; 300_000], 4096),
+            (sample(10), 4),
+        ] {
+            let (object, frames) = sealed(&plain, frame, &key);
+            assert!(
+                read_whole(&object, &frames, &key).unwrap() == plain,
+                "frames of {frame}"
+            );
+        }
+    }
+
+    #[test]
+    fn whole_reads_refuse_damage_truncation_and_trailing_bytes() {
+        let key = DataKey::generate().unwrap();
+        let plain = sample(100_000);
+        let (object, frames) = sealed(&plain, 5_000, &key);
+        let mut flipped = object.clone();
+        let middle = flipped.len() / 2;
+        flipped[middle] ^= 1;
+        let mut longer = object.clone();
+        longer.push(0);
+        for (what, bad) in [
+            ("flipped", flipped),
+            ("truncated", object[..object.len() - 100].to_vec()),
+            ("truncated further", object[..object.len() / 2].to_vec()),
+            ("longer", longer),
+        ] {
+            let err = read_whole(&bad, &frames, &key).unwrap_err();
+            assert!(crate::error::is_integrity(&err), "{what}: {err:#}");
+        }
+    }
 }
