@@ -39,12 +39,13 @@ use std::thread::Scope;
 
 use vaultline_crypto::{DataKey, Header, SealedReader};
 
-/// One frame in memory: its sealed chunks (when a worker opens them), its
-/// compressed bytes, then its plain bytes.
+/// One frame in memory: what the producer read for it (its compressed
+/// bytes, or the sealed chunks holding them when a worker opens them),
+/// then its plain bytes. A worker decrypts into a buffer of its own, so a
+/// frame in a slot takes two buffers, not three.
 #[derive(Default)]
 struct Slot {
-    sealed: Vec<u8>,
-    compressed: Vec<u8>,
+    input: Vec<u8>,
     plain: Vec<u8>,
 }
 
@@ -146,6 +147,7 @@ fn work(rx: &Mutex<Receiver<Job>>, window_log: u32) {
         z.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(window_log))
             .map(|()| z)
     });
+    let mut opened = Vec::new();
     loop {
         let job = match rx.lock() {
             Ok(rx) => rx.recv(),
@@ -163,10 +165,14 @@ fn work(rx: &Mutex<Receiver<Job>>, window_log: u32) {
         };
         let result = match &mut zstd {
             Ok(z) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                if let Some(frame) = &sealed {
-                    open(frame, &mut slot)?;
-                }
-                inflate(z, &mut slot, expect)
+                let compressed = match &sealed {
+                    Some(frame) => {
+                        open(frame, &slot.input, &mut opened)?;
+                        &opened[..]
+                    }
+                    None => &slot.input[..],
+                };
+                inflate(z, compressed, &mut slot.plain, expect)
             }))
             .unwrap_or_else(|_| Err(io::Error::other("a decompression worker panicked"))),
             Err(e) => Err(io::Error::new(e.kind(), format!("cannot set up zstd: {e}"))),
@@ -176,13 +182,13 @@ fn work(rx: &Mutex<Receiver<Job>>, window_log: u32) {
     }
 }
 
-/// Authenticates and decrypts the sealed chunks in `slot` into the
-/// frame's compressed bytes; for the last frame, reads on to the object's
+/// Authenticates and decrypts the sealed chunks `sealed` into the frame's
+/// compressed bytes (`out`); for the last frame, reads on to the object's
 /// authenticated end.
-fn open(frame: &SealedFrame, slot: &mut Slot) -> io::Result<()> {
+fn open(frame: &SealedFrame, sealed: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     let object = &frame.object;
     let mut reader = SealedReader::at_chunk(
-        &slot.sealed[..],
+        sealed,
         &object.header,
         &object.key,
         frame.first_chunk,
@@ -190,12 +196,8 @@ fn open(frame: &SealedFrame, slot: &mut Slot) -> io::Result<()> {
     )
     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     io::copy(&mut (&mut reader).take(frame.skip as u64), &mut io::sink())?;
-    resize(&mut slot.compressed, frame.len);
-    read_all(
-        &mut reader,
-        &mut slot.compressed,
-        "ends before the frames its table lists",
-    )?;
+    resize(out, frame.len);
+    read_all(&mut reader, out, "ends before the frames its table lists")?;
     if frame.last && reader.read(&mut [0u8; 1])? != 0 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -226,13 +228,18 @@ fn resize(buf: &mut Vec<u8>, len: usize) {
     }
 }
 
-/// Decompresses the frame in `slot` into its plain buffer, which must end
-/// up holding exactly `expect` bytes.
-fn inflate(z: &mut zstd::bulk::Decompressor<'_>, slot: &mut Slot, expect: usize) -> io::Result<()> {
-    slot.plain.clear();
+/// Decompresses the frame `compressed` into `plain`, which must end up
+/// holding exactly `expect` bytes.
+fn inflate(
+    z: &mut zstd::bulk::Decompressor<'_>,
+    compressed: &[u8],
+    plain: &mut Vec<u8>,
+    expect: usize,
+) -> io::Result<()> {
+    plain.clear();
     // The capacity bounds the output: a frame longer than its table entry
     // fails here rather than growing the buffer.
-    slot.plain.reserve_exact(expect);
+    plain.reserve_exact(expect);
     let wrong = |why: String| {
         io::Error::new(
             io::ErrorKind::InvalidData,
@@ -240,7 +247,7 @@ fn inflate(z: &mut zstd::bulk::Decompressor<'_>, slot: &mut Slot, expect: usize)
         )
     };
     let n = z
-        .decompress_to_buffer(&slot.compressed[..], &mut slot.plain)
+        .decompress_to_buffer(compressed, plain)
         .map_err(|e| wrong(e.to_string()))?;
     if n != expect {
         return Err(wrong(format!("it holds {n}")));
@@ -266,8 +273,8 @@ impl FrameFeed {
     /// `expect` plain bytes.
     pub fn frame(&mut self, sealed: &mut dyn Read, len: usize, expect: usize) -> io::Result<()> {
         let mut slot = self.free.recv().map_err(|_| broken())?;
-        resize(&mut slot.compressed, len);
-        sealed.read_exact(&mut slot.compressed)?;
+        resize(&mut slot.input, len);
+        sealed.read_exact(&mut slot.input)?;
         self.send(slot, None, expect)
     }
 
@@ -289,20 +296,20 @@ impl FrameFeed {
     ) -> io::Result<bool> {
         let mut slot = self.free.recv().map_err(|_| broken())?;
         let carried = carry.len().min(want);
-        resize(&mut slot.sealed, want);
-        slot.sealed[..carried].copy_from_slice(&carry[..carried]);
+        resize(&mut slot.input, want);
+        slot.input[..carried].copy_from_slice(&carry[..carried]);
         let mut got = carried;
         while got < want {
-            match input.read(&mut slot.sealed[got..]) {
+            match input.read(&mut slot.input[got..]) {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        slot.sealed.truncate(got);
+        slot.input.truncate(got);
         carry.clear();
-        carry.extend_from_slice(&slot.sealed[keep_from.min(got)..]);
+        carry.extend_from_slice(&slot.input[keep_from.min(got)..]);
         self.send(slot, Some(frame), expect)?;
         Ok(got == want)
     }

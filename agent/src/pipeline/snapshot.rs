@@ -1287,7 +1287,7 @@ fn produce(
 
 /// Most frames in memory for a read (see [`crate::pipeline::inflate`]),
 /// shared by its archives.
-const FRAME_BUDGET: usize = 6;
+const FRAME_BUDGET: usize = 4;
 /// Most frames in memory for one archive: enough to keep the
 /// decompression workers and the consumer busy.
 const MAX_SLOTS: usize = 3;
@@ -1320,7 +1320,9 @@ fn produce_frames(
             .store()
             .open(&a.object)
             .with_context(|| format!("cannot open {}", a.object))?;
-        let mut input = BufReader::with_capacity(READ_BUFFER, raw);
+        // Frames are read a few MiB at a time, past the buffer: a small
+        // one is enough for the header.
+        let mut input = BufReader::with_capacity(64 << 10, raw);
         let (header, key) = repo.unseal_header(&a.object, &mut input, keys, &ctx, Some(&envelope))?;
         // Checks the commitment, the header MAC and the binding tag; the
         // workers open the chunks that follow.

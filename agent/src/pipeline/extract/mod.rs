@@ -58,8 +58,9 @@ use placer::{Meta, Notes, Placed, Placer, Policy, Refusal};
 
 /// Files up to this size are handed to worker threads whole.
 const SMALL_FILE: u64 = 1 << 20;
-/// Small files queued for the workers at most (bounds memory: 16 MiB).
-const QUEUE: usize = 16;
+/// Small files queued for the workers at most (bounds memory: 8 MiB,
+/// beside the frames the read keeps in memory; 8 keep two workers fed).
+const QUEUE: usize = 8;
 /// Most worker threads.
 const MAX_WORKERS: usize = 4;
 /// Directories awaiting metadata before the finished ones are applied
