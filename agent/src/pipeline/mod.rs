@@ -6,8 +6,9 @@
 //!          merged in walk order (child) → tar (archive::TarWriter) → zstd frames (frames)
 //!          → seal → archive object; every entry → manifest → hooks: after
 //! restore: manifest → plan (snapshot) → thaw (thaw) → ranged reads of the frames
-//!          it needs, decrypted and decompressed on producer threads (pipe)
-//!          → tar entries checked against the manifest → extract (safe placement)
+//!          it needs, read on producer threads, authenticated, decrypted and
+//!          decompressed frame by frame on a worker pool (inflate) → tar entries
+//!          checked against the manifest → extract (safe placement)
 //! ```
 //!
 //! A run of a job goes through [`hooks::around`] (its `before` and `after`
@@ -34,6 +35,7 @@ pub mod extract;
 pub mod frames;
 pub mod fsmeta;
 pub mod hooks;
+pub mod inflate;
 pub mod pipe;
 pub mod snapshot;
 pub mod tar;

@@ -62,10 +62,11 @@ const SMALL_FILE: u64 = 1 << 20;
 /// and bytes (a file over the bytes is a batch of its own): a hand-off per
 /// file cost three futex calls a file, a thread switch each on two cores.
 const BATCH_FILES: usize = 64;
-const BATCH_BYTES: usize = 2 << 20;
+const BATCH_BYTES: usize = 1 << 20;
 /// Batches queued for the workers at most (with one being filled and one
-/// at each worker, memory stays within about 16 MiB).
-const QUEUE: usize = 4;
+/// at each worker, about 5 MiB beside the frames the read keeps; 4 queued
+/// batches of 2 MiB were no faster).
+const QUEUE: usize = 2;
 /// Most worker threads.
 const MAX_WORKERS: usize = 4;
 /// Directories awaiting metadata before the finished ones are applied
