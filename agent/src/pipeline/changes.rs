@@ -31,7 +31,7 @@
 
 use std::cmp::Ordering;
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -194,6 +194,8 @@ pub struct Record {
     path: PathBuf,
     batches: Option<mpsc::Receiver<Result<Vec<Prev>>>>,
     batch: std::vec::IntoIter<Prev>,
+    /// The reader said it sent every entry (an empty batch).
+    ended: bool,
     reader: Option<JoinHandle<()>>,
     peeked: Option<Prev>,
 }
@@ -326,6 +328,7 @@ impl Record {
             path,
             batches: None,
             batch: Vec::new().into_iter(),
+            ended: false,
             reader: None,
             peeked: None,
         }))
@@ -380,20 +383,33 @@ impl Record {
                     }
                 }
                 let cp = chunks_path(&self.state_dir, &self.header.job, &self.header.snapshot);
-                let bytes = match fs::read(&cp) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        return Ok(Err(format!(
-                            "the local record's chunk list {}: {e}",
-                            cp.display()
-                        )));
-                    }
+                let unreadable = |e: io::Error| {
+                    Ok(Err(format!(
+                        "the local record's chunk list {}: {e}",
+                        cp.display()
+                    )))
                 };
-                if blake3::hash(&bytes).to_hex().as_str() != chunks_sum || bytes.len() % CHUNK_RECORD != 0 {
+                // Checked whole before any of it is used, then read again a
+                // record at a time: memory is the index's, not the file's.
+                match file_blake3(&cp) {
+                    Ok(sum) if &sum == chunks_sum => {}
+                    Ok(_) => return damaged(&"its chunk list does not match the checksum in its header"),
+                    Err(e) => return unreadable(e),
+                }
+                let (mut list, len) = match File::open(&cp).and_then(|f| Ok((f.metadata()?.len(), f))) {
+                    Ok((len, f)) => (BufReader::with_capacity(1 << 16, f), len),
+                    Err(e) => return unreadable(e),
+                };
+                if len % CHUNK_RECORD as u64 != 0 {
                     return damaged(&"its chunk list does not match the checksum in its header");
                 }
                 let mut index = ChunkIndex::new();
-                for r in bytes.chunks_exact(CHUNK_RECORD) {
+                let mut record = [0u8; CHUNK_RECORD];
+                for _ in 0..len / CHUNK_RECORD as u64 {
+                    if let Err(e) = list.read_exact(&mut record) {
+                        return unreadable(e);
+                    }
+                    let r = &record;
                     let field = |a: usize, b: usize| -> &[u8] { &r[a..b] };
                     let mut id: ChunkId = [0; 16];
                     id.copy_from_slice(field(0, 16));
@@ -493,16 +509,23 @@ impl Record {
             self.peeked = Some(p);
             return Ok(());
         }
+        if self.ended {
+            return Ok(());
+        }
         let rx = self
             .batches
             .as_ref()
             .ok_or_else(|| anyhow::anyhow!("the local record was not started"))?;
-        // The reader ends by closing the channel after its last batch.
+        // The reader ends with an empty batch; a channel closed before it
+        // is a reader that stopped (it panicked): the join must not take
+        // that for the end of the record.
         match rx.recv() {
+            Ok(Ok(batch)) if batch.is_empty() => self.ended = true,
             Ok(Ok(batch)) => {
                 self.batch = batch.into_iter();
                 self.peeked = self.batch.next();
             }
+            Ok(Err(e)) if !e.is::<WrittenWrong>() => return Err(e),
             Ok(Err(e)) => {
                 // It matched its checksums, so no run would get past it:
                 // set aside, the next run is full.
@@ -518,7 +541,12 @@ impl Record {
                     )),
                 });
             }
-            Err(_) => {}
+            Err(_) => {
+                return Err(anyhow::anyhow!(
+                    "the thread reading the local record {} stopped before its end",
+                    self.path.display()
+                ));
+            }
         }
         Ok(())
     }
@@ -570,6 +598,18 @@ impl Drop for Record {
     }
 }
 
+/// A record line that matched the checksums and is wrong all the same.
+#[derive(Debug)]
+struct WrittenWrong(String);
+
+impl std::fmt::Display for WrittenWrong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for WrittenWrong {}
+
 /// The reader thread: the entries, parsed and checked, to the join in
 /// batches; an error ends it.
 fn read_entries(
@@ -583,16 +623,25 @@ fn read_entries(
     let mut last: Option<Vec<u8>> = None;
     let mut ordinal = 0u64;
     let fail = |line: u64, why: String| {
-        let _ = tx.send(Err(anyhow::anyhow!(
+        let _ = tx.send(Err(WrittenWrong(format!(
             "the local record {} is damaged: line {line}: {why} (though it matched its checksum: it was \
              written wrong)",
             path.display()
-        )));
+        ))
+        .into()));
     };
     for item in lines {
         let raw = match item {
             Ok(b) => b,
-            Err(e) => return fail(ordinal + 1, e.to_string()),
+            // Reading failed (the disk, not the record's contents): this
+            // run fails, the record stays for the next one.
+            Err(e) => {
+                let _ = tx.send(Err(anyhow::anyhow!(
+                    "cannot read the local record {}: {e}",
+                    path.display()
+                )));
+                return;
+            }
         };
         let (entry, stat, ids) = match parse_line(header, last.as_deref(), &raw).and_then(split_chunks) {
             Ok(l) => l,
@@ -621,9 +670,11 @@ fn read_entries(
             format!("its segments list {listed} entries, it has {ordinal}"),
         );
     }
-    if !batch.is_empty() {
-        let _ = tx.send(Ok(batch));
+    if !batch.is_empty() && tx.send(Ok(batch)).is_err() {
+        return;
     }
+    // The end.
+    let _ = tx.send(Ok(Vec::new()));
 }
 
 /// The record being written by a run.
@@ -842,6 +893,16 @@ impl RecordWriter {
     /// entries and chunk files go into place, then the header that names
     /// them with their checksums, then older files go.
     pub fn commit(mut self, header: &StateHeader) -> Result<()> {
+        let done = self.commit_files(header);
+        if done.is_err() {
+            // Whatever was not renamed into place goes.
+            let _ = fs::remove_file(&self.temp);
+            let _ = fs::remove_file(&self.chunks_temp);
+        }
+        done
+    }
+
+    fn commit_files(&mut self, header: &StateHeader) -> Result<()> {
         let (file, sum) = self
             .out
             .take()

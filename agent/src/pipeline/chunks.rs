@@ -157,7 +157,9 @@ impl Chunker {
                     Ok(n) => self.end += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {
-                        self.eof = true;
+                        // What was read but not cut is dropped with the
+                        // source: nothing of it comes out after the error.
+                        (self.start, self.end, self.eof) = (0, 0, true);
                         return Some(Err(e));
                     }
                 }
@@ -361,6 +363,28 @@ mod tests {
         let mut source = Failing(3 * MAX);
         let first = chunker.next_chunk(&key, &mut source).unwrap();
         assert_eq!(first.unwrap_err().to_string(), "the disk said no");
+        assert!(
+            chunker.next_chunk(&key, &mut source).is_none(),
+            "the source ended"
+        );
+
+        // After a window's worth: the chunks cut so far come out first,
+        // each whole, then the error, then nothing.
+        chunker.reset();
+        let mut source = Failing(WINDOW + MAX + 3);
+        let (mut cut, mut failed) = (0, None);
+        while let Some(c) = chunker.next_chunk(&key, &mut source) {
+            match c {
+                Ok((_, data)) => {
+                    assert_eq!(data.len(), MAX, "all sevens: largest chunks");
+                    cut += data.len();
+                }
+                Err(e) => failed = Some(e.to_string()),
+            }
+        }
+        assert_eq!(failed.as_deref(), Some("the disk said no"));
+        // The window filled once (4 largest chunks), then the refill failed.
+        assert_eq!(cut, WINDOW);
     }
 
     #[test]

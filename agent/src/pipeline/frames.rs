@@ -271,7 +271,9 @@ mod tests {
 
     #[test]
     fn frames_decode_as_one_stream_and_each_on_its_own() {
-        let data = sample(3 * FRAME_SIZE as usize + 12345);
+        // More frames than the pool keeps in flight (2 per worker), so
+        // plain and compressed buffers are used again.
+        let data = sample(8 * FRAME_SIZE as usize + 12345);
         for threads in [1, 3] {
             let mut w = FrameWriter::new(Vec::new(), 3, threads).unwrap();
             for piece in data.chunks(100_000) {
@@ -279,7 +281,7 @@ mod tests {
             }
             assert_eq!(w.position(), data.len() as u64);
             let (out, frames) = w.finish().unwrap();
-            assert_eq!(frames.lengths.len(), 4, "threads {threads}");
+            assert_eq!(frames.lengths.len(), 9, "threads {threads}");
             assert_eq!(frames.plain_size, data.len() as u64);
             let mut all = Vec::new();
             zstd::stream::read::Decoder::new(&out[..])

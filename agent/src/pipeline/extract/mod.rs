@@ -176,6 +176,8 @@ pub struct Extractor {
     /// Small files not yet handed over, and their bytes.
     batch: Vec<Job>,
     batch_bytes: usize,
+    /// A worker's write failed (the restore stops).
+    write_failed: bool,
     workers: Vec<JoinHandle<Notes>>,
     options: Options,
     is_root: bool,
@@ -247,7 +249,12 @@ impl Extractor {
                     let Ok(batch) = job else { return placer.notes };
                     let mut done = Vec::with_capacity(batch.len());
                     for job in batch {
-                        let result = placer.file(&job.comps, &job.entry, &mut &job.data[..]);
+                        // A panic must not leave the restore waiting for a
+                        // batch that never comes back: it is this file's error.
+                        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            placer.file(&job.comps, &job.entry, &mut &job.data[..])
+                        }))
+                        .unwrap_or_else(|_| Err(anyhow!("a restore worker panicked")));
                         let failed = result.is_err();
                         done.push(Done {
                             comps: job.comps,
@@ -274,6 +281,7 @@ impl Extractor {
             done,
             batch: Vec::new(),
             batch_bytes: 0,
+            write_failed: false,
             workers: handles,
             options,
             is_root: rustix::process::geteuid().is_root(),
@@ -388,7 +396,7 @@ impl Extractor {
             };
             self.in_flight -= 1;
             for done in done {
-                let result = done.result?;
+                let result = done.result.inspect_err(|_| self.write_failed = true)?;
                 self.settle(
                     &done.comps,
                     &done.path,
@@ -567,7 +575,14 @@ impl Extractor {
     }
 
     fn stop_workers(&mut self) -> Notes {
-        let _ = self.send_batch();
+        // The batch being filled is complete and authentic: it is written
+        // (an interrupted restore keeps what it had), unless a write
+        // failed already, when nothing more is attempted.
+        if self.write_failed {
+            self.batch.clear();
+        } else {
+            let _ = self.send_batch();
+        }
         self.jobs = None;
         let mut notes = Notes::default();
         for h in self.workers.drain(..) {
@@ -580,8 +595,8 @@ impl Extractor {
 }
 
 impl Drop for Extractor {
-    /// On an early return (an integrity failure), queued files are still
-    /// complete and authentic: let the workers finish them, then stop.
+    /// On an early return (an integrity failure), files already handed to
+    /// the workers are complete and authentic: let them finish, then stop.
     fn drop(&mut self) {
         let _ = self.stop_workers();
     }
