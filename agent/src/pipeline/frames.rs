@@ -11,7 +11,10 @@
 //!
 //! Frames are compressed in parallel by a small pool of worker threads (one
 //! zstd context each) and written out in order, so compression keeps all
-//! cores busy while memory stays at a few frames per worker.
+//! cores busy while memory stays at a few frames per worker. With a pool,
+//! the writing out (the sealing writer: encryption and the object's writes,
+//! a sixth of a full backup's CPU) has a thread of its own too, so the
+//! thread feeding the frames (the walk) does not wait on it.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -46,9 +49,111 @@ struct Pool {
     workers: Vec<JoinHandle<()>>,
 }
 
+/// Where compressed frames go: written here, or handed to the writing
+/// thread, which gives each buffer back once written.
+enum Out<W> {
+    Here(Option<W>),
+    Away {
+        frames: Option<SyncSender<Vec<u8>>>,
+        back: Receiver<Vec<u8>>,
+        thread: Option<JoinHandle<io::Result<W>>>,
+    },
+}
+
+impl<W: Write + Send + 'static> Out<W> {
+    fn away(mut out: W) -> io::Result<Self> {
+        let (frames, rx) = sync_channel::<Vec<u8>>(2);
+        let (give_back, back) = std::sync::mpsc::channel();
+        let thread =
+            std::thread::Builder::new()
+                .name("frame-writer".into())
+                .spawn(move || -> io::Result<W> {
+                    for frame in rx {
+                        out.write_all(&frame)?;
+                        let _ = give_back.send(frame);
+                    }
+                    Ok(out)
+                })?;
+        Ok(Out::Away {
+            frames: Some(frames),
+            back,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl<W> Out<W> {
+    /// The writing thread's outcome (once it ended).
+    fn join(thread: &mut Option<JoinHandle<io::Result<W>>>) -> io::Result<W> {
+        match thread.take().map(JoinHandle::join) {
+            Some(Ok(done)) => done,
+            _ => Err(io::Error::other("the frame writer stopped unexpectedly")),
+        }
+    }
+
+    /// Writes `frame`; gives it back when it is free already.
+    fn write(&mut self, frame: Vec<u8>) -> io::Result<Option<Vec<u8>>>
+    where
+        W: Write,
+    {
+        match self {
+            Out::Here(out) => {
+                out.as_mut().ok_or_else(finished)?.write_all(&frame)?;
+                Ok(Some(frame))
+            }
+            Out::Away { frames, thread, .. } => {
+                if frames.as_ref().is_some_and(|f| f.send(frame).is_ok()) {
+                    return Ok(None);
+                }
+                // It stopped: its error says why.
+                *frames = None;
+                Err(Self::join(thread)
+                    .err()
+                    .unwrap_or_else(|| io::Error::other("the frame writer stopped")))
+            }
+        }
+    }
+
+    /// A written buffer, if one came back.
+    fn reuse(&self) -> Option<Vec<u8>> {
+        match self {
+            Out::Here(_) => None,
+            Out::Away { back, .. } => back.try_recv().ok(),
+        }
+    }
+
+    /// Everything written: the writer back.
+    fn finish(&mut self) -> io::Result<W> {
+        match self {
+            Out::Here(out) => out.take().ok_or_else(finished),
+            Out::Away { frames, thread, .. } => {
+                *frames = None;
+                Self::join(thread)
+            }
+        }
+    }
+}
+
+fn finished() -> io::Error {
+    io::Error::other("the frame writer was finished already")
+}
+
+impl<W> Drop for Out<W> {
+    /// Frames handed over are written (then the writer dropped: an object
+    /// not committed is discarded) before the frame writer is gone.
+    fn drop(&mut self) {
+        if let Out::Away { frames, thread, .. } = self {
+            *frames = None;
+            if let Some(t) = thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
 /// Compresses a stream into independent frames, written to `out` in order.
 pub struct FrameWriter<W: Write> {
-    out: W,
+    out: Out<W>,
     level: i32,
     buf: Vec<u8>,
     frames: Frames,
@@ -67,8 +172,9 @@ pub struct FrameWriter<W: Write> {
     max_in_flight: u64,
 }
 
-impl<W: Write> FrameWriter<W> {
-    /// Frames at zstd `level`, compressed by `threads` workers (1: inline).
+impl<W: Write + Send + 'static> FrameWriter<W> {
+    /// Frames at zstd `level`, compressed by `threads` workers and written
+    /// out by a thread of its own (1: all inline).
     pub fn new(out: W, level: i32, threads: usize) -> io::Result<Self> {
         let pool = if threads > 1 {
             let (jobs, rx) = sync_channel::<Job>(threads);
@@ -115,7 +221,11 @@ impl<W: Write> FrameWriter<W> {
             None
         };
         Ok(FrameWriter {
-            out,
+            out: if pool.is_some() {
+                Out::away(out)?
+            } else {
+                Out::Here(Some(out))
+            },
             level,
             buf: Vec::with_capacity(FRAME_SIZE as usize),
             frames: Frames {
@@ -131,16 +241,21 @@ impl<W: Write> FrameWriter<W> {
             max_in_flight: threads as u64 * 2,
         })
     }
+}
 
+impl<W: Write> FrameWriter<W> {
     /// Plain bytes taken so far.
     pub fn position(&self) -> u64 {
         self.frames.plain_size
     }
 
-    fn emit(&mut self, compressed: &[u8]) -> io::Result<()> {
+    /// Writes out the next frame in turn.
+    fn emit(&mut self, compressed: Vec<u8>) -> io::Result<()> {
         let len = u32::try_from(compressed.len())
             .map_err(|_| io::Error::other("a compressed frame exceeds 4 GiB"))?;
-        self.out.write_all(compressed)?;
+        if let Some(free) = self.out.write(compressed)? {
+            self.spare_out.push(free);
+        }
         self.frames.lengths.push(len);
         self.written += 1;
         Ok(())
@@ -158,8 +273,7 @@ impl<W: Write> FrameWriter<W> {
         self.spare.push(plain);
         self.ready.insert(seq, compressed);
         while let Some(c) = self.ready.remove(&self.written) {
-            self.emit(&c)?;
-            self.spare_out.push(c);
+            self.emit(c)?;
         }
         Ok(())
     }
@@ -173,7 +287,7 @@ impl<W: Write> FrameWriter<W> {
         if self.pool.is_none() {
             let compressed = zstd::bulk::compress(&plain, self.level)?;
             self.submitted += 1;
-            self.emit(&compressed)?;
+            self.emit(compressed)?;
             plain.clear();
             self.spare.push(plain);
             return Ok(());
@@ -184,6 +298,7 @@ impl<W: Write> FrameWriter<W> {
         let out = self
             .spare_out
             .pop()
+            .or_else(|| self.out.reuse())
             .unwrap_or_else(|| Vec::with_capacity(out_capacity()));
         let pool = self
             .pool
@@ -212,8 +327,9 @@ impl<W: Write> FrameWriter<W> {
         while self.written < self.submitted {
             self.collect_one()?;
         }
-        self.out.flush()?;
-        Ok((self.out, self.frames))
+        let mut out = self.out.finish()?;
+        out.flush()?;
+        Ok((out, self.frames))
     }
 }
 
@@ -267,6 +383,43 @@ mod tests {
                 }
             })
             .collect()
+    }
+
+    /// A writer that takes `left` bytes, then fails.
+    struct Full {
+        left: usize,
+    }
+
+    impl Write for Full {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.left == 0 {
+                return Err(io::Error::other("no space left on the device"));
+            }
+            let n = buf.len().min(self.left);
+            self.left -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failing_object_write_is_the_error_whether_inline_or_on_the_writing_thread() {
+        let data = sample(6 * FRAME_SIZE as usize);
+        for threads in [1, 2] {
+            let mut w = FrameWriter::new(Full { left: 1 << 20 }, 3, threads).unwrap();
+            let wrote = data.chunks(1 << 20).try_for_each(|piece| w.write_all(piece));
+            let err = match wrote {
+                Err(e) => e,
+                Ok(()) => w.finish().map(|_| ()).unwrap_err(),
+            };
+            assert_eq!(
+                err.to_string(),
+                "no space left on the device",
+                "threads {threads}"
+            );
+        }
     }
 
     #[test]
