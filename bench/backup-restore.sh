@@ -48,19 +48,7 @@ timed() {
     cat "$run/time.out"
 }
 
-cat > "$run/config.toml" <<EOF
-[agent]
-host = "bench"
-state-dir = "$run/state"
-[repository]
-type = "local"
-path = "$run/repo"
-[key]
-storage = "file"
-[[jobs]]
-name = "corpus"
-paths = ["$src"]
-EOF
+local_config "$run" "corpus=$src"
 "$vl" --config "$run/config.toml" -q init > /dev/null
 
 declare -a b_base b_vl r_base r_vl b_rss r_rss

@@ -41,24 +41,7 @@ rm -rf "$run"
 mkdir -p "$run"
 trap 'rm -rf "$run"' EXIT
 
-config() { # DIR SRC: a config for a local repository in DIR backing up SRC
-    cat >"$1/config.toml" <<EOF
-[agent]
-host = "bench"
-state-dir = "$1/state"
-
-[repository]
-type = "local"
-path = "$1/repo"
-
-[key]
-storage = "file"
-
-[[jobs]]
-name = "data"
-paths = ["$2"]
-EOF
-}
+config() { local_config "$1" "data=$2"; } # DIR SRC: one job, "data", backing up SRC
 median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.3f}')" "$1" "$2"; }
 secs() { # CMD...: wall seconds (stdout to /dev/null)

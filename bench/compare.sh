@@ -94,22 +94,7 @@ rotated() {
     for i in $(seq 0 $((n - 1))); do echo "${tools[$(((i + r) % n))]}"; done
 }
 
-cat > "$run/config.toml" <<EOF
-[agent]
-host = "bench"
-state-dir = "$run/state"
-[repository]
-type = "local"
-path = "$run/repo"
-[key]
-storage = "file"
-[[jobs]]
-name = "corpus"
-paths = ["$src"]
-[[jobs]]
-name = "chain"
-paths = ["$run/chain-src"]
-EOF
+local_config "$run" "corpus=$src" "chain=$run/chain-src"
 vl() { "$vl" --config "$run/config.toml" -q "$@"; }
 vl init > /dev/null
 

@@ -37,22 +37,7 @@ mkdir -p "$run"
 trap 'rm -rf "$run"' EXIT
 echo "==> copying the corpus to $run/src"
 cp -a "$src" "$run/src"
-cat >"$run/config.toml" <<EOF
-[agent]
-host = "bench"
-state-dir = "$run/state"
-
-[repository]
-type = "local"
-path = "$run/repo"
-
-[key]
-storage = "file"
-
-[[jobs]]
-name = "data"
-paths = ["$run/src"]
-EOF
+local_config "$run" "data=$run/src"
 VL=("$vl" --config "$run/config.toml")
 "${VL[@]}" init >/dev/null
 
