@@ -692,6 +692,12 @@ fn run_contents(
         let frames_out = out.tar.finish()?;
         let (sealed, frames) = frames_out.finish()?;
         let object = sealed.finish()?;
+        // Finishing waited for the frames still being compressed and
+        // written (the writing thread): a stop asked for meanwhile still
+        // stops the run, and the object is discarded uncommitted.
+        if opts.cancel.load(Ordering::Relaxed) {
+            return Err(Interrupted(None).into());
+        }
         let info = object
             .commit()
             .with_context(|| format!("committing archive {}", out.name))?;
