@@ -65,5 +65,5 @@ pub use layout::{
     BINDING_SIZE, DEFAULT_CHUNK_SIZE, FORMAT_VERSION, FRAME_SIZE, MAC_SIZE, MAGIC, MAX_CHUNK_SIZE,
     MAX_HEADER_LEN, MIN_CHUNK_SIZE, TAG_SIZE,
 };
-pub use stream::{ChunkNonce, SealOptions, SealedReader, SealedWriter};
+pub use stream::{ChunkNonce, SealOptions, SealedReader, SealedWriter, open_in_place};
 pub use wrap::{KeyWrap, LOCAL_PROVIDER, LOCAL_WRAPPED_LEN, LocalKeyWrap, MasterKey};

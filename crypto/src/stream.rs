@@ -367,29 +367,7 @@ impl<R: BufRead> SealedReader<R> {
                 offset: frame_at + got as u64,
             });
         }
-        let word = u32::from_be_bytes(frame);
-        let last = word & FINAL_FLAG != 0;
-        let len = (word & !FINAL_FLAG) as usize;
-        if len > self.chunk_size {
-            return Err(Error::MalformedChunk {
-                index,
-                offset: frame_at,
-                reason: format!(
-                    "declares {len} plaintext bytes, more than the chunk size {}",
-                    self.chunk_size
-                ),
-            });
-        }
-        if !last && len != self.chunk_size {
-            return Err(Error::MalformedChunk {
-                index,
-                offset: frame_at,
-                reason: format!(
-                    "a non-final chunk must hold exactly {} bytes, this one declares {len}",
-                    self.chunk_size
-                ),
-            });
-        }
+        let (len, last) = frame_word(frame, index, frame_at, self.chunk_size)?;
         if !self.open_from_source(&mut dst[..len], index, last)? {
             let sealed = &mut dst[..len + TAG_SIZE];
             let got = read_full(&mut self.inner, sealed)?;
@@ -399,7 +377,7 @@ impl<R: BufRead> SealedReader<R> {
                     offset: frame_at + (FRAME_SIZE + got) as u64,
                 });
             }
-            if !open_in_place(&self.aead, sealed, index, last) {
+            if !open_chunk_in_place(&self.aead, sealed, index, last) {
                 return Err(diagnose(&self.aead, sealed, index, last, frame_at));
             }
         }
@@ -441,41 +419,158 @@ impl<R: BufRead> SealedReader<R> {
         Ok(opened)
     }
 
-    /// After the final chunk the input must end. If it does not, says
-    /// whether what follows is another authentic final chunk or just bytes.
+    /// After the final chunk the input must end.
     fn check_end(&mut self) -> Result<()> {
-        let at = self.offset;
-        let mut frame = [0u8; FRAME_SIZE];
-        let got = read_full(&mut self.inner, &mut frame)?;
-        if got == 0 {
-            return Ok(());
-        }
-        if got == FRAME_SIZE {
-            let word = u32::from_be_bytes(frame);
-            let len = (word & !FINAL_FLAG) as usize;
-            if word & FINAL_FLAG != 0 && len <= self.chunk_size {
-                // Probe in a scratch buffer: the final chunk's plaintext may
-                // still be waiting in `buf` or in the caller's buffer.
-                let mut probe = vec![0u8; len + TAG_SIZE];
-                if read_full(&mut self.inner, &mut probe)? == probe.len() {
-                    let lo = self.counter.saturating_sub(DIAGNOSIS_WINDOW);
-                    let hi = self.counter.saturating_add(DIAGNOSIS_WINDOW);
-                    for counter in lo..=hi {
-                        let nonce = Nonce::from(ChunkNonce::new(counter, true).to_bytes());
-                        let (data, tag) = probe.split_at_mut(len);
-                        let Ok(tag) = <&Tag>::try_from(&*tag) else { break };
-                        if self
-                            .aead
-                            .decrypt_inout_detached(&nonce, &[], data.into(), tag)
-                            .is_ok()
-                        {
-                            return Err(Error::MultipleFinalChunks { offset: at });
-                        }
+        check_end(
+            &self.aead,
+            &mut self.inner,
+            self.counter,
+            self.offset,
+            self.chunk_size,
+        )
+    }
+}
+
+/// The length and final flag a chunk's frame word declares, checked
+/// against the chunk size (only a final chunk may be shorter).
+fn frame_word(
+    frame: [u8; FRAME_SIZE],
+    index: u64,
+    frame_at: u64,
+    chunk_size: usize,
+) -> Result<(usize, bool)> {
+    let word = u32::from_be_bytes(frame);
+    let last = word & FINAL_FLAG != 0;
+    let len = (word & !FINAL_FLAG) as usize;
+    if len > chunk_size {
+        return Err(Error::MalformedChunk {
+            index,
+            offset: frame_at,
+            reason: format!("declares {len} plaintext bytes, more than the chunk size {chunk_size}"),
+        });
+    }
+    if !last && len != chunk_size {
+        return Err(Error::MalformedChunk {
+            index,
+            offset: frame_at,
+            reason: format!(
+                "a non-final chunk must hold exactly {chunk_size} bytes, this one declares {len}"
+            ),
+        });
+    }
+    Ok((len, last))
+}
+
+/// After the final chunk (`counter` is the one after it, at offset `at`)
+/// the input must end. If it does not, says whether what follows is
+/// another authentic final chunk or just bytes.
+fn check_end(
+    aead: &ChaCha20Poly1305,
+    inner: &mut impl Read,
+    counter: u64,
+    at: u64,
+    chunk_size: usize,
+) -> Result<()> {
+    let mut frame = [0u8; FRAME_SIZE];
+    let got = read_full(inner, &mut frame)?;
+    if got == 0 {
+        return Ok(());
+    }
+    if got == FRAME_SIZE {
+        let word = u32::from_be_bytes(frame);
+        let len = (word & !FINAL_FLAG) as usize;
+        if word & FINAL_FLAG != 0 && len <= chunk_size {
+            // Probe in a scratch buffer: the final chunk's plaintext may
+            // still be waiting in the reader's buffer or in the caller's.
+            let mut probe = vec![0u8; len + TAG_SIZE];
+            if read_full(inner, &mut probe)? == probe.len() {
+                let lo = counter.saturating_sub(DIAGNOSIS_WINDOW);
+                let hi = counter.saturating_add(DIAGNOSIS_WINDOW);
+                for counter in lo..=hi {
+                    let nonce = Nonce::from(ChunkNonce::new(counter, true).to_bytes());
+                    let (data, tag) = probe.split_at_mut(len);
+                    let Ok(tag) = <&Tag>::try_from(&*tag) else { break };
+                    if aead.decrypt_inout_detached(&nonce, &[], data.into(), tag).is_ok() {
+                        return Err(Error::MultipleFinalChunks { offset: at });
                     }
                 }
             }
         }
-        Err(Error::TrailingData { offset: at })
+    }
+    Err(Error::TrailingData { offset: at })
+}
+
+/// Opens, in place, sealed chunks held whole in memory: `buf` holds the
+/// object's bytes from [`Header::chunk_offset`]`(first)` on, up to chunk
+/// `end` (exclusive) or, with `end = None`, to the object's end. Each chunk
+/// is authenticated at its own index and decrypted where it lies, and the
+/// plaintext is moved to the front of `buf`; returns its length. The same
+/// checks, in the same order, with the same errors, as reading
+/// [`SealedReader::at_chunk`]`(buf, header, key, first, end)` to its end:
+/// truncation, malformed frame words, damage (named as tampering,
+/// replay or reordering), an empty final chunk, and after the final chunk
+/// trailing bytes. A final chunk before `end` ends the plaintext there
+/// (the caller, knowing how much it expects, sees it short). On an error
+/// the bytes before the failing chunk are authentic plaintext; the rest of
+/// `buf` is unspecified.
+///
+/// This is [`SealedReader`] without its chunk buffer and without the copy
+/// out of it, for a reader that holds a range of an object in memory
+/// anyway (a restore's frames).
+pub fn open_in_place(
+    buf: &mut [u8],
+    header: &Header,
+    key: &DataKey,
+    first: u64,
+    end: Option<u64>,
+) -> Result<usize> {
+    let keys = header.verify(key)?;
+    let aead = chunk_aead(&keys.payload);
+    let chunk_size = header.chunk_size() as usize;
+    let base = header.chunk_offset(first);
+    let (mut read, mut written) = (0usize, 0usize);
+    let mut index = first;
+    loop {
+        if end == Some(index) {
+            return Ok(written);
+        }
+        let frame_at = base + read as u64;
+        let rest = buf.len() - read;
+        if rest < FRAME_SIZE {
+            return Err(Error::Truncated {
+                index,
+                offset: frame_at + rest as u64,
+            });
+        }
+        let mut frame = [0u8; FRAME_SIZE];
+        frame.copy_from_slice(&buf[read..read + FRAME_SIZE]);
+        let (len, last) = frame_word(frame, index, frame_at, chunk_size)?;
+        let start = read + FRAME_SIZE;
+        let available = buf.len() - start;
+        if available < len + TAG_SIZE {
+            return Err(Error::Truncated {
+                index,
+                offset: frame_at + (FRAME_SIZE + available) as u64,
+            });
+        }
+        let sealed = &mut buf[start..start + len + TAG_SIZE];
+        if !open_chunk_in_place(&aead, sealed, index, last) {
+            return Err(diagnose(&aead, sealed, index, last, frame_at));
+        }
+        if last && len == 0 && index > 0 {
+            return Err(Error::EmptyFinalChunk {
+                index,
+                offset: frame_at,
+            });
+        }
+        buf.copy_within(start..start + len, written);
+        written += len;
+        read = start + len + TAG_SIZE;
+        index = index.checked_add(1).ok_or(Error::TooLong)?;
+        if last {
+            check_end(&aead, &mut &buf[read..], index, base + read as u64, chunk_size)?;
+            return Ok(written);
+        }
     }
 }
 
@@ -582,7 +677,7 @@ fn decrypt_chunk(aead: &ChaCha20Poly1305, nonce: ChunkNonce, sealed: &[u8], out:
 /// On failure returns false and leaves the bytes as they were: the AEAD
 /// checks the tag before it decrypts.
 #[inline(never)]
-fn open_in_place(aead: &ChaCha20Poly1305, sealed: &mut [u8], counter: u64, last: bool) -> bool {
+fn open_chunk_in_place(aead: &ChaCha20Poly1305, sealed: &mut [u8], counter: u64, last: bool) -> bool {
     let nonce = Nonce::from(ChunkNonce::new(counter, last).to_bytes());
     let Some(split) = sealed.len().checked_sub(TAG_SIZE) else {
         return false;
@@ -600,7 +695,7 @@ fn diagnose(aead: &ChaCha20Poly1305, sealed: &mut [u8], index: u64, last: bool, 
     let lo = index.saturating_sub(DIAGNOSIS_WINDOW);
     let hi = index.saturating_add(DIAGNOSIS_WINDOW);
     for sealed_as in (lo..=hi).filter(|&c| c != index) {
-        if open_in_place(aead, sealed, sealed_as, last) {
+        if open_chunk_in_place(aead, sealed, sealed_as, last) {
             sealed.iter_mut().for_each(|b| *b = 0);
             return if sealed_as < index {
                 Error::ChunkReplayed {

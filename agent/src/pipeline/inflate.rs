@@ -37,12 +37,12 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::Scope;
 
-use vaultline_crypto::{DataKey, Header, SealedReader};
+use vaultline_crypto::{DataKey, Header};
 
 /// One frame in memory: what the producer read for it (its compressed
-/// bytes, or the sealed chunks holding them when a worker opens them),
-/// then its plain bytes. A worker decrypts into a buffer of its own, so a
-/// frame in a slot takes two buffers, not three.
+/// bytes, or the sealed chunks holding them, which a worker authenticates
+/// and decrypts where they lie), then its plain bytes. A frame takes these
+/// two buffers and nothing else: workers keep no buffer of their own.
 #[derive(Default)]
 struct Slot {
     input: Vec<u8>,
@@ -147,7 +147,6 @@ fn work(rx: &Mutex<Receiver<Job>>, window_log: u32) {
         z.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(window_log))
             .map(|()| z)
     });
-    let mut opened = Vec::new();
     loop {
         let job = match rx.lock() {
             Ok(rx) => rx.recv(),
@@ -165,14 +164,15 @@ fn work(rx: &Mutex<Receiver<Job>>, window_log: u32) {
         };
         let result = match &mut zstd {
             Ok(z) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let Slot { input, plain } = &mut slot;
                 let compressed = match &sealed {
                     Some(frame) => {
-                        open(frame, &slot.input, &mut opened)?;
-                        &opened[..]
+                        let at = open(frame, input)?;
+                        &input[at]
                     }
-                    None => &slot.input[..],
+                    None => &input[..],
                 };
-                inflate(z, compressed, &mut slot.plain, expect)
+                inflate(z, compressed, plain, expect)
             }))
             .unwrap_or_else(|_| Err(io::Error::other("a decompression worker panicked"))),
             Err(e) => Err(io::Error::new(e.kind(), format!("cannot set up zstd: {e}"))),
@@ -182,40 +182,37 @@ fn work(rx: &Mutex<Receiver<Job>>, window_log: u32) {
     }
 }
 
-/// Authenticates and decrypts the sealed chunks `sealed` into the frame's
-/// compressed bytes (`out`); for the last frame, reads on to the object's
-/// authenticated end.
-fn open(frame: &SealedFrame, sealed: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+/// Authenticates and decrypts, where they lie, the sealed chunks `sealed`
+/// read for `frame` (for the last frame, on to the object's authenticated
+/// end); returns where the frame's compressed bytes are in `sealed` then.
+/// No buffer of its own: a worker holds nothing between frames.
+fn open(frame: &SealedFrame, sealed: &mut [u8]) -> io::Result<std::ops::Range<usize>> {
     let object = &frame.object;
-    let mut reader = SealedReader::at_chunk(
+    let n = vaultline_crypto::open_in_place(
         sealed,
         &object.header,
         &object.key,
         frame.first_chunk,
         frame.end_chunk,
     )
-    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    io::copy(&mut (&mut reader).take(frame.skip as u64), &mut io::sink())?;
-    resize(out, frame.len);
-    read_all(&mut reader, out, "ends before the frames its table lists")?;
-    if frame.last && reader.read(&mut [0u8; 1])? != 0 {
+    .map_err(|e| match e {
+        vaultline_crypto::Error::Io(e) => e,
+        e => io::Error::new(io::ErrorKind::InvalidData, e),
+    })?;
+    let end = frame.skip + frame.len;
+    if n < end {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the payload ends before the frames its table lists",
+        ));
+    }
+    if frame.last && n > end {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "its payload goes on past the frames its table lists",
         ));
     }
-    Ok(())
-}
-
-/// Fills `buf` from `reader`; an early end is `what`.
-fn read_all(reader: &mut dyn Read, buf: &mut [u8], what: &str) -> io::Result<()> {
-    reader.read_exact(buf).map_err(|e| {
-        if e.kind() == io::ErrorKind::UnexpectedEof && e.get_ref().is_none() {
-            io::Error::new(io::ErrorKind::InvalidData, format!("the payload {what}"))
-        } else {
-            e
-        }
-    })
+    Ok(frame.skip..end)
 }
 
 /// Sets `buf`'s length to `len`. Bytes a slot held before stay

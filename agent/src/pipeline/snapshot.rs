@@ -25,6 +25,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::sync::Arc;
 use std::thread::{self, ScopedJoinHandle};
 
 use anyhow::{Context, Result, anyhow};
@@ -694,12 +695,7 @@ impl<'a> SnapshotReader<'a> {
         } else {
             256 << 10
         };
-        let streamed = plan.archives.iter().filter(|(_, p)| p.streamed()).count();
-        // Frames in memory per archive: enough for the decompression
-        // workers to run ahead of the consumer, and a fixed total however
-        // many archives a chain has (a frame is at most `MAX_PARALLEL_FRAME`
-        // of tar plus as much compressed).
-        let slots = (FRAME_BUDGET / streamed.max(1)).clamp(1, MAX_SLOTS);
+        let slots = frame_slots(plan);
         let workers = thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(MAX_INFLATERS);
@@ -712,6 +708,7 @@ impl<'a> SnapshotReader<'a> {
                     (None, None)
                 } else if p.archive.frame_size <= MAX_PARALLEL_FRAME {
                     let frames = p.frames.iter().filter(|&&f| f).count() as u64;
+                    let slots = slots.get(index).copied().unwrap_or(1);
                     let (feed, stream) = inflaters.archive(slots, frames, &p.archive.object);
                     (
                         Some(Box::new(stream)),
@@ -803,7 +800,6 @@ impl<'a> SnapshotReader<'a> {
             reader: self,
             opened: HashMap::new(),
         };
-        let mut buffer = Vec::new();
         while let Some(e) = pass.next_entry()? {
             if !select(&e) {
                 continue;
@@ -827,19 +823,16 @@ impl<'a> SnapshotReader<'a> {
                 }
                 (EntryKind::File, ..) if !e.chunks.is_empty() => {
                     walked.bytes += e.size;
-                    buffer.clear();
                     let mut chunked = Chunked {
                         chunks: &e.chunks,
                         next: 0,
-                        buffer: std::mem::take(&mut buffer),
-                        at: 0,
+                        source: ChunkSource::None,
                         cursors: &mut *cursors,
                         apart: &mut apart,
                         failure: None,
                     };
                     let visited = visit(&e, Some(&mut chunked));
                     let failure = chunked.failure.take();
-                    buffer = std::mem::take(&mut chunked.buffer);
                     if let Some(f) = failure {
                         return Err(f.context(format!("reading {}", e.path.display())));
                     }
@@ -851,6 +844,37 @@ impl<'a> SnapshotReader<'a> {
         }
         Ok(())
     }
+}
+
+/// Frames in memory for each streamed archive of `plan`: enough for the
+/// decompression workers to run ahead of the consumer, and a fixed total
+/// however many archives a chain has (a frame is at most
+/// `MAX_PARALLEL_FRAME` of tar plus as much compressed). Every archive
+/// gets one; what is left of the budget goes to the archives most of the
+/// frames come from (at the end of a chain, the full backup's: the
+/// consumer spends most of its time there, and with one slot it would wait
+/// for every frame to be decompressed).
+fn frame_slots(plan: &Plan) -> HashMap<u32, usize> {
+    let needed = |p: &ArchivePlan| p.frames.iter().filter(|&&f| f).count();
+    let mut streamed: Vec<(u32, usize)> = plan
+        .archives
+        .iter()
+        .filter(|(_, p)| p.streamed())
+        .map(|(i, p)| (*i, needed(p)))
+        .collect();
+    let mut slots: HashMap<u32, usize> = streamed.iter().map(|&(i, _)| (i, 1)).collect();
+    let mut left = FRAME_BUDGET.saturating_sub(streamed.len());
+    streamed.sort_by_key(|&(i, n)| (std::cmp::Reverse(n), i));
+    for (i, n) in streamed {
+        if left == 0 {
+            break;
+        }
+        let s = slots.entry(i).or_insert(1);
+        let more = (MAX_SLOTS - *s).min(n.saturating_sub(*s)).min(left);
+        *s += more;
+        left -= more;
+    }
+    slots
 }
 
 /// True when `err` is only "the data stopped" (a pipe whose producer died).
@@ -960,17 +984,16 @@ impl Cursor<'_> {
                 .is_some_and(|runs| runs.iter().any(|&(s, e)| s <= lo && hi <= e))
     }
 
-    /// Reads plain bytes `lo..lo + len` of the stream into `out`.
-    fn read_range(&mut self, lo: u64, len: usize, out: &mut Vec<u8>) -> Result<()> {
-        self.seek(lo)?;
+    /// Reads the next bytes of the stream into `buf` (a chunk's, after
+    /// [`Cursor::seek`] to it: within one planned run).
+    fn read_some(&mut self, buf: &mut [u8]) -> Result<usize> {
         let reader = self
             .reader
             .as_mut()
             .ok_or_else(|| anyhow!("archive reader closed"))?;
-        out.resize(len, 0);
-        reader.read_exact(out)?;
-        self.pos += len as u64;
-        Ok(())
+        let n = reader.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
     }
 
     /// Reads the entry at `offset`, checks it is `expected`, and visits it.
@@ -1109,38 +1132,97 @@ impl Apart<'_> {
 }
 
 /// A chunked file's content, chunk after chunk, each from its archive's
-/// stream when it lies ahead there, else read apart.
+/// stream when it lies ahead there, else read apart. Streamed through: a
+/// chunk (up to 2 MiB) is never held whole.
 struct Chunked<'c, 's, 'r> {
     chunks: &'c [ChunkRef],
     next: usize,
-    buffer: Vec<u8>,
-    at: usize,
+    /// Where the current chunk's bytes come from, and how many are left.
+    source: ChunkSource,
     cursors: &'c mut HashMap<u32, Cursor<'s>>,
     apart: &'c mut Apart<'r>,
     /// What stopped the read (an integrity error keeps its kind).
     failure: Option<anyhow::Error>,
 }
 
+enum ChunkSource {
+    /// Between chunks.
+    None,
+    /// From the stream of archive `archive` (positioned at the chunk).
+    Stream {
+        archive: u32,
+        left: usize,
+        chunk: ChunkRef,
+    },
+    /// From a read apart.
+    Apart {
+        data: Box<dyn Read + Send>,
+        left: usize,
+        chunk: ChunkRef,
+    },
+}
+
 impl Chunked<'_, '_, '_> {
-    fn fill(&mut self) -> Result<()> {
+    /// Moves to the next chunk's bytes.
+    fn start(&mut self) -> Result<()> {
         let c = self.chunks[self.next];
         self.next += 1;
-        self.at = 0;
         let (lo, len) = (c.offset, c.length as usize);
         let cursor = self
             .cursors
             .get_mut(&c.archive)
             .ok_or_else(|| anyhow!("archive {} was not planned for", c.archive))?;
-        if cursor.can_read(lo, lo + len as u64) {
-            return cursor.read_range(lo, len, &mut self.buffer);
-        }
-        let mut data = self.apart.open(c.archive, lo, lo + len as u64)?;
-        self.buffer.clear();
-        let got = (&mut data).take(len as u64).read_to_end(&mut self.buffer)?;
-        if got != len {
-            return Err(cursor.mismatch(format!("a chunk at {lo}+{len} ends after {got} bytes")));
-        }
+        self.source = if cursor.can_read(lo, lo + len as u64) {
+            cursor.seek(lo)?;
+            ChunkSource::Stream {
+                archive: c.archive,
+                left: len,
+                chunk: c,
+            }
+        } else {
+            ChunkSource::Apart {
+                data: self.apart.open(c.archive, lo, lo + len as u64)?,
+                left: len,
+                chunk: c,
+            }
+        };
         Ok(())
+    }
+
+    /// Reads some of the current chunk into `buf`; 0 between chunks.
+    fn read_chunk(&mut self, buf: &mut [u8]) -> Result<usize> {
+        let (n, left, c) = match &mut self.source {
+            ChunkSource::None => return Ok(0),
+            ChunkSource::Stream { archive, left, chunk } => {
+                let cursor = self
+                    .cursors
+                    .get_mut(archive)
+                    .ok_or_else(|| anyhow!("archive {archive} was not planned for"))?;
+                let want = buf.len().min(*left);
+                (cursor.read_some(&mut buf[..want])?, left, *chunk)
+            }
+            ChunkSource::Apart { data, left, chunk } => {
+                let want = buf.len().min(*left);
+                (data.read(&mut buf[..want])?, left, *chunk)
+            }
+        };
+        if n == 0 {
+            let cursor = self
+                .cursors
+                .get(&c.archive)
+                .ok_or_else(|| anyhow!("archive {} was not planned for", c.archive))?;
+            return Err(cursor.mismatch(format!(
+                "a chunk at {}+{} ends after {} bytes",
+                c.offset,
+                c.length,
+                c.length as usize - *left
+            )));
+        }
+        *left -= n;
+        if *left == 0 {
+            self.source = ChunkSource::None;
+        }
+        Ok(n)
     }
 }
 
@@ -1149,20 +1231,28 @@ impl Read for Chunked<'_, '_, '_> {
         if self.failure.is_some() {
             return Err(io::Error::other("the read failed"));
         }
-        while self.at == self.buffer.len() {
-            if self.next == self.chunks.len() {
-                return Ok(0);
-            }
-            if let Err(e) = self.fill() {
-                let message = format!("{e:#}");
-                self.failure = Some(e);
-                return Err(io::Error::other(message));
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let step = if matches!(self.source, ChunkSource::None) {
+                if self.next == self.chunks.len() {
+                    return Ok(0);
+                }
+                self.start().map(|()| 0)
+            } else {
+                self.read_chunk(buf)
+            };
+            match step {
+                Ok(0) => continue,
+                Ok(n) => return Ok(n),
+                Err(e) => {
+                    let message = format!("{e:#}");
+                    self.failure = Some(e);
+                    return Err(io::Error::other(message));
+                }
             }
         }
-        let n = buf.len().min(self.buffer.len() - self.at);
-        buf[..n].copy_from_slice(&self.buffer[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
     }
 }
 
@@ -1311,11 +1401,7 @@ fn produce_frames(
     mut feed: FrameFeed,
 ) -> Result<()> {
     let a = &plan.archive;
-    let plain = |i: usize| {
-        a.plain_size
-            .saturating_sub(i as u64 * a.frame_size)
-            .min(a.frame_size) as usize
-    };
+    let frames = a.frames();
     if plan.whole() {
         let ctx = repo.context(&snap.host, &snap.job, &a.snapshot, Kind::Archive, &a.object)?;
         let envelope = a.envelope.to_envelope()?;
@@ -1332,37 +1418,61 @@ fn produce_frames(
         let input = SealedReader::new(input, &header, &key)
             .with_context(|| format!("object {}", a.object))?
             .into_inner();
-        return feed_sealed(input, SealedObject { header, key }, &a.frames(), feed);
+        let object = Arc::new(SealedObject { header, key });
+        if feed_sealed(input, &object, &frames, (0, frames.lengths.len() - 1), &mut feed)? {
+            feed.finish()?;
+        }
+        return Ok(());
     }
+    // Some frames only: the header by a ranged read, then each run of
+    // needed frames by a ranged read of the sealed chunks holding it,
+    // opened by the workers like a whole archive's.
     let (header, key) = open_header(repo, keys, snap, a)?;
-    let starts = a.frames().starts();
+    let object = Arc::new(SealedObject { header, key });
+    let starts = frames.starts();
+    let chunk = u64::from(object.header.chunk_size());
+    let total_chunks = starts.last().copied().unwrap_or(0).div_ceil(chunk).max(1);
     for (first, last) in plan.runs() {
-        let mut sealed = open_sealed_range(repo, a, &header, &key, &starts, first, last)?;
-        for i in first..=last {
-            feed.frame(&mut sealed, a.frames[i] as usize, plain(i))?;
+        let k0 = starts[first] / chunk;
+        let k1 = (starts[last + 1].max(1) - 1) / chunk + 1;
+        let end = (k1 < total_chunks).then(|| object.header.chunk_offset(k1));
+        let raw = repo
+            .store()
+            .open_range(&a.object, object.header.chunk_offset(k0), end)
+            .with_context(|| format!("cannot open {}", a.object))?;
+        if !feed_sealed(raw, &object, &frames, (first, last), &mut feed)? {
+            // Cut short: the frame that ran out says so in its turn.
+            return Ok(());
         }
     }
     feed.finish()?;
     Ok(())
 }
 
-/// Cuts a whole archive's sealed chunks (`input`, from chunk 0 on) into
-/// its frames (`a`, its frame table), for the workers to authenticate,
-/// decrypt and decompress (docs/FORMAT.md §13.1: the frames are the whole
-/// payload).
-fn feed_sealed(mut input: impl Read, object: SealedObject, a: &Frames, mut feed: FrameFeed) -> Result<()> {
+/// Cuts the sealed chunks of frames `first..=last` of an archive (`input`,
+/// starting at the chunk frame `first` begins in; `a`, its frame table)
+/// into those frames, for the workers to authenticate, decrypt and
+/// decompress (docs/FORMAT.md §13.1: the frames are the whole payload).
+/// Returns false when `input` ended early (the worker of the frame that
+/// ran out names the truncation; nothing more is to be read).
+fn feed_sealed(
+    mut input: impl Read,
+    object: &Arc<SealedObject>,
+    a: &Frames,
+    (first, last): (usize, usize),
+    feed: &mut FrameFeed,
+) -> Result<bool> {
     let header = &object.header;
     let chunk = u64::from(header.chunk_size());
     let sealed_chunk = header.chunk_offset(1) - header.chunk_offset(0);
     let starts = a.starts();
     let total = starts.last().copied().unwrap_or(0);
     let chunks = total.div_ceil(chunk).max(1);
-    let object = std::sync::Arc::new(object);
     let n = a.lengths.len();
     let mut carry = Vec::new();
     // The chunk after those read so far.
-    let mut next_chunk = 0u64;
-    for i in 0..n {
+    let mut next_chunk = starts[first] / chunk;
+    for i in first..=last {
         let (lo, hi) = (starts[i], starts[i + 1]);
         let (k0, k1) = (lo / chunk, (hi.max(1) - 1) / chunk);
         // A frame in the final chunk reads to the object's end, and one
@@ -1375,7 +1485,7 @@ fn feed_sealed(mut input: impl Read, object: SealedObject, a: &Frames, mut feed:
             carry.clear();
         }
         let frame = SealedFrame {
-            object: std::sync::Arc::clone(&object),
+            object: Arc::clone(object),
             first_chunk: k0,
             end_chunk: (!reaches_end).then_some(end),
             skip: (lo - k0 * chunk) as usize,
@@ -1396,13 +1506,10 @@ fn feed_sealed(mut input: impl Read, object: SealedObject, a: &Frames, mut feed:
         )?;
         next_chunk = end;
         if !whole && !reaches_end {
-            // The object ended early: the worker of this frame says where;
-            // the consumer meets that error in its turn.
-            return Ok(());
+            return Ok(false);
         }
     }
-    feed.finish()?;
-    Ok(())
+    Ok(true)
 }
 
 /// An archive's header, read by a ranged read, and its data key.
@@ -1517,15 +1624,21 @@ mod tests {
         let mut input = object;
         let header = Header::read_from(&mut input)?;
         let input = SealedReader::new(input, &header, key)?.into_inner();
-        let object = SealedObject {
+        let object = Arc::new(SealedObject {
             header,
             key: key.clone(),
-        };
+        });
+        let n = frames.lengths.len();
         thread::scope(|s| {
             let pool = Inflaters::start(s, 2, ARCHIVE_WINDOW_LOG);
-            let (feed, mut stream) = pool.archive(2, frames.lengths.len() as u64, "a");
+            let (mut feed, mut stream) = pool.archive(2, n as u64, "a");
             drop(pool);
-            let producer = s.spawn(move || feed_sealed(input, object, frames, feed));
+            let producer = s.spawn(move || -> Result<()> {
+                if feed_sealed(input, &object, frames, (0, n - 1), &mut feed)? {
+                    feed.finish()?;
+                }
+                Ok(())
+            });
             let mut out = Vec::new();
             let read = stream.read_to_end(&mut out);
             drop(stream);
@@ -1534,6 +1647,91 @@ mod tests {
             produced?;
             Ok(out)
         })
+    }
+
+    /// What a read of the frame runs `runs` of `object` yields, each run
+    /// from the sealed chunks holding it only, as `produce_frames` reads
+    /// them from a store.
+    fn read_runs(object: &[u8], frames: &Frames, key: &DataKey, runs: &[(usize, usize)]) -> Result<Vec<u8>> {
+        let header = Header::read_from(&mut &object[..])?;
+        let object_key = Arc::new(SealedObject {
+            header,
+            key: key.clone(),
+        });
+        let count: usize = runs.iter().map(|&(a, b)| b - a + 1).sum();
+        thread::scope(|s| {
+            let pool = Inflaters::start(s, 2, ARCHIVE_WINDOW_LOG);
+            let (mut feed, mut stream) = pool.archive(1, count as u64, "a");
+            drop(pool);
+            let producer = s.spawn(move || -> Result<()> {
+                let h = &object_key.header;
+                let chunk = u64::from(h.chunk_size());
+                let starts = frames.starts();
+                let chunks = starts.last().copied().unwrap_or(0).div_ceil(chunk).max(1);
+                for &(first, last) in runs {
+                    let k0 = starts[first] / chunk;
+                    let k1 = (starts[last + 1].max(1) - 1) / chunk + 1;
+                    let lo = (h.chunk_offset(k0) as usize).min(object.len());
+                    let hi = if k1 < chunks {
+                        (h.chunk_offset(k1) as usize).min(object.len())
+                    } else {
+                        object.len()
+                    };
+                    if !feed_sealed(&object[lo..hi], &object_key, frames, (first, last), &mut feed)? {
+                        return Ok(());
+                    }
+                }
+                feed.finish()?;
+                Ok(())
+            });
+            let mut out = Vec::new();
+            let read = stream.read_to_end(&mut out);
+            drop(stream);
+            let produced = producer.join().map_err(|_| anyhow!("panicked"))?;
+            read?;
+            produced?;
+            Ok(out)
+        })
+    }
+
+    #[test]
+    fn runs_of_frames_read_only_their_chunks_and_authenticate_them() {
+        let key = DataKey::generate().unwrap();
+        let plain = sample(200_000);
+        let frame = 7_000;
+        let (object, frames) = sealed(&plain, frame, &key);
+        let n = frames.lengths.len();
+        let runs = [(0, 0), (2, 4), (9, 9), (10, 12), (n - 3, n - 1)];
+        let want: Vec<u8> = runs
+            .iter()
+            .flat_map(|&(a, b)| {
+                plain[a * frame..((b + 1) * frame).min(plain.len())]
+                    .iter()
+                    .copied()
+            })
+            .collect();
+        assert!(read_runs(&object, &frames, &key, &runs).unwrap() == want);
+        // A run in the middle only: the object's end is not read.
+        let middle = read_runs(&object, &frames, &key, &[(5, 6)]).unwrap();
+        assert!(middle[..] == plain[5 * frame..7 * frame]);
+
+        // A byte flipped inside a run's chunks; the object cut short
+        // inside the last run; trailing bytes after the final chunk.
+        // (in the chunk where frame 3 starts, of the run 2..=4)
+        let header = Header::read_from(&mut &object[..]).unwrap();
+        let k = frames.starts()[3] / u64::from(header.chunk_size());
+        let mut flipped = object.clone();
+        flipped[header.chunk_offset(k) as usize + 10] ^= 1;
+        let mut longer = object.clone();
+        longer.push(0);
+        for (what, bad) in [
+            ("flipped", flipped),
+            ("truncated", object[..object.len() - 100].to_vec()),
+            ("longer", longer),
+        ] {
+            let err = read_runs(&bad, &frames, &key, &runs).unwrap_err();
+            assert!(crate::error::is_integrity(&err), "{what}: {err:#}");
+        }
     }
 
     fn sample(len: usize) -> Vec<u8> {

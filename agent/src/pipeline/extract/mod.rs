@@ -54,15 +54,18 @@ use rustix::fs::{Mode, OFlags};
 use serde::Serialize;
 
 use crate::repo::manifest::{EncodedPath, Entry, EntryKind};
-use placer::{Meta, Notes, Placed, Placer, Policy, Refusal};
+use placer::{Content, Meta, Notes, Placed, Placer, Policy, Refusal};
 
 /// Files up to this size are handed to worker threads whole.
 const SMALL_FILE: u64 = 1 << 20;
 /// Small files go to the workers in batches of at most this many files
-/// and bytes (a file over the bytes is a batch of its own): a hand-off per
-/// file cost three futex calls a file, a thread switch each on two cores.
+/// and bytes (a file that would take a batch past its bytes starts the
+/// next one): a hand-off per file cost three futex calls a file, a thread
+/// switch each on two cores.
 const BATCH_FILES: usize = 64;
 const BATCH_BYTES: usize = 1 << 20;
+// Every small file fits in a batch's buffer.
+const _: () = assert!(SMALL_FILE as usize <= BATCH_BYTES);
 /// Batches queued for the workers at most (with one being filled and one
 /// at each worker, about 5 MiB beside the frames the read keeps; 4 queued
 /// batches of 2 MiB were no faster).
@@ -144,11 +147,20 @@ pub fn safe_components(path: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     Ok(out)
 }
 
-/// A small file for a worker.
+/// A small file for a worker: its content is `range` of its batch's bytes.
 struct Job {
     comps: Vec<Vec<u8>>,
     entry: Entry,
-    data: Vec<u8>,
+    range: std::ops::Range<usize>,
+}
+
+/// Small files for a worker, their contents one after another in one
+/// buffer, which comes back with the outcomes to be filled again: no
+/// allocation per file, and a fixed set of buffers of `BATCH_BYTES`.
+#[derive(Default)]
+struct Batch {
+    jobs: Vec<Job>,
+    bytes: Vec<u8>,
 }
 
 /// A worker's outcome for one job.
@@ -171,11 +183,12 @@ struct DirMeta {
 /// Restores entries under one target directory.
 pub struct Extractor {
     main: Placer,
-    jobs: Option<SyncSender<Vec<Job>>>,
-    done: Receiver<Vec<Done>>,
-    /// Small files not yet handed over, and their bytes.
-    batch: Vec<Job>,
-    batch_bytes: usize,
+    jobs: Option<SyncSender<Batch>>,
+    done: Receiver<(Vec<Done>, Vec<u8>)>,
+    /// Small files not yet handed over.
+    batch: Batch,
+    /// Batch buffers back from the workers, for the next batches.
+    spare: Vec<Vec<u8>>,
     /// A worker's write failed (the restore stops).
     write_failed: bool,
     workers: Vec<JoinHandle<Notes>>,
@@ -233,9 +246,9 @@ impl Extractor {
             None => (HashSet::new(), None),
         };
 
-        let (jobs_tx, jobs_rx) = sync_channel::<Vec<Job>>(QUEUE);
+        let (jobs_tx, jobs_rx) = sync_channel::<Batch>(QUEUE);
         let jobs_rx = Arc::new(std::sync::Mutex::new(jobs_rx));
-        let (done_tx, done) = channel::<Vec<Done>>();
+        let (done_tx, done) = channel::<(Vec<Done>, Vec<u8>)>();
         let mut handles = Vec::new();
         for _ in 0..workers {
             let mut placer = Placer::new(Arc::clone(&root), policy, link_mode)?;
@@ -246,13 +259,16 @@ impl Extractor {
                         Ok(rx) => rx.recv(),
                         Err(_) => return placer.notes,
                     };
-                    let Ok(batch) = job else { return placer.notes };
-                    let mut done = Vec::with_capacity(batch.len());
-                    for job in batch {
+                    let Ok(Batch { jobs, bytes }) = job else {
+                        return placer.notes;
+                    };
+                    let mut done = Vec::with_capacity(jobs.len());
+                    for job in jobs {
                         // A panic must not leave the restore waiting for a
                         // batch that never comes back: it is this file's error.
                         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            placer.file(&job.comps, &job.entry, &mut &job.data[..])
+                            let data = bytes.get(job.range.clone()).unwrap_or_default();
+                            placer.file(&job.comps, &job.entry, Content::Bytes(data))
                         }))
                         .unwrap_or_else(|_| Err(anyhow!("a restore worker panicked")));
                         let failed = result.is_err();
@@ -269,7 +285,7 @@ impl Extractor {
                             break;
                         }
                     }
-                    if tx.send(done).is_err() {
+                    if tx.send((done, bytes)).is_err() {
                         return placer.notes;
                     }
                 }
@@ -279,8 +295,8 @@ impl Extractor {
             main,
             jobs: if workers > 0 { Some(jobs_tx) } else { None },
             done,
-            batch: Vec::new(),
-            batch_bytes: 0,
+            batch: Batch::default(),
+            spare: Vec::new(),
             write_failed: false,
             workers: handles,
             options,
@@ -362,11 +378,10 @@ impl Extractor {
 
     /// Hands the batch being filled to the workers.
     fn send_batch(&mut self) -> Result<()> {
-        if self.batch.is_empty() {
+        if self.batch.jobs.is_empty() {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.batch);
-        self.batch_bytes = 0;
         self.jobs
             .as_ref()
             .ok_or_else(|| anyhow!("the restore workers stopped unexpectedly"))?
@@ -384,7 +399,7 @@ impl Extractor {
             self.send_batch()?;
         }
         while self.in_flight > 0 {
-            let done = if wait {
+            let (done, mut bytes) = if wait {
                 self.done
                     .recv()
                     .map_err(|_| anyhow!("a restore worker stopped unexpectedly"))?
@@ -395,6 +410,8 @@ impl Extractor {
                 }
             };
             self.in_flight -= 1;
+            bytes.clear();
+            self.spare.push(bytes);
             for done in done {
                 let result = done.result.inspect_err(|_| self.write_failed = true)?;
                 self.settle(
@@ -462,27 +479,41 @@ impl Extractor {
                     data.ok_or_else(|| anyhow!("{}: file entry without content", entry.path.display()))?;
                 match &self.jobs {
                     Some(_) if entry.size <= SMALL_FILE => {
-                        let mut bytes = Vec::with_capacity(entry.size as usize);
-                        data.take(entry.size).read_to_end(&mut bytes)?;
-                        if bytes.len() as u64 != entry.size {
+                        // A batch never grows past its buffer: a file that
+                        // would not fit starts the next one.
+                        if self.batch.bytes.len() + entry.size as usize > BATCH_BYTES {
+                            self.send_batch()?;
+                        }
+                        if self.batch.bytes.capacity() == 0 {
+                            self.batch.bytes = self
+                                .spare
+                                .pop()
+                                .unwrap_or_else(|| Vec::with_capacity(BATCH_BYTES));
+                        }
+                        let bytes = &mut self.batch.bytes;
+                        let start = bytes.len();
+                        let read = data.take(entry.size).read_to_end(bytes);
+                        let got = (bytes.len() - start) as u64;
+                        if read.is_err() || got != entry.size {
+                            bytes.truncate(start);
+                            read?;
                             anyhow::bail!(
                                 "restoring {}: archive ended {} bytes before the end of the file",
                                 entry.path.display(),
-                                entry.size - bytes.len() as u64
+                                entry.size - got
                             );
                         }
-                        self.batch_bytes += bytes.len();
-                        self.batch.push(Job {
+                        self.batch.jobs.push(Job {
                             comps,
                             entry: entry.clone(),
-                            data: bytes,
+                            range: start..start + got as usize,
                         });
-                        if self.batch.len() >= BATCH_FILES || self.batch_bytes >= BATCH_BYTES {
+                        if self.batch.jobs.len() >= BATCH_FILES || self.batch.bytes.len() >= BATCH_BYTES {
                             self.send_batch()?;
                         }
                         return Ok(());
                     }
-                    _ => self.main.file(&comps, entry, data)?,
+                    _ => self.main.file(&comps, entry, Content::Stream(data))?,
                 }
             }
             EntryKind::Symlink => self.main.symlink(&comps, entry),
@@ -579,7 +610,7 @@ impl Extractor {
         // (an interrupted restore keeps what it had), unless a write
         // failed already, when nothing more is attempted.
         if self.write_failed {
-            self.batch.clear();
+            self.batch = Batch::default();
         } else {
             let _ = self.send_batch();
         }

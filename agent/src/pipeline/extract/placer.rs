@@ -180,7 +180,7 @@ impl Placer {
             temp_prefix: format!("{TEMP_PREFIX}{}-", hex::encode(random)),
             temp_counter: 0,
             link_mode,
-            buffer: vec![0; COPY_BUFFER],
+            buffer: Vec::new(),
             other: Vec::new(),
         })
     }
@@ -267,7 +267,7 @@ impl Placer {
         &mut self,
         comps: &[Vec<u8>],
         entry: &Entry,
-        data: &mut dyn Read,
+        data: Content<'_>,
     ) -> Result<Result<Placed, Refusal>> {
         let (parent, name) = comps.split_at(comps.len() - 1);
         let dir = match self.open_dir(parent, true) {
@@ -389,6 +389,7 @@ impl Placer {
         if !b.is_file() || a.len() != b.len() {
             return Err(Refusal::Exists);
         }
+        self.buffer.resize(COPY_BUFFER, 0);
         self.other.resize(COPY_BUFFER, 0);
         let mut at = 0u64;
         while at < a.len() {
@@ -433,33 +434,42 @@ impl Placer {
 
     /// Copies `size` bytes into `file`; with `sparse`, blocks of zeros are
     /// left as holes.
-    fn copy(&mut self, data: &mut dyn Read, file: &mut File, size: u64, sparse: bool) -> io::Result<()> {
+    fn copy(&mut self, data: Content<'_>, file: &mut File, size: u64, sparse: bool) -> io::Result<()> {
+        let data = match data {
+            Content::Bytes(bytes) => {
+                if (bytes.len() as u64) < size {
+                    return Err(ended(size - bytes.len() as u64));
+                }
+                let bytes = &bytes[..size as usize];
+                if sparse {
+                    write_sparse(file, bytes, 0)?;
+                    file.set_len(size)?;
+                } else {
+                    file.write_all(bytes)?;
+                }
+                return Ok(());
+            }
+            Content::Stream(data) => data,
+        };
+        // Only a placer that streams needs the buffer (the workers, given
+        // small files whole, never do).
+        self.buffer.resize(COPY_BUFFER, 0);
         let mut left = size;
         let mut at = 0u64;
         while left > 0 {
             let want = left.min(self.buffer.len() as u64) as usize;
             let n = match data.read(&mut self.buffer[..want]) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("archive ended {left} bytes before the end of the file"),
-                    ));
-                }
+                Ok(0) => return Err(ended(left)),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
             if sparse {
-                for block in self.buffer[..n].chunks(HOLE_BLOCK) {
-                    if block.iter().any(|&b| b != 0) {
-                        file.write_all_at(block, at)?;
-                    }
-                    at += block.len() as u64;
-                }
+                write_sparse(file, &self.buffer[..n], at)?;
             } else {
                 file.write_all(&self.buffer[..n])?;
-                at += n as u64;
             }
+            at += n as u64;
             left -= n as u64;
         }
         if sparse {
@@ -663,6 +673,32 @@ impl Placer {
 
 /// Whether what is at `name` is what `entry` describes (a symlink to the
 /// same target, a FIFO, the same device node).
+/// A file's content: streamed, or whole in memory (a small file handed to
+/// a worker).
+pub(super) enum Content<'a> {
+    Stream(&'a mut dyn Read),
+    Bytes(&'a [u8]),
+}
+
+/// The error of content that ends `left` bytes early.
+fn ended(left: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("archive ended {left} bytes before the end of the file"),
+    )
+}
+
+/// Writes `bytes` at offset `at` of `file`, leaving blocks of zeros as holes.
+fn write_sparse(file: &File, bytes: &[u8], mut at: u64) -> io::Result<()> {
+    for block in bytes.chunks(HOLE_BLOCK) {
+        if block.iter().any(|&b| b != 0) {
+            file.write_all_at(block, at)?;
+        }
+        at += block.len() as u64;
+    }
+    Ok(())
+}
+
 fn same_as(dir: &OwnedFd, name: &[u8], entry: &Entry) -> Result<Placed, Refusal> {
     let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
         return Err(Refusal::Exists);
