@@ -59,6 +59,12 @@ pub struct StaleError(pub String);
 pub fn is_integrity(err: &anyhow::Error) -> bool {
     err.chain().any(|cause| {
         cause.is::<IntegrityError>()
+            // An IntegrityError carried by an io::Error (a reader's): its
+            // source() skips the carried error itself.
+            || cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .is_some_and(|e| e.is::<IntegrityError>())
             || cause
                 .downcast_ref::<vaultline_crypto::Error>()
                 .or_else(|| {

@@ -174,7 +174,10 @@ impl Header {
     /// every chunk before it is full (FORMAT.md §5.3).
     pub fn chunk_offset(&self, index: u64) -> u64 {
         let sealed_chunk = (FRAME_SIZE + self.chunk_size as usize + TAG_SIZE) as u64;
-        self.payload_offset() + index * sealed_chunk
+        // Saturating: an index past any object (from a damaged table) is
+        // an offset past its end, which fails to read, not an overflow.
+        self.payload_offset()
+            .saturating_add(index.saturating_mul(sealed_chunk))
     }
 
     /// The same header with another key envelope (re-wrapping the data key).

@@ -2,24 +2,23 @@
 //!
 //! An archive is a sequence of independent zstd frames whose compressed
 //! lengths the manifest lists (docs/FORMAT.md §13.1), so a reader need not
-//! decompress them one after another. One thread per archive (the
-//! producer) reads and authenticates the sealed chunks in order and cuts
-//! the compressed stream into frames by the frame table ([`FrameFeed`]); a
-//! pool of [`Inflaters`] shared by all archives of a read decompresses each
-//! frame whole into its own buffer; the consuming thread takes the frames
-//! back in order ([`FrameStream`], a `Read` of the tar stream).
+//! decompress them one after another, and its sealed chunks need not be
+//! opened in order either, since each authenticates at its own index. One
+//! thread per archive (the producer) reads the raw sealed chunks each
+//! needed frame lies in (a chunk two frames share goes to both) and hands
+//! them on ([`FrameFeed`]); a pool of [`Inflaters`] shared by all archives
+//! of a read authenticates and decrypts them where they lie
+//! ([`SealedFrame`], [`vaultline_crypto::open_in_place`]) and decompresses
+//! each frame whole into its own buffer, so decryption and decompression
+//! run on every core; the consuming thread takes the frames back in order
+//! ([`FrameStream`], a `Read` of the tar stream). The worker of a frame in
+//! the object's final chunk reads on to the object's authenticated end, so
+//! truncation and trailing data fail as in an ordered read. This holds for
+//! a whole archive and for the runs of frames a partial read needs.
 //!
-//! A whole archive goes further: its sealed chunks need not be opened in
-//! order either, since each authenticates at its own index. Then the
-//! producer only reads the raw sealed chunks each frame lies in (a chunk
-//! two frames share goes to both) and a worker authenticates and decrypts
-//! them ([`SealedFrame`]) before it decompresses, so decryption runs on
-//! every core too. The worker of the last frame reads on to the object's
-//! authenticated end, so truncation and trailing data fail as in an
-//! ordered read.
-//!
-//! Memory is bounded by *slots*: a slot holds one frame's compressed bytes
-//! and its plain bytes, and each archive gets a fixed number of them. The
+//! Memory is bounded by *slots*: a slot holds one frame's sealed bytes
+//! (decrypted in place) and its plain bytes, and each archive gets a fixed
+//! number of them; workers hold no buffer of their own. The
 //! producer waits for a free slot before it reads a frame, and the consumer
 //! frees a slot when it has read all of that frame, so at most `slots`
 //! frames of an archive are in memory, whatever its size. Decompressing a
@@ -62,7 +61,8 @@ struct Job {
 /// A sealed object's header and data key, shared by the workers opening
 /// its chunks.
 pub struct SealedObject {
-    /// The object's header (checked: commitment, MAC, binding tag).
+    /// The object's header (checked: commitment and MAC; the binding tag
+    /// too when the object is read from its start).
     pub header: Header,
     /// Its data key.
     pub key: DataKey,
@@ -201,15 +201,13 @@ fn open(frame: &SealedFrame, sealed: &mut [u8]) -> io::Result<std::ops::Range<us
     })?;
     let end = frame.skip + frame.len;
     if n < end {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the payload ends before the frames its table lists",
+        return Err(mismatch(
+            "the payload ends before the frames its table lists".into(),
         ));
     }
     if frame.last && n > end {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "its payload goes on past the frames its table lists",
+        return Err(mismatch(
+            "its payload goes on past the frames its table lists".into(),
         ));
     }
     Ok(frame.skip..end)
@@ -238,10 +236,9 @@ fn inflate(
     // fails here rather than growing the buffer.
     plain.reserve_exact(expect);
     let wrong = |why: String| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("a frame does not decompress to the {expect} bytes of tar its table says: {why}"),
-        )
+        mismatch(format!(
+            "a frame does not decompress to the {expect} bytes of tar its table says: {why}"
+        ))
     };
     let n = z
         .decompress_to_buffer(compressed, plain)
@@ -250,6 +247,12 @@ fn inflate(
         return Err(wrong(format!("it holds {n}")));
     }
     Ok(())
+}
+
+/// An authentic archive that does not match its manifest's frame table:
+/// an integrity failure (only a writer with the key can make one).
+fn mismatch(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, crate::error::IntegrityError(what))
 }
 
 fn broken() -> io::Error {
@@ -267,7 +270,9 @@ pub struct FrameFeed {
 impl FrameFeed {
     /// Reads the next frame, `len` compressed bytes, from `sealed` (waiting
     /// for a free slot first) and queues it to be decompressed into
-    /// `expect` plain bytes.
+    /// `expect` plain bytes. (Readers open sealed frames: this plain form
+    /// tests the pool alone.)
+    #[cfg(test)]
     pub fn frame(&mut self, sealed: &mut dyn Read, len: usize, expect: usize) -> io::Result<()> {
         let mut slot = self.free.recv().map_err(|_| broken())?;
         resize(&mut slot.input, len);
@@ -498,6 +503,9 @@ mod tests {
                 format!("{err:#}").contains("reading archive a: a frame does not decompress"),
                 "{err:#}"
             );
+            // An archive that does not match its manifest: an integrity
+            // failure (exit 4), not a failed run.
+            assert!(crate::error::is_integrity(&err), "{err:#}");
         });
     }
 

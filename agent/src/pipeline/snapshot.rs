@@ -859,7 +859,9 @@ fn frame_slots(plan: &Plan) -> HashMap<u32, usize> {
     let mut streamed: Vec<(u32, usize)> = plan
         .archives
         .iter()
-        .filter(|(_, p)| p.streamed())
+        // (an archive of frames too large to decompress whole is read by
+        // one streaming decoder, through no slot)
+        .filter(|(_, p)| p.streamed() && p.archive.frame_size <= MAX_PARALLEL_FRAME)
         .map(|(i, p)| (*i, needed(p)))
         .collect();
     let mut slots: HashMap<u32, usize> = streamed.iter().map(|&(i, _)| (i, 1)).collect();

@@ -267,8 +267,10 @@ impl Extractor {
                         // A panic must not leave the restore waiting for a
                         // batch that never comes back: it is this file's error.
                         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            let data = bytes.get(job.range.clone()).unwrap_or_default();
-                            placer.file(&job.comps, &job.entry, Content::Bytes(data))
+                            match bytes.get(job.range.clone()) {
+                                Some(data) => placer.file(&job.comps, &job.entry, Content::Bytes(data)),
+                                None => Err(anyhow!("internal error: a batch lost a file's bytes")),
+                            }
                         }))
                         .unwrap_or_else(|_| Err(anyhow!("a restore worker panicked")));
                         let failed = result.is_err();

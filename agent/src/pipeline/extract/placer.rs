@@ -671,8 +671,6 @@ impl Placer {
     }
 }
 
-/// Whether what is at `name` is what `entry` describes (a symlink to the
-/// same target, a FIFO, the same device node).
 /// A file's content: streamed, or whole in memory (a small file handed to
 /// a worker).
 pub(super) enum Content<'a> {
@@ -699,6 +697,8 @@ fn write_sparse(file: &File, bytes: &[u8], mut at: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether what is at `name` is what `entry` describes (a symlink to the
+/// same target, a FIFO, the same device node).
 fn same_as(dir: &OwnedFd, name: &[u8], entry: &Entry) -> Result<Placed, Refusal> {
     let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
         return Err(Refusal::Exists);
