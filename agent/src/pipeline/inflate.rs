@@ -16,14 +16,15 @@
 //! truncation and trailing data fail as in an ordered read. This holds for
 //! a whole archive and for the runs of frames a partial read needs.
 //!
-//! Memory is bounded by *slots*: a slot holds one frame's sealed bytes
-//! (decrypted in place) and its plain bytes, and each archive gets a fixed
-//! number of them; workers hold no buffer of their own. The
-//! producer waits for a free slot before it reads a frame, and the consumer
-//! frees a slot when it has read all of that frame, so at most `slots`
-//! frames of an archive are in memory, whatever its size. Decompressing a
-//! whole frame into a buffer of exactly its size needs no zstd window and
-//! no copy out of one, unlike a streaming decoder.
+//! Memory is bounded by *slots* and *inputs*. A slot holds one frame's
+//! plain bytes, and each archive gets a fixed number of them: the producer
+//! waits for a free slot before it reads a frame, and the consumer frees a
+//! slot when it has read all of that frame, so at most `slots` frames of an
+//! archive are in memory, whatever its size. An input holds what was read
+//! for one frame until a worker has decompressed it; there is one per
+//! worker, shared by every archive of the read. Decompressing a whole frame
+//! into a buffer of exactly its size needs no zstd window and no copy out
+//! of one, unlike a streaming decoder.
 //!
 //! Failures keep the pipe's conventions ([`crate::pipeline::pipe`]): when
 //! the consumer stops, the producer's next frame fails with `BrokenPipe`;
@@ -33,25 +34,75 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::Scope;
 
 use vaultline_crypto::{DataKey, Header};
 
-/// One frame in memory: what the producer read for it (its compressed
-/// bytes, or the sealed chunks holding them, which a worker authenticates
-/// and decrypts where they lie), then its plain bytes. A frame takes these
-/// two buffers and nothing else: workers keep no buffer of their own.
+/// One frame's plain bytes, in memory from its decompression until the
+/// consumer has read them all.
 #[derive(Default)]
 struct Slot {
-    input: Vec<u8>,
     plain: Vec<u8>,
+}
+
+/// The buffers that hold what producers read for a frame (its compressed
+/// bytes, or the sealed chunks holding them, which a worker authenticates
+/// and decrypts where they lie) until it is decompressed: one per worker,
+/// shared by the archives of a read, so that a chain of many archives
+/// holds no more of them than a single archive. Workers keep no buffer of
+/// their own.
+struct Inputs {
+    free: Mutex<Vec<Vec<u8>>>,
+    returned: Condvar,
+}
+
+impl Inputs {
+    fn new(count: usize) -> Arc<Inputs> {
+        Arc::new(Inputs {
+            free: Mutex::new((0..count).map(|_| Vec::new()).collect()),
+            returned: Condvar::new(),
+        })
+    }
+
+    /// Waits for a free buffer. Every taken buffer comes back (an
+    /// [`Input`] returns it when dropped, wherever that is), and a worker
+    /// returns one after each frame whatever happens, so the wait ends.
+    fn take(pool: &Arc<Inputs>) -> io::Result<Input> {
+        let poisoned = |_| io::Error::other("a decompression worker failed");
+        let mut free = pool.free.lock().map_err(poisoned)?;
+        loop {
+            if let Some(buf) = free.pop() {
+                return Ok(Input {
+                    buf,
+                    pool: Arc::clone(pool),
+                });
+            }
+            free = pool.returned.wait(free).map_err(poisoned)?;
+        }
+    }
+}
+
+/// A buffer of [`Inputs`], back in the pool when dropped.
+struct Input {
+    buf: Vec<u8>,
+    pool: Arc<Inputs>,
+}
+
+impl Drop for Input {
+    fn drop(&mut self) {
+        if let Ok(mut free) = self.pool.free.lock() {
+            free.push(std::mem::take(&mut self.buf));
+            self.pool.returned.notify_one();
+        }
+    }
 }
 
 struct Job {
     seq: u64,
     /// Plain bytes the frame table says the frame holds.
     expect: usize,
+    input: Input,
     slot: Slot,
     /// Where the frame lies in its sealed chunks, when the worker opens them.
     sealed: Option<SealedFrame>,
@@ -95,6 +146,7 @@ enum Reply {
 #[derive(Clone)]
 pub struct Inflaters {
     jobs: Sender<Job>,
+    inputs: Arc<Inputs>,
 }
 
 impl Inflaters {
@@ -103,11 +155,15 @@ impl Inflaters {
     pub fn start<'scope>(scope: &'scope Scope<'scope, '_>, workers: usize, window_log: u32) -> Inflaters {
         let (jobs, rx) = channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..workers.max(1) {
+        let workers = workers.max(1);
+        for _ in 0..workers {
             let rx = Arc::clone(&rx);
             scope.spawn(move || work(&rx, window_log));
         }
-        Inflaters { jobs }
+        Inflaters {
+            jobs,
+            inputs: Inputs::new(workers),
+        }
     }
 
     /// The two ends for one archive with `slots` frames in flight at most,
@@ -123,6 +179,7 @@ impl Inflaters {
         (
             FrameFeed {
                 jobs: self.jobs.clone(),
+                inputs: Arc::clone(&self.inputs),
                 free,
                 reply,
                 seq: 0,
@@ -155,6 +212,7 @@ fn work(rx: &Mutex<Receiver<Job>>, window_log: u32) {
         let Ok(Job {
             seq,
             expect,
+            mut input,
             mut slot,
             sealed,
             reply,
@@ -164,7 +222,7 @@ fn work(rx: &Mutex<Receiver<Job>>, window_log: u32) {
         };
         let result = match &mut zstd {
             Ok(z) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let Slot { input, plain } = &mut slot;
+                let input = &mut input.buf;
                 let compressed = match &sealed {
                     Some(frame) => {
                         let at = open(frame, input)?;
@@ -172,11 +230,13 @@ fn work(rx: &Mutex<Receiver<Job>>, window_log: u32) {
                     }
                     None => &input[..],
                 };
-                inflate(z, compressed, plain, expect)
+                inflate(z, compressed, &mut slot.plain, expect)
             }))
             .unwrap_or_else(|_| Err(io::Error::other("a decompression worker panicked"))),
             Err(e) => Err(io::Error::new(e.kind(), format!("cannot set up zstd: {e}"))),
         };
+        // Back to the producers before the frame goes to the consumer.
+        drop(input);
         // The consumer may be gone (it stopped early): nothing to do then.
         let _ = reply.send(Reply::Frame(seq, result, slot));
     }
@@ -262,6 +322,7 @@ fn broken() -> io::Error {
 /// The producer's end: cuts authenticated compressed bytes into frames.
 pub struct FrameFeed {
     jobs: Sender<Job>,
+    inputs: Arc<Inputs>,
     free: Receiver<Slot>,
     reply: Sender<Reply>,
     seq: u64,
@@ -274,52 +335,64 @@ impl FrameFeed {
     /// tests the pool alone.)
     #[cfg(test)]
     pub fn frame(&mut self, sealed: &mut dyn Read, len: usize, expect: usize) -> io::Result<()> {
-        let mut slot = self.free.recv().map_err(|_| broken())?;
-        resize(&mut slot.input, len);
-        sealed.read_exact(&mut slot.input)?;
-        self.send(slot, None, expect)
+        let slot = self.free.recv().map_err(|_| broken())?;
+        let mut input = Inputs::take(&self.inputs)?;
+        resize(&mut input.buf, len);
+        sealed.read_exact(&mut input.buf)?;
+        self.send(input, slot, None, expect)
     }
 
     /// Reads the next frame's sealed chunks, `want` bytes at most: `carry`
     /// (the chunk it shares with the frame before, read already), then the
-    /// rest from `input`, and queues them to be opened as `frame` says and
+    /// rest from `reader`, and queues them to be opened as `frame` says and
     /// decompressed into `expect` plain bytes. Leaves in `carry` the bytes
     /// read from `keep_from` on (the chunk the next frame may share). Returns false
-    /// when `input` ended early: the worker names the truncation, and
+    /// when `reader` ended early: the worker names the truncation, and
     /// nothing more is to be read.
     pub fn sealed_frame(
         &mut self,
-        input: &mut dyn Read,
+        reader: &mut dyn Read,
         carry: &mut Vec<u8>,
         want: usize,
         keep_from: usize,
         frame: SealedFrame,
         expect: usize,
     ) -> io::Result<bool> {
-        let mut slot = self.free.recv().map_err(|_| broken())?;
+        // The frame's slot first, then an input buffer: a producer waiting
+        // for a slot (for the consumer) holds no buffer others need.
+        let slot = self.free.recv().map_err(|_| broken())?;
+        let mut input = Inputs::take(&self.inputs)?;
+        let buf = &mut input.buf;
         let carried = carry.len().min(want);
-        resize(&mut slot.input, want);
-        slot.input[..carried].copy_from_slice(&carry[..carried]);
+        resize(buf, want);
+        buf[..carried].copy_from_slice(&carry[..carried]);
         let mut got = carried;
         while got < want {
-            match input.read(&mut slot.input[got..]) {
+            match reader.read(&mut buf[got..]) {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        slot.input.truncate(got);
+        buf.truncate(got);
         carry.clear();
-        carry.extend_from_slice(&slot.input[keep_from.min(got)..]);
-        self.send(slot, Some(frame), expect)?;
+        carry.extend_from_slice(&buf[keep_from.min(got)..]);
+        self.send(input, slot, Some(frame), expect)?;
         Ok(got == want)
     }
 
-    fn send(&mut self, slot: Slot, sealed: Option<SealedFrame>, expect: usize) -> io::Result<()> {
+    fn send(
+        &mut self,
+        input: Input,
+        slot: Slot,
+        sealed: Option<SealedFrame>,
+        expect: usize,
+    ) -> io::Result<()> {
         let job = Job {
             seq: self.seq,
             expect,
+            input,
             slot,
             sealed,
             reply: self.reply.clone(),
