@@ -22,7 +22,7 @@
 //! slot when it has read all of that frame, so at most `slots` frames of an
 //! archive are in memory, whatever its size. An input holds what was read
 //! for one frame until a worker has decompressed it; there is one per
-//! worker, shared by every archive of the read. Decompressing a whole frame
+//! worker (two at least), shared by every archive of the read. Decompressing a whole frame
 //! into a buffer of exactly its size needs no zstd window and no copy out
 //! of one, unlike a streaming decoder.
 //!
@@ -34,7 +34,7 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::Scope;
 
 use vaultline_crypto::{DataKey, Header};
@@ -48,8 +48,8 @@ struct Slot {
 
 /// The buffers that hold what producers read for a frame (its compressed
 /// bytes, or the sealed chunks holding them, which a worker authenticates
-/// and decrypts where they lie) until it is decompressed: one per worker,
-/// shared by the archives of a read, so that a chain of many archives
+/// and decrypts where they lie) until it is decompressed: one per worker
+/// (two at least), shared by the archives of a read, so that a chain of many archives
 /// holds no more of them than a single archive. Workers keep no buffer of
 /// their own.
 struct Inputs {
@@ -68,17 +68,18 @@ impl Inputs {
     /// Waits for a free buffer. Every taken buffer comes back (an
     /// [`Input`] returns it when dropped, wherever that is), and a worker
     /// returns one after each frame whatever happens, so the wait ends.
-    fn take(pool: &Arc<Inputs>) -> io::Result<Input> {
-        let poisoned = |_| io::Error::other("a decompression worker failed");
-        let mut free = pool.free.lock().map_err(poisoned)?;
+    fn take(pool: &Arc<Inputs>) -> Input {
+        // Nothing panics holding the lock (a push, a pop, a wait): a
+        // poisoned lock still guards a sound list.
+        let mut free = pool.free.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             if let Some(buf) = free.pop() {
-                return Ok(Input {
+                return Input {
                     buf,
                     pool: Arc::clone(pool),
-                });
+                };
             }
-            free = pool.returned.wait(free).map_err(poisoned)?;
+            free = pool.returned.wait(free).unwrap_or_else(PoisonError::into_inner);
         }
     }
 }
@@ -91,10 +92,9 @@ struct Input {
 
 impl Drop for Input {
     fn drop(&mut self) {
-        if let Ok(mut free) = self.pool.free.lock() {
-            free.push(std::mem::take(&mut self.buf));
-            self.pool.returned.notify_one();
-        }
+        let mut free = self.pool.free.lock().unwrap_or_else(PoisonError::into_inner);
+        free.push(std::mem::take(&mut self.buf));
+        self.pool.returned.notify_one();
     }
 }
 
@@ -162,7 +162,9 @@ impl Inflaters {
         }
         Inflaters {
             jobs,
-            inputs: Inputs::new(workers),
+            // With one worker, a second buffer lets the next frame be read
+            // while one is decompressed.
+            inputs: Inputs::new(workers.max(2)),
         }
     }
 
@@ -336,7 +338,7 @@ impl FrameFeed {
     #[cfg(test)]
     pub fn frame(&mut self, sealed: &mut dyn Read, len: usize, expect: usize) -> io::Result<()> {
         let slot = self.free.recv().map_err(|_| broken())?;
-        let mut input = Inputs::take(&self.inputs)?;
+        let mut input = Inputs::take(&self.inputs);
         resize(&mut input.buf, len);
         sealed.read_exact(&mut input.buf)?;
         self.send(input, slot, None, expect)
@@ -361,7 +363,7 @@ impl FrameFeed {
         // The frame's slot first, then an input buffer: a producer waiting
         // for a slot (for the consumer) holds no buffer others need.
         let slot = self.free.recv().map_err(|_| broken())?;
-        let mut input = Inputs::take(&self.inputs)?;
+        let mut input = Inputs::take(&self.inputs);
         let buf = &mut input.buf;
         let carried = carry.len().min(want);
         resize(buf, want);

@@ -1377,15 +1377,14 @@ fn produce(
     Ok(())
 }
 
-/// Most frames in memory for a read (see [`crate::pipeline::inflate`]),
-/// shared by its archives.
+/// Most frames' plain bytes in memory for a read (see
+/// [`crate::pipeline::inflate`]), shared by its archives.
 const FRAME_BUDGET: usize = 4;
-/// Most frames in memory for one archive: enough to keep the
-/// decompression workers and the consumer busy. 3 took 11 MiB more on the
-/// 1 GiB benchmark tree (restore peak 83 vs 72 MiB) for a verify 6 %
-/// faster and a restore about 3 % faster: memory is what an agent must
-/// not take.
-const MAX_SLOTS: usize = 2;
+/// Most frames' plain bytes in memory for one archive: one the consumer
+/// reads while two workers decompress the next ones (with 2, one worker
+/// at a time decompressed an archive's frames). A slot is 4 MiB of plain
+/// bytes; what a frame is read into comes from a pool of its own.
+const MAX_SLOTS: usize = 3;
 /// Most decompression workers.
 const MAX_INFLATERS: usize = 4;
 /// Largest frame decompressed whole in parallel; an archive with larger
