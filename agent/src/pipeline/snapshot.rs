@@ -846,10 +846,10 @@ impl<'a> SnapshotReader<'a> {
     }
 }
 
-/// Frames in memory for each streamed archive of `plan`: enough for the
+/// Frame slots for each streamed archive of `plan`: enough for the
 /// decompression workers to run ahead of the consumer, and a fixed total
-/// however many archives a chain has (a frame is at most
-/// `MAX_PARALLEL_FRAME` of tar plus as much compressed). Every archive
+/// however many archives a chain has (a slot holds one frame's plain
+/// bytes, at most `MAX_PARALLEL_FRAME`). Every archive
 /// gets one; what is left of the budget goes to the archives most of the
 /// frames come from (at the end of a chain, the full backup's: the
 /// consumer spends most of its time there, and with one slot it would wait
