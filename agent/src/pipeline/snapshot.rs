@@ -241,10 +241,8 @@ impl Spool {
                     self.name
                 ))
             })?;
-        let k0 = offset / chunk;
-        let k1 = (end - 1) / chunk + 1;
-        let total_chunks = plain_size.div_ceil(chunk).max(1);
-        let limit = (k1 < total_chunks).then_some(k1);
+        let (k0, k1) = chunk_span(offset, end, chunk);
+        let limit = chunk_limit(k1, plain_size, chunk);
         let mut file = self.file.try_clone()?;
         file.seek(SeekFrom::Start(self.header.chunk_offset(k0)))?;
         let mut sealed = SealedReader::at_chunk(
@@ -389,8 +387,7 @@ impl ArchivePlan {
         let lengths = &self.archive.frames;
         let c_lo: u64 = lengths[..first].iter().map(|&l| u64::from(l)).sum();
         let c_hi: u64 = c_lo + lengths[first..=last].iter().map(|&l| u64::from(l)).sum::<u64>();
-        let k0 = c_lo / chunk;
-        let k1 = (c_hi.max(1) - 1) / chunk + 1;
+        let (k0, k1) = chunk_span(c_lo, c_hi, chunk);
         self.apart += (k1 - k0) * (chunk + 20);
     }
 
@@ -419,8 +416,7 @@ impl ArchivePlan {
         self.runs()
             .iter()
             .map(|&(first, last)| {
-                let k0 = starts[first] / chunk;
-                let k1 = (starts[last + 1].max(1) - 1) / chunk + 1;
+                let (k0, k1) = chunk_span(starts[first], starts[last + 1], chunk);
                 (k1 - k0) * sealed_chunk
             })
             .sum::<u64>()
@@ -1432,11 +1428,10 @@ fn produce_frames(
     let object = Arc::new(SealedObject { header, key });
     let starts = frames.starts();
     let chunk = u64::from(object.header.chunk_size());
-    let total_chunks = starts.last().copied().unwrap_or(0).div_ceil(chunk).max(1);
+    let total = starts.last().copied().unwrap_or(0);
     for (first, last) in plan.runs() {
-        let k0 = starts[first] / chunk;
-        let k1 = (starts[last + 1].max(1) - 1) / chunk + 1;
-        let end = (k1 < total_chunks).then(|| object.header.chunk_offset(k1));
+        let (k0, k1) = chunk_span(starts[first], starts[last + 1], chunk);
+        let end = chunk_limit(k1, total, chunk).map(|k1| object.header.chunk_offset(k1));
         let raw = repo
             .store()
             .open_range(&a.object, object.header.chunk_offset(k0), end)
@@ -1513,6 +1508,19 @@ fn feed_sealed(
     Ok(true)
 }
 
+/// The sealed chunks `k0..k1` holding payload bytes `lo..hi` (`hi > lo`)
+/// of an object sealed in chunks of `chunk` plaintext bytes.
+fn chunk_span(lo: u64, hi: u64, chunk: u64) -> (u64, u64) {
+    (lo / chunk, (hi.max(1) - 1) / chunk + 1)
+}
+
+/// Where a ranged read that ends before chunk `k1` stops, of a payload of
+/// `total` bytes: `None` when `k1` is past the final chunk, and the read
+/// goes on to the object's authenticated end.
+fn chunk_limit(k1: u64, total: u64, chunk: u64) -> Option<u64> {
+    (k1 < total.div_ceil(chunk).max(1)).then_some(k1)
+}
+
 /// An archive's header, read by a ranged read, and its data key.
 fn open_header(
     repo: &Repo,
@@ -1562,15 +1570,10 @@ fn open_sealed_range(
 ) -> Result<io::Take<RangeReader>> {
     let chunk = u64::from(header.chunk_size());
     let total = starts.last().copied().unwrap_or(0);
-    let total_chunks = total.div_ceil(chunk).max(1);
     let (c_lo, c_hi) = (starts[first], starts[last + 1]);
-    let k0 = c_lo / chunk;
-    let k1 = (c_hi.max(1) - 1) / chunk + 1;
-    let (end, limit) = if k1 >= total_chunks {
-        (None, None)
-    } else {
-        (Some(header.chunk_offset(k1)), Some(k1))
-    };
+    let (k0, k1) = chunk_span(c_lo, c_hi, chunk);
+    let limit = chunk_limit(k1, total, chunk);
+    let end = limit.map(|k1| header.chunk_offset(k1));
     let raw = repo
         .store()
         .open_range(&a.object, header.chunk_offset(k0), end)
@@ -1620,22 +1623,20 @@ mod tests {
         (w.finish().unwrap(), frames)
     }
 
-    /// What a whole read of `object` yields, through the workers.
-    fn read_whole(object: &[u8], frames: &Frames, key: &DataKey) -> Result<Vec<u8>> {
-        let mut input = object;
-        let header = Header::read_from(&mut input)?;
-        let input = SealedReader::new(input, &header, key)?.into_inner();
-        let object = Arc::new(SealedObject {
-            header,
-            key: key.clone(),
-        });
-        let n = frames.lengths.len();
+    /// What `produce` feeds (`frames` frames in all) yields through the
+    /// workers, `slots` frames at most in flight; `produce` returns false
+    /// when its input ran out (no clean end).
+    fn through_workers(
+        frames: usize,
+        slots: usize,
+        produce: impl FnOnce(&mut FrameFeed) -> Result<bool> + Send,
+    ) -> Result<Vec<u8>> {
         thread::scope(|s| {
             let pool = Inflaters::start(s, 2, ARCHIVE_WINDOW_LOG);
-            let (mut feed, mut stream) = pool.archive(2, n as u64, "a");
+            let (mut feed, mut stream) = pool.archive(slots, frames as u64, "a");
             drop(pool);
             let producer = s.spawn(move || -> Result<()> {
-                if feed_sealed(input, &object, frames, (0, n - 1), &mut feed)? {
+                if produce(&mut feed)? {
                     feed.finish()?;
                 }
                 Ok(())
@@ -1650,6 +1651,19 @@ mod tests {
         })
     }
 
+    /// What a whole read of `object` yields, through the workers.
+    fn read_whole(object: &[u8], frames: &Frames, key: &DataKey) -> Result<Vec<u8>> {
+        let mut input = object;
+        let header = Header::read_from(&mut input)?;
+        let input = SealedReader::new(input, &header, key)?.into_inner();
+        let object = Arc::new(SealedObject {
+            header,
+            key: key.clone(),
+        });
+        let n = frames.lengths.len();
+        through_workers(n, 2, |feed| feed_sealed(input, &object, frames, (0, n - 1), feed))
+    }
+
     /// What a read of the frame runs `runs` of `object` yields, each run
     /// from the sealed chunks holding it only, as `produce_frames` reads
     /// them from a store.
@@ -1660,38 +1674,21 @@ mod tests {
             key: key.clone(),
         });
         let count: usize = runs.iter().map(|&(a, b)| b - a + 1).sum();
-        thread::scope(|s| {
-            let pool = Inflaters::start(s, 2, ARCHIVE_WINDOW_LOG);
-            let (mut feed, mut stream) = pool.archive(1, count as u64, "a");
-            drop(pool);
-            let producer = s.spawn(move || -> Result<()> {
-                let h = &object_key.header;
-                let chunk = u64::from(h.chunk_size());
-                let starts = frames.starts();
-                let chunks = starts.last().copied().unwrap_or(0).div_ceil(chunk).max(1);
-                for &(first, last) in runs {
-                    let k0 = starts[first] / chunk;
-                    let k1 = (starts[last + 1].max(1) - 1) / chunk + 1;
-                    let lo = (h.chunk_offset(k0) as usize).min(object.len());
-                    let hi = if k1 < chunks {
-                        (h.chunk_offset(k1) as usize).min(object.len())
-                    } else {
-                        object.len()
-                    };
-                    if !feed_sealed(&object[lo..hi], &object_key, frames, (first, last), &mut feed)? {
-                        return Ok(());
-                    }
+        through_workers(count, 1, |feed| {
+            let h = &object_key.header;
+            let chunk = u64::from(h.chunk_size());
+            let starts = frames.starts();
+            let total = starts.last().copied().unwrap_or(0);
+            for &(first, last) in runs {
+                let (k0, k1) = chunk_span(starts[first], starts[last + 1], chunk);
+                let lo = (h.chunk_offset(k0) as usize).min(object.len());
+                let hi = chunk_limit(k1, total, chunk)
+                    .map_or(object.len(), |k1| (h.chunk_offset(k1) as usize).min(object.len()));
+                if !feed_sealed(&object[lo..hi], &object_key, frames, (first, last), feed)? {
+                    return Ok(false);
                 }
-                feed.finish()?;
-                Ok(())
-            });
-            let mut out = Vec::new();
-            let read = stream.read_to_end(&mut out);
-            drop(stream);
-            let produced = producer.join().map_err(|_| anyhow!("panicked"))?;
-            read?;
-            produced?;
-            Ok(out)
+            }
+            Ok(true)
         })
     }
 
